@@ -1,0 +1,157 @@
+"""One request, one reply: a client's line to tritterd's ROUTER socket (Lazy Pirate).
+
+A client sends one msgpack ``Request`` frame from a DEALER socket and waits for one ``Reply``
+frame.  When no reply comes within ``timeout_s`` the DEALER is closed (linger 0) and the next
+request gets a fresh one: ZeroMQ routes a late reply to the old socket's identity, which no
+longer exists, so a stale reply can never be taken for the answer to a later request.
+
+Remote daemons (``--connect tcp://HOST:PORT`` with CURVE keys) are not supported yet; the seam
+for them is ``Connection.endpoint``/``events_endpoint`` and ``Connection.connect_socket``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from tritter.protocol.control import Reply, Request
+from tritter.protocol.home import Layout
+from tritter.protocol.wire import decode_as, encode
+
+_IPC = "ipc://"
+
+
+class DaemonUnavailable(Exception):
+    """tritterd cannot be reached; ``str()`` is one line a user can act on."""
+
+
+class RequestFailed(Exception):
+    """tritterd answered, and said no (``Reply.ok`` was False); ``str()`` is ``Reply.error``."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.error or "request failed (tritterd gave no reason)")
+        self.reply = reply
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    """The socket file behind an ``ipc://`` endpoint, None for other transports."""
+    return Path(endpoint[len(_IPC) :]) if endpoint.startswith(_IPC) else None
+
+
+def _probe_unix(path: Path) -> str | None:
+    """Why nobody can be listening on ``path`` (None when someone may be).
+
+    libzmq leaves its ipc socket file behind when the daemon dies, and a DEALER connecting to a
+    dead file just retries quietly; one plain connect() tells "refused" apart at once.
+    """
+    if not path.exists():
+        return "missing"
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.setblocking(False)
+        probe.connect(str(path))
+    except BlockingIOError:  # listening, backlog full: it is alive, let ZeroMQ wait for it
+        return None
+    except OSError as error:
+        return "refused" if error.errno in (errno.ECONNREFUSED, errno.ENOENT) else (error.strerror or str(error))
+    finally:
+        probe.close()
+    return None
+
+
+class Connection:
+    def __init__(self, layout: Layout, timeout_s: float = 5.0, ctx: zmq.asyncio.Context | None = None) -> None:
+        self.layout = layout
+        self.timeout_s = timeout_s
+        self.endpoint = layout.api_endpoint  # remote: tcp://HOST:PORT
+        self.events_endpoint = layout.events_endpoint
+        self._ctx = ctx or zmq.asyncio.Context.instance()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._lock: asyncio.Lock | None = None  # one request in flight: a DEALER reply carries no id
+
+    # -- the seam for remote daemons --------------------------------------------------------
+    def connect_socket(self, sock: zmq.asyncio.Socket, endpoint: str) -> None:
+        """Connect one client socket (DEALER or SUB).  CURVE keys for tcp:// go here, before connect."""
+        sock.connect(endpoint)
+
+    def check_reachable(self, endpoint: str) -> None:
+        """Fail at once when an ipc endpoint has no daemon behind it (tcp endpoints: nothing to check)."""
+        path = ipc_path(endpoint)
+        if path is None:
+            return
+        why = _probe_unix(path)
+        if why == "missing":
+            raise DaemonUnavailable(
+                f"tritterd is not running on {self.layout.home} (no socket at {path}); "
+                f"start it with: tritterd --home {self.layout.home}"
+            )
+        if why == "refused":
+            raise DaemonUnavailable(
+                f"tritterd is not running on {self.layout.home} (stale socket {path}, nothing listening); "
+                f"start it with: tritterd --home {self.layout.home}"
+            )
+        if why:
+            raise DaemonUnavailable(f"cannot reach tritterd on {self.layout.home}: {why} ({path})")
+
+    # -- requests -----------------------------------------------------------------------------
+    async def request(self, request: Request) -> Reply:
+        """Send one request and return the daemon's reply.
+
+        Raises DaemonUnavailable (not running, or no answer in time), RequestFailed (it said no)
+        and ProtocolError (an answer this build cannot read).
+        """
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            reply = await self._exchange(encode(request))
+        if not reply.ok:
+            raise RequestFailed(reply)
+        return reply
+
+    async def _exchange(self, payload: bytes) -> Reply:
+        sock = self._socket()
+        try:
+            await sock.send(payload)
+            if not await sock.poll(int(self.timeout_s * 1000), zmq.POLLIN):
+                raise DaemonUnavailable(
+                    f"tritterd on {self.layout.home} did not answer within {self.timeout_s:g} s ({self.endpoint})"
+                )
+            frames = await sock.recv_multipart()
+        except BaseException:
+            # Timeout, cancellation or a socket error: the reply may still come, so this socket
+            # must never be read again (Lazy Pirate).
+            self._discard()
+            raise
+        return decode_as(frames[-1], Reply)  # [-1]: tolerate an empty REQ-style delimiter frame
+
+    def _socket(self) -> zmq.asyncio.Socket:
+        path = ipc_path(self.endpoint)
+        if self._sock is not None and path is not None and not path.exists():
+            self._discard()  # the daemon went away: say so now rather than after the timeout
+        if self._sock is None:
+            self.check_reachable(self.endpoint)
+            self._sock = self._open()
+        return self._sock
+
+    def _open(self) -> zmq.asyncio.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            self.connect_socket(sock, self.endpoint)
+        except zmq.ZMQError as error:
+            sock.close(linger=0)
+            raise DaemonUnavailable(f"cannot connect to tritterd at {self.endpoint}: {error}") from None
+        return sock
+
+    def _discard(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    async def close(self) -> None:
+        self._discard()

@@ -1,0 +1,156 @@
+"""The control and catch-up endpoint: one ROUTER socket, one request in, one ``Reply`` out.
+
+Whatever a client sends, the daemon answers (malformed input gets ``ok=False`` and a reason)
+and keeps serving: no request can raise out of this loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from tritter.daemon.service import Tritterd
+from tritter.protocol.config import validate_config
+from tritter.protocol.control import (
+    AnyRequest,
+    Catchup,
+    Checkpoint,
+    Pause,
+    Ping,
+    Reply,
+    Resume,
+    Runs,
+    Start,
+    Status,
+    Stop,
+)
+from tritter.protocol.wire import ProtocolError, decode_as, encode
+
+log = logging.getLogger("tritterd.api")
+
+MAX_REQUEST_BYTES = 1 << 20
+
+
+def cuda_present() -> bool:
+    # Cheap check without importing torch into the daemon: the driver's device node or tool.
+    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
+
+
+class Api:
+    def __init__(self, daemon: Tritterd, endpoints: list[str]) -> None:
+        self.daemon = daemon
+        self.sock: zmq.asyncio.Socket = daemon.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        for endpoint in endpoints:
+            self.sock.bind(endpoint)
+
+    async def serve(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart()
+            if len(frames) < 2:
+                continue  # no identity to answer to
+            identity, body = frames[0], frames[1:]
+            delimiter = [b""] if len(body) > 1 and body[0] == b"" else []  # a REQ client
+            body = body[len(delimiter) :]
+            reply = await self.answer(body)
+            try:
+                await self.sock.send_multipart([identity, *delimiter, encode(reply)], flags=zmq.NOBLOCK)
+            except zmq.ZMQError as error:  # the client left; never let one client stall the daemon
+                log.debug("could not reply to a client: %s", error)
+
+    async def answer(self, body: list[bytes]) -> Reply:
+        head = self.daemon.log.head
+        if len(body) != 1:
+            return Reply(ok=False, error=f"expected one message frame, got {len(body)}", head=head)
+        try:
+            request = decode_as(body[0], AnyRequest)  # type: ignore[arg-type]
+        except ProtocolError as error:
+            return Reply(ok=False, error=f"bad request: {error}", head=head)
+        try:
+            reply = await self.handle(request)
+        except LookupError as error:
+            reply = Reply(ok=False, error=str(error.args[0]))
+        except Exception as error:  # a bug must not take the daemon down; say what happened
+            log.exception("request %r failed", request)
+            reply = Reply(ok=False, error=f"internal error: {type(error).__name__}: {error}")
+        reply.head = self.daemon.log.head
+        return reply
+
+    async def handle(self, request: AnyRequest) -> Reply:
+        daemon = self.daemon
+        if isinstance(request, Ping):
+            return Reply(ok=True, message=f"tritterd pid {os.getpid()}")
+        if isinstance(request, Catchup):
+            limit = max(1, min(request.limit, 10_000))
+            events = [msgspec.Raw(p) for p in daemon.log.read_since(request.since, limit)]
+            return Reply(ok=True, events=events)
+        if isinstance(request, Runs):
+            return Reply(ok=True, runs=sorted(daemon.runs.values(), key=lambda r: r.started))
+        if isinstance(request, Status):
+            return Reply(ok=True, runs=[daemon.find_run(request.run)])
+        if isinstance(request, Start):
+            return await self._start(request)
+        state = daemon.find_run(request.run)
+        worker = daemon.workers.get(state.run_id)
+        if daemon.stopping:
+            return Reply(ok=False, error="tritterd is shutting down")
+        if isinstance(request, Stop):
+            if not state.active:
+                return Reply(ok=False, error=f"run {state.run_id} already {state.status}")
+            if worker:
+                daemon.command_worker(state.run_id, "stop")
+                return Reply(ok=True, run_id=state.run_id, message="stopping (after a checkpoint)")
+            from tritter.protocol.events import RunEvent
+
+            daemon.record(RunEvent(run_id=state.run_id, status="stopped", reason="stopped by request"))
+            return Reply(ok=True, run_id=state.run_id, message="stopped")
+        if isinstance(request, Pause):
+            if state.status != "running" or worker is None:
+                return Reply(ok=False, error=f"run {state.run_id} is {state.status}, not running")
+            daemon.command_worker(state.run_id, "pause")
+            return Reply(ok=True, run_id=state.run_id, message="pausing (after a checkpoint)")
+        if isinstance(request, Resume):
+            if state.status == "completed":
+                return Reply(ok=False, error=f"run {state.run_id} already completed")
+            if state.status == "running":
+                return Reply(ok=False, error=f"run {state.run_id} is already running")
+            if worker:
+                daemon.command_worker(state.run_id, "resume")
+            else:
+                await daemon.spawn_worker(state.run_id)  # restarts from its last checkpoint
+            return Reply(ok=True, run_id=state.run_id, message="resuming")
+        if isinstance(request, Checkpoint):
+            if worker is None or not state.active:
+                return Reply(ok=False, error=f"run {state.run_id} is {state.status}, nothing to checkpoint")
+            daemon.command_worker(state.run_id, "checkpoint")
+            return Reply(ok=True, run_id=state.run_id, message="checkpoint requested")
+        return Reply(ok=False, error=f"unsupported request {type(request).__name__}")
+
+    async def _start(self, request: Start) -> Reply:
+        config = request.config
+        problem = validate_config(config)
+        if problem is None and config.corpus is not None:
+            corpus = Path(config.corpus)
+            if not corpus.is_absolute():
+                problem = f"--corpus must be an absolute path on the daemon's machine, got {config.corpus!r}"
+            elif not corpus.exists():
+                problem = f"--corpus {config.corpus} does not exist on the daemon's machine"
+        if problem is None and config.cuda and not cuda_present():
+            problem = "--cuda was given but this machine has no NVIDIA GPU"
+        if problem is None and self.daemon.stopping:
+            problem = "tritterd is shutting down"
+        if problem:
+            return Reply(ok=False, error=problem)
+        run_id = await self.daemon.start_run(config)
+        return Reply(ok=True, run_id=run_id, message="started")
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

@@ -1,0 +1,55 @@
+"""Long-running helper processes tritterd keeps alive (the recorder), restarted when they die."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from tritter.daemon.lifetime import set_parent_death_signal
+
+log = logging.getLogger("tritterd.children")
+
+MAX_BACKOFF_S = 30.0
+
+
+class SupervisedChild:
+    def __init__(self, name: str, argv: list[str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._stopping = False
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM),  # ends cleanly with us
+            )
+            log.info("%s started (pid %d)", self.name, self.process.pid)
+            started = asyncio.get_running_loop().time()
+            code = await self.process.wait()
+            if self._stopping:
+                return
+            if asyncio.get_running_loop().time() - started > 60:
+                backoff = 0.5  # it ran fine for a while: this is a fresh failure, not a crash loop
+            log.warning("%s exited with code %s; restarting in %.1f s", self.name, code, backoff)
+            self.restarts += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        self._stopping = True
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            process.kill()

@@ -1,0 +1,1 @@
+"""Training engine: presets, Llama model, growth and checkpoints."""

@@ -1,0 +1,124 @@
+"""Model shapes and training settings for the progressive-growth ladder.
+
+The ladder is tiny -> small -> 100m -> 500m -> 1b. Every preset uses head_dim 64,
+so growing a model never changes the rotary embedding (only adds heads), and the
+same 8192-token vocabulary with tied input/output embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRESET_NAMES: tuple[str, ...] = ("tiny", "small", "100m", "500m", "1b")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Architecture of a Llama-style decoder (no GQA: kv heads == heads)."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    vocab_size: int = 8192
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings:
+    """Optimiser / schedule / cadence for one stage (steps count optimiser updates)."""
+
+    batch_size: int
+    seq_len: int
+    lr: float
+    warmup_steps: int
+    eval_every: int
+    checkpoint_every: int
+    grad_ckpt_every: int = 0  # checkpoint every N-th block, 0 = off
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    shape: ModelShape
+    train: TrainSettings
+
+
+# tiny/small are sized to run well under a second per step on 2 CPU cores;
+# 100m+ assume one 80 GB GPU (see docs/presets.md for the memory estimate).
+_PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        "tiny",
+        ModelShape(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=352),
+        TrainSettings(batch_size=16, seq_len=128, lr=3e-3, warmup_steps=20, eval_every=25, checkpoint_every=25),
+    ),
+    "small": Preset(
+        "small",
+        ModelShape(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=704),
+        # batch 8, not 16: at 16 a step takes ~0.85 s on 2 CPU cores (lm_head + 4 blocks), at 8 ~0.5 s.
+        TrainSettings(batch_size=8, seq_len=128, lr=2e-3, warmup_steps=20, eval_every=25, checkpoint_every=25),
+    ),
+    "100m": Preset(
+        "100m",
+        ModelShape(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=2304),
+        TrainSettings(batch_size=32, seq_len=1024, lr=6e-4, warmup_steps=200, eval_every=100, checkpoint_every=200),
+    ),
+    "500m": Preset(
+        "500m",
+        ModelShape(hidden_size=1536, num_layers=16, num_heads=24, intermediate_size=4608),
+        TrainSettings(
+            batch_size=16,
+            seq_len=1024,
+            lr=3e-4,
+            warmup_steps=300,
+            eval_every=100,
+            checkpoint_every=200,
+            grad_ckpt_every=4,
+        ),
+    ),
+    "1b": Preset(
+        "1b",
+        ModelShape(hidden_size=2048, num_layers=20, num_heads=32, intermediate_size=5632),
+        TrainSettings(
+            batch_size=8,
+            seq_len=1024,
+            lr=2e-4,
+            warmup_steps=400,
+            eval_every=100,
+            checkpoint_every=200,
+            grad_ckpt_every=4,
+        ),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESET_NAMES)})") from None
+
+
+def stage_names(start: str, end: str) -> list[str]:
+    """Presets from ``start`` to ``end`` inclusive, in growth order."""
+    get_preset(start), get_preset(end)  # validate both names first
+    i, j = PRESET_NAMES.index(start), PRESET_NAMES.index(end)
+    if i > j:
+        raise ValueError(f"start preset {start!r} is bigger than end preset {end!r}")
+    return list(PRESET_NAMES[i : j + 1])

@@ -1,0 +1,329 @@
+"""The progressive training loop: stages from --start to --end, growth between them, exact resume.
+
+The loop knows nothing about ZeroMQ or the daemon: it reports through ``emit`` (events without
+seq; the daemon's log numbers them) and takes commands from ``controls``.  Everything that
+decides the loss curve lives in the checkpoint (weights, AdamW state, RNG states, data position,
+stage and step), so a resumed run continues exactly where an uninterrupted one would be.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from tritter.daemon.engine.checkpoint import (
+    CheckpointError,
+    LoadedCheckpoint,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from tritter.daemon.engine.data import Batches, TokenData, heldout_batches, load_token_data
+from tritter.daemon.engine.growth import grow
+from tritter.daemon.engine.model import LlamaForCausalLM, count_parameters, init_weights
+from tritter.daemon.engine.presets import Preset, get_preset
+from tritter.daemon.engine.schedule import lr_at
+from tritter.protocol.config import RunConfig
+from tritter.protocol.events import AnyEvent, CheckpointEvent, Phase, PhaseEvent, RunEvent, StageEvent, StepEvent
+
+log = logging.getLogger("tritter.trainer")
+
+EVAL_BATCHES = 8
+
+
+class Controls(Protocol):
+    def poll(self) -> str | None: ...  # a pending command, without blocking
+    def wait(self) -> str: ...  # block until a command arrives
+
+
+class Outcome:
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass
+class Progress:
+    """The trainer state that goes into every checkpoint besides weights and optimizer."""
+
+    stage_index: int = 0
+    step: int = 0  # global optimizer steps done
+    stage_step: int = 0  # steps done in the current stage
+    stage_done: bool = False  # the checkpoint closes its stage; resume grows into the next
+    position: int = 0  # sequences consumed from the training stream
+    tokens: int = 0  # tokens trained on in the current stage
+    phase: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Progress:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)  # type: ignore[arg-type]
+
+
+def _stage_generator(seed: int, stage_index: int) -> torch.Generator:
+    # Init and growth draw from their own generator so that resuming never depends on how
+    # much of the global RNG stream an interrupted run had used.
+    return torch.Generator().manual_seed(seed * 1000 + stage_index)
+
+
+def make_optimizer(model: torch.nn.Module, preset: Preset, fused: bool = False) -> torch.optim.AdamW:
+    settings = preset.train
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": settings.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    kwargs = {"fused": True} if fused else {}
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), **kwargs)
+
+
+@torch.no_grad()
+def evaluate(model: LlamaForCausalLM, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
+    was_training = model.training
+    model.eval()
+    losses = [float(model(x.to(device), labels=y.to(device))) for x, y in batches]
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+class Trainer:
+    def __init__(
+        self,
+        run_id: str,
+        config: RunConfig,
+        run_dir: Path,
+        emit: Callable[[AnyEvent], None],
+        controls: Controls,
+        cache_dir: Path | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.config = config
+        self.run_dir = run_dir
+        self._emit = emit
+        self.controls = controls
+        self.device = device or torch.device("cpu")
+        self.stages = config.stages()
+        self.data: TokenData = load_token_data(cache_dir, config.corpus and Path(config.corpus))
+        self.progress = Progress()
+        self.model: LlamaForCausalLM | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def emit(self, event: AnyEvent) -> None:
+        event.run_id = self.run_id
+        event.ts = time.time()
+        self._emit(event)
+
+    @property
+    def preset(self) -> Preset:
+        return get_preset(self.stages[self.progress.stage_index])
+
+    def _heldout(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        settings = self.preset.train
+        return heldout_batches(self.data, settings.batch_size, settings.seq_len, EVAL_BATCHES)
+
+    def _grad_ckpt_every(self) -> int:
+        if self.config.grad_ckpt_every is not None:
+            return self.config.grad_ckpt_every
+        return self.preset.train.grad_ckpt_every
+
+    def _checkpoint_every(self) -> int:
+        return self.config.checkpoint_every or self.preset.train.checkpoint_every
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save(self, reason: str) -> None:
+        assert self.model is not None
+        info = save_checkpoint(
+            checkpoint_path(self.run_dir, self.progress.step), self.model, self.optimizer, self.progress.to_dict()
+        )
+        self.emit(
+            CheckpointEvent(
+                path=str(info.path.relative_to(self.run_dir)),
+                step=self.progress.step,
+                stage=self.preset.name,
+                bytes=info.bytes,
+                sha256=info.sha256,
+                reason=reason,
+            )
+        )
+
+    def _latest_checkpoint(self) -> LoadedCheckpoint | None:
+        for path in reversed(list_checkpoints(self.run_dir)):
+            try:
+                return load_checkpoint(path)
+            except CheckpointError as error:
+                log.warning("CHECKPOINT DAMAGED, falling back to an earlier one: %s", error)
+        return None
+
+    def _restore(self, loaded: LoadedCheckpoint) -> None:
+        self.progress = Progress.from_dict(loaded.trainer_state)
+        self.model = LlamaForCausalLM(self.preset.shape).to(self.device)
+        self.model.load_state_dict(loaded.model_state)
+        self.optimizer = make_optimizer(self.model, self.preset, fused=self.device.type == "cuda")
+        if loaded.optimizer_state is not None:
+            self.optimizer.load_state_dict(loaded.optimizer_state)
+        restore_rng(loaded.rng)
+
+    # -- stages -----------------------------------------------------------------------------
+    def _begin_stage(self, index: int) -> None:
+        """Build (or grow into) the model for stage ``index`` and report its starting eval loss."""
+        generator = _stage_generator(self.config.seed, index)
+        preset = get_preset(self.stages[index])
+        grown_from = None
+        if self.model is None:
+            model = LlamaForCausalLM(preset.shape)
+            init_weights(model, generator)
+        else:
+            grown_from = self.stages[index - 1]
+            model = grow(self.model.cpu(), preset.shape, generator)
+        self.model = model.to(self.device)
+        self.progress.stage_index = index
+        self.progress.stage_step = 0
+        self.progress.stage_done = False
+        self.progress.tokens = 0
+        # A fresh AdamW per stage: the moments of a grown matrix have no meaning for its new
+        # rows/columns, and the stage's own warmup lets the new state settle.
+        self.optimizer = make_optimizer(self.model, preset, fused=self.device.type == "cuda")
+        self.emit(
+            StageEvent(
+                status="started",
+                stage=preset.name,
+                index=index,
+                step=self.progress.step,
+                params=count_parameters(self.model),
+                eval_loss=evaluate(self.model, self._heldout(), self.device),
+                grown_from=grown_from,
+            )
+        )
+
+    def _end_stage(self) -> None:
+        assert self.model is not None
+        eval_loss = evaluate(self.model, self._heldout(), self.device)
+        self.progress.stage_done = True
+        self.save("stage")
+        self.emit(
+            StageEvent(
+                status="completed",
+                stage=self.preset.name,
+                index=self.progress.stage_index,
+                step=self.progress.step,
+                params=count_parameters(self.model),
+                tokens=self.progress.tokens,
+                eval_loss=eval_loss,
+            )
+        )
+
+    def _set_phase(self, phase: Phase, reason: str = "") -> None:
+        if phase != self.progress.phase:
+            self.progress.phase = phase
+            self.emit(PhaseEvent(phase=phase, step=self.progress.step + 1, stage=self.preset.name, reason=reason))
+
+    # -- commands ---------------------------------------------------------------------------
+    def _handle(self, command: str | None) -> str | None:
+        """Act on a command; return an outcome when training must end now."""
+        if command == "checkpoint":
+            self.save("manual")
+        elif command == "pause":
+            self.save("pause")
+            self.emit(RunEvent(status="paused"))
+            while True:
+                command = self.controls.wait()
+                if command == "resume":
+                    self.emit(RunEvent(status="resumed"))
+                    return None
+                if command == "checkpoint":
+                    self.save("manual")
+                elif command in ("stop", "shutdown"):
+                    return self._handle(command)
+        elif command == "stop":
+            self.save("stop")
+            self.emit(RunEvent(status="stopped", reason="stopped by request"))
+            return Outcome.STOPPED
+        elif command == "shutdown":
+            self.save("shutdown")
+            return Outcome.SHUTDOWN
+        return None
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _train_step(self, batches: Batches) -> None:
+        assert self.model is not None and self.optimizer is not None
+        settings = self.preset.train
+        started = time.perf_counter()
+        lr = lr_at(self.progress.stage_step, self.config.steps, settings.lr, settings.warmup_steps, settings.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._set_phase("warmup" if self.progress.stage_step < settings.warmup_steps else "full")
+        x, y = batches.next()
+        loss = self.model(x.to(self.device), labels=y.to(self.device))
+        loss.backward()
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss became {loss_value} at step {self.progress.step + 1}")
+        elapsed = time.perf_counter() - started
+        self.progress.step += 1
+        self.progress.stage_step += 1
+        self.progress.position = batches.position
+        batch_tokens = x.numel()
+        self.progress.tokens += batch_tokens
+        self.emit(
+            StepEvent(
+                step=self.progress.step,
+                loss=loss_value,
+                gradient_norm=norm,
+                phase=self.progress.phase,  # type: ignore[arg-type]
+                was_predicted=False,
+                prediction_error=None,
+                step_time_ms=elapsed * 1000.0,
+                stage=self.preset.name,
+                lr=lr,
+                tokens=self.progress.tokens,
+                tokens_per_s=batch_tokens / elapsed if elapsed > 0 else 0.0,
+            )
+        )
+
+    def run(self) -> str:
+        loaded = self._latest_checkpoint()
+        if loaded is not None:
+            self._restore(loaded)
+            self.emit(RunEvent(status="resumed", resume_step=self.progress.step))
+        first_stage = self.progress.stage_index
+        if loaded is not None and self.progress.stage_done:
+            first_stage += 1
+        for index in range(first_stage, len(self.stages)):
+            if loaded is None or index != self.progress.stage_index or self.progress.stage_done:
+                self._begin_stage(index)
+            loaded = None
+            settings = self.preset.train
+            assert self.model is not None
+            self.model.set_grad_checkpointing(self._grad_ckpt_every())
+            self.model.train()
+            batches = Batches(self.data.train, settings.batch_size, settings.seq_len, self.config.seed, self.progress.position)
+            every = self._checkpoint_every()
+            while self.progress.stage_step < self.config.steps:
+                outcome = self._handle(self.controls.poll())
+                if outcome:
+                    return outcome
+                self._train_step(batches)
+                if self.progress.stage_step % every == 0 and self.progress.stage_step < self.config.steps:
+                    self.save("periodic")
+            self._end_stage()
+        self.emit(RunEvent(status="completed"))
+        return Outcome.COMPLETED

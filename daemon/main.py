@@ -1,0 +1,125 @@
+"""``tritterd``: the long-running daemon (foreground, logs to stderr)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from tritter.daemon.api import Api
+from tritter.daemon.children import SupervisedChild
+from tritter.daemon.notify import Notifier
+from tritter.daemon.service import Tritterd
+from tritter.protocol.home import Layout, resolve_home
+from tritter.protocol.wire import ProtocolError
+
+log = logging.getLogger("tritterd")
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def take_lock(layout: Layout) -> int:
+    """One writer per home: a second tritterd on the same HOME refuses to start."""
+    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise AlreadyRunning(f"another tritterd (pid {holder}) is already running on {layout.home}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def prepare_sockets(layout: Layout) -> None:
+    # Only the daemon's user may reach the local sockets.
+    layout.sockets.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.sockets, 0o700)
+    for stale in layout.sockets.glob("*.ipc"):  # left by a crashed daemon; we hold the lock now
+        stale.unlink()
+
+
+async def serve(layout: Layout, recorder: bool) -> int:
+    notifier = Notifier()
+    ctx = zmq.asyncio.Context()
+    daemon = Tritterd(layout, ctx)
+    api = Api(daemon, [layout.api_endpoint])
+    daemon.bus.start(daemon.log.head)
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(api.serve()), loop.create_task(daemon.serve_workers()), loop.create_task(daemon.housekeeping())]
+    child = None
+    if recorder:
+        child = SupervisedChild("recorder", ["-m", "tritter.clients.record", "--home", str(layout.home)])
+        tasks.append(loop.create_task(child.run()))
+    await daemon.resume_active_runs()
+
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    notifier.ready(daemon.status_line())
+    log.info("tritterd ready: home %s, events %s, control %s", layout.home, layout.events_endpoint, layout.api_endpoint)
+
+    async def keep_systemd_informed() -> None:
+        interval = notifier.watchdog_interval_s or 5.0
+        while True:
+            notifier.watchdog()  # from the event loop itself: a stuck loop stops the pings
+            notifier.status(daemon.status_line())
+            await asyncio.sleep(min(interval, 5.0))
+
+    if notifier.enabled:
+        tasks.append(loop.create_task(keep_systemd_informed()))
+    await stop.wait()
+    log.info("stopping: checkpointing running runs")
+    notifier.stopping()
+    await daemon.shutdown()
+    if child:
+        await child.stop()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    api.close()
+    ctx.term()
+    log.info("tritterd stopped cleanly")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tritterd", description="The tritter training daemon (runs in the foreground).")
+    parser.add_argument("--home", help="home directory (default: $TRITTER_HOME or ~/.local/share/tritter)")
+    parser.add_argument("--bind", metavar="tcp://HOST:PORT", help="also serve remote clients over tcp with CURVE")
+    parser.add_argument("--no-recorder", action="store_true", help="do not supervise a tritter-record child")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    if args.bind:
+        print("tritterd: error: --bind (remote access) is not available in this build yet", file=sys.stderr)
+        return 2
+    layout = Layout(resolve_home(args.home))
+    try:
+        layout.home.mkdir(parents=True, exist_ok=True)
+        lock = take_lock(layout)
+        prepare_sockets(layout)
+        layout.events_endpoint  # noqa: B018 - fail early on a home path too long for ipc
+        code = asyncio.run(serve(layout, recorder=not args.no_recorder))
+    except (AlreadyRunning, ProtocolError, ValueError, OSError, zmq.ZMQError) as error:
+        print(f"tritterd: error: {error}", file=sys.stderr)
+        return 1
+    with contextlib.suppress(OSError):
+        os.close(lock)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

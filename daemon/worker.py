@@ -1,0 +1,114 @@
+"""The training worker: one child process per active run, started and supervised by tritterd.
+
+It trains with ``Trainer`` and talks to the daemon over one DEALER socket (identity = run id):
+events go up as ``[b"event", msgpack]``, the outcome as ``[b"exit", outcome]``; commands
+come down as single frames (pause, resume, stop, checkpoint, shutdown).  It dies with the
+daemon (PR_SET_PDEATHSIG), so a ``kill -9`` of tritterd never leaves an orphan training on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import msgspec
+import zmq
+
+from tritter.daemon.lifetime import set_parent_death_signal
+from tritter.protocol.config import RunConfig
+from tritter.protocol.events import AnyEvent, RunEvent
+from tritter.protocol.wire import encode
+
+COMMANDS = frozenset({"pause", "resume", "stop", "checkpoint", "shutdown"})
+
+
+def die_with_parent(parent_pid: int) -> None:
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+class SocketControls:
+    """Commands from the daemon, plus SIGTERM (a stop from the service manager) as ``shutdown``."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self._sock = sock
+        self._terminated = False
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the daemon, which shuts us down in order
+
+    def _on_term(self, *_: object) -> None:
+        self._terminated = True
+
+    def _read(self, timeout_ms: int) -> str | None:
+        if self._terminated:
+            return "shutdown"
+        if self._sock.poll(timeout_ms, zmq.POLLIN):
+            command = self._sock.recv().decode(errors="replace")
+            return command if command in COMMANDS else None
+        return None
+
+    def poll(self) -> str | None:
+        return self._read(0)
+
+    def wait(self) -> str:
+        while True:
+            command = self._read(500)
+            if command:
+                return command
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tritter-worker")
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--cache-dir", required=True, type=Path)
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--config", required=True, help="the RunConfig as JSON")
+    parser.add_argument("--parent-pid", type=int, default=os.getppid())
+    args = parser.parse_args(argv)
+    die_with_parent(args.parent_pid)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{args.run_id}] %(levelname)s %(message)s")
+    config = msgspec.json.decode(args.config, type=RunConfig)
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, args.run_id.encode())
+    sock.setsockopt(zmq.SNDHWM, 0)  # never drop an event; the daemon reads fast and the log is the truth
+    sock.setsockopt(zmq.LINGER, 30_000)  # deliver the last events before exiting
+    sock.connect(args.endpoint)
+
+    def emit(event: AnyEvent) -> None:
+        sock.send_multipart([b"event", encode(event)])
+
+    sock.send_multipart([b"hello", b""])
+    outcome = "failed"
+    try:
+        import torch
+
+        from tritter.daemon.engine.trainer import Trainer
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        device = torch.device("cuda") if config.cuda else torch.device("cpu")
+        if config.cuda and not torch.cuda.is_available():
+            raise RuntimeError("--cuda was given but torch sees no CUDA device")
+        trainer = Trainer(args.run_id, config, args.run_dir, emit, SocketControls(sock), args.cache_dir, device)
+        outcome = trainer.run()
+        return 0
+    except Exception as error:  # report why, then exit non-zero: the daemon marks the run failed
+        logging.exception("training failed")
+        reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+        emit(RunEvent(run_id=args.run_id, status="failed", reason=reason))
+        return 1
+    finally:
+        sock.send_multipart([b"exit", outcome.encode()])
+        sock.close()
+        ctx.term()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

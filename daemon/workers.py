@@ -1,0 +1,90 @@
+"""Worker processes as the daemon sees them: spawn one per active run, watch it, tell it what to do."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from tritter.protocol.config import RunConfig
+
+log = logging.getLogger("tritterd.workers")
+
+
+class WorkerProcess:
+    """One training child.  ``on_exit(run_id, outcome, reason)`` fires once when it is gone."""
+
+    def __init__(self, run_id: str, process: asyncio.subprocess.Process) -> None:
+        self.run_id = run_id
+        self.process = process
+        self.outcome: str | None = None  # what the worker said it ended with
+        self.said_goodbye = asyncio.Event()  # its final frame arrived, so all its events have too
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+        self.exited = asyncio.Event()
+
+    @classmethod
+    async def spawn(
+        cls, run_id: str, config: RunConfig, run_dir: Path, cache_dir: Path, endpoint: str
+    ) -> WorkerProcess:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tritter.daemon.worker",
+            "--run-id",
+            run_id,
+            "--run-dir",
+            str(run_dir),
+            "--cache-dir",
+            str(cache_dir),
+            "--endpoint",
+            endpoint,
+            "--config",
+            msgspec.json.encode(config).decode(),
+            "--parent-pid",
+            str(os.getpid()),
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        log.info("run %s: worker pid %d started", run_id, process.pid)
+        return cls(run_id, process)
+
+    async def watch(self, on_exit: Callable[[WorkerProcess, str], None]) -> None:
+        assert self.process.stderr is not None
+        async for raw in self.process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.stderr_tail.append(line)
+            print(line, file=sys.stderr, flush=True)  # the worker's log, inline with the daemon's
+        code = await self.process.wait()
+        # The exit frame travels after the worker's last events; give it a moment to land so
+        # a run that just completed is not mistaken for a crash.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.said_goodbye.wait(), timeout=2.0)
+        self.exited.set()
+        on_exit(self, self.describe_exit(code))
+
+    def describe_exit(self, code: int) -> str:
+        if code < 0:
+            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+            return f"worker killed by {name}"
+        if code != 0:
+            errors = [line for line in self.stderr_tail if "Error" in line or "error" in line]
+            detail = f": {errors[-1].strip()}" if errors else ""
+            return f"worker exited with code {code}{detail}"
+        return "worker exited"
+
+    def goodbye(self, outcome: str) -> None:
+        self.outcome = outcome
+        self.said_goodbye.set()
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()

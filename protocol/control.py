@@ -1,0 +1,71 @@
+"""Control requests (``tritterctl`` → ``tritterd``) and the daemon's reply.
+
+One ROUTER socket serves both control and catch-up: a client sends one encoded request
+and gets one encoded ``Reply`` back.  Catch-up replies carry already-encoded events as
+``msgspec.Raw`` so the daemon forwards log records without decoding them.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from tritter.protocol.config import RunConfig
+from tritter.protocol.state import RunState
+
+CATCHUP_BATCH = 2000  # events per catch-up reply: bounded so one reply never stalls the daemon
+
+
+class Request(msgspec.Struct, tag_field="op", kw_only=True):
+    pass
+
+
+class Ping(Request, tag="ping"):
+    pass
+
+
+class Start(Request, tag="start"):
+    config: RunConfig
+
+
+class Runs(Request, tag="runs"):
+    pass
+
+
+class Status(Request, tag="status"):
+    run: str | None = None  # id, unique id prefix or name; None = the newest run
+
+
+class Stop(Request, tag="stop"):
+    run: str
+
+
+class Pause(Request, tag="pause"):
+    run: str
+
+
+class Resume(Request, tag="resume"):
+    run: str
+
+
+class Checkpoint(Request, tag="checkpoint"):
+    run: str
+
+
+class Catchup(Request, tag="catchup"):
+    since: int = 1  # first seq wanted
+    limit: int = CATCHUP_BATCH
+
+
+AnyRequest = Union[Ping, Start, Runs, Status, Stop, Pause, Resume, Checkpoint, Catchup]
+
+
+class Reply(msgspec.Struct, kw_only=True):
+    ok: bool
+    error: str = ""
+    message: str = ""
+    run_id: str | None = None
+    runs: list[RunState] = []
+    events: list[msgspec.Raw] = []
+    head: int = 0  # the newest seq in the daemon's log when it answered

@@ -1,0 +1,152 @@
+"""Run state as the fold of events.
+
+The daemon's state is exactly ``fold`` applied to its log from seq 1; clients (the monitor,
+``tritterctl``) fold the same events and get the same picture.  ``run.json`` is a ``RunState``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from tritter.protocol.config import RunConfig
+from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, RunEvent, StageEvent, StepEvent
+
+RunLifecycle = Literal["running", "paused", "completed", "failed", "stopped"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "stopped"})
+
+
+class StageState(msgspec.Struct, kw_only=True):
+    stage: str
+    index: int
+    status: Literal["running", "completed"] = "running"
+    params: int = 0
+    start_step: int = 0
+    end_step: int | None = None
+    tokens: int = 0
+    eval_loss_start: float | None = None
+    eval_loss_end: float | None = None
+    grown_from: str | None = None
+    export_path: str | None = None
+
+
+class CheckpointRef(msgspec.Struct, kw_only=True):
+    path: str
+    step: int
+    stage: str
+    bytes: int
+    sha256: str
+
+
+class RunState(msgspec.Struct, kw_only=True):
+    run_id: str
+    run_name: str
+    status: RunLifecycle = "running"
+    config: RunConfig = msgspec.field(default_factory=RunConfig)
+    current_stage: str = ""
+    current_step: int = 0
+    total_steps: int = 0
+    current_loss: float | None = None
+    current_phase: str = ""
+    total_forward: int = 0
+    total_backward: int = 0
+    predicted_steps: int = 0
+    best_loss: float | None = None
+    best_step: int | None = None
+    tokens: int = 0
+    tokens_per_s: float = 0.0
+    started: float = 0.0
+    updated: float = 0.0
+    error: str = ""
+    stages: list[StageState] = []
+    last_checkpoint: CheckpointRef | None = None
+    last_seq: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.status not in TERMINAL
+
+
+def _apply_run(state: RunState, event: RunEvent) -> None:
+    if event.status in ("started", "resumed"):
+        state.status = "running"
+        state.error = ""
+    elif event.status == "paused":
+        state.status = "paused"
+    else:
+        state.status = event.status
+        state.error = event.reason if event.status == "failed" else ""
+    if event.status == "started":
+        state.started = event.ts
+        if event.config is not None:
+            state.config = event.config
+            state.total_steps = event.config.total_steps()
+
+
+def _stage(state: RunState, index: int, name: str) -> StageState:
+    for stage in state.stages:
+        if stage.index == index:
+            return stage
+    stage = StageState(stage=name, index=index)
+    state.stages.append(stage)
+    return stage
+
+
+def _apply_stage(state: RunState, event: StageEvent) -> None:
+    stage = _stage(state, event.index, event.stage)
+    stage.params = event.params
+    if event.status == "started":
+        stage.start_step = event.step
+        stage.eval_loss_start = event.eval_loss
+        stage.grown_from = event.grown_from
+        state.current_stage = event.stage
+    else:
+        stage.status = "completed"
+        stage.end_step = event.step
+        stage.tokens = event.tokens
+        stage.eval_loss_end = event.eval_loss
+        stage.export_path = event.export_path
+
+
+def _apply_step(state: RunState, event: StepEvent) -> None:
+    state.current_step = event.step
+    state.current_loss = event.loss
+    state.current_phase = event.phase
+    state.current_stage = event.stage
+    state.total_forward += 1
+    if event.was_predicted:
+        state.predicted_steps += 1
+    else:
+        state.total_backward += 1
+    state.tokens = event.tokens
+    state.tokens_per_s = event.tokens_per_s
+    if state.best_loss is None or event.loss < state.best_loss:
+        state.best_loss = event.loss
+        state.best_step = event.step
+    if state.stages:
+        state.stages[-1].tokens = event.tokens
+
+
+def fold(runs: dict[str, RunState], event: AnyEvent) -> RunState | None:
+    """Apply one event to ``runs`` (in place) and return the run it touched."""
+    state = runs.get(event.run_id)
+    if state is None:
+        if not isinstance(event, RunEvent):
+            return None  # an event for a run we never saw start: nothing to attach it to
+        state = runs[event.run_id] = RunState(run_id=event.run_id, run_name=event.run_name)
+    if isinstance(event, RunEvent):
+        _apply_run(state, event)
+    elif isinstance(event, StageEvent):
+        _apply_stage(state, event)
+    elif isinstance(event, StepEvent):
+        _apply_step(state, event)
+    elif isinstance(event, PhaseEvent):
+        state.current_phase = event.phase
+    elif isinstance(event, CheckpointEvent):
+        state.last_checkpoint = CheckpointRef(
+            path=event.path, step=event.step, stage=event.stage, bytes=event.bytes, sha256=event.sha256
+        )
+    state.updated = event.ts
+    state.last_seq = event.seq
+    return state

@@ -1,0 +1,169 @@
+"""Shared fixtures: real tritterd processes on a private home, driven through the real CLIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    return str(path) if path.exists() else name
+
+
+class Daemon:
+    """A tritterd subprocess on ``home``; stderr goes to ``home/tritterd.stderr``."""
+
+    def __init__(self, home: Path, extra_args: list[str] | None = None) -> None:
+        self.home = home
+        self.extra_args = extra_args or []
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stderr_path = home / "tritterd.stderr"
+
+    def start(self, env: dict[str, str] | None = None, ready: bool = True) -> Daemon:
+        self.home.mkdir(parents=True, exist_ok=True)
+        stderr = open(self.stderr_path, "ab")
+        self.process = subprocess.Popen(
+            [tool("tritterd"), "--home", str(self.home), *self.extra_args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # so a kill -9 test can take the whole process group
+        )
+        stderr.close()
+        if ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"tritterd exited with {self.process.returncode}:\n{self.stderr()}")
+            if ctl(self.home, "runs", check=False, timeout=10).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"tritterd not ready after {timeout} s:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill9(self) -> None:
+        """kill -9 the daemon; its worker dies with it (PR_SET_PDEATHSIG)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 120.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+def ctl(home: Path, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [tool("tritterctl"), "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"tritterctl {' '.join(args)} -> {result.returncode}: {result.stderr.strip()}")
+    return result
+
+
+def events(home: Path, since: int = 1) -> list[dict]:
+    out = ctl(home, "events", "--since", str(since), "--json").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def follow_until(home: Path, predicate: Callable[[dict], bool], timeout: float = 120.0, since: int = 1) -> dict:
+    """Read the live event stream until an event matches; fail after ``timeout`` seconds."""
+    proc = subprocess.Popen(
+        [tool("tritterctl"), "--home", str(home), "events", "--follow", "--json", "--since", str(since)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            line = proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"event stream ended: {proc.stderr.read() if proc.stderr else ''}")
+            event = json.loads(line)
+            if predicate(event):
+                return event
+        raise AssertionError(f"no matching event within {timeout} s")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def read_metrics(home: Path, run_id: str) -> list[dict]:
+    path = home / "runs" / run_id / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def wait_for_metrics(home: Path, run_id: str, steps: int, timeout: float = 60.0) -> list[dict]:
+    """The recorder is asynchronous: wait (bounded) until it has written ``steps`` lines."""
+    deadline = time.monotonic() + timeout
+    path = home / "runs" / run_id / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if path.exists():
+            rows = read_metrics(home, run_id)
+            if len(rows) >= steps:
+                return rows
+        time.sleep(0.1)
+    raise AssertionError(f"metrics.jsonl of {run_id} did not reach {steps} lines in {timeout} s")
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    # Short paths: ipc socket paths are limited to ~100 bytes.
+    path = Path(tempfile.mkdtemp(prefix="tt-", dir="/tmp"))
+    yield path / "home"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(home: Path) -> Iterator[Daemon]:
+    d = Daemon(home)
+    yield d
+    d.stop()

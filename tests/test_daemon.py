@@ -1,0 +1,88 @@
+"""tritterd end to end: real daemon, real worker processes, real sockets, driven by tritterctl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import Daemon, ctl, events, follow_until, wait_for_metrics
+
+TINY_RUN = ["start", "--start", "tiny", "--end", "small", "--steps", "6", "--checkpoint-every", "3"]
+
+
+def assert_contiguous(evs: list[dict]) -> None:
+    seqs = [e["seq"] for e in evs]
+    assert seqs == list(range(1, len(seqs) + 1)), "event seqs must be 1..N with no gap or duplicate"
+
+
+def test_progressive_run_end_to_end(daemon: Daemon, home: Path) -> None:
+    daemon.start()
+    run_id = ctl(home, *TINY_RUN, "--name", "e2e").stdout.strip()
+    assert run_id, "start prints the run id"
+    done = ctl(home, "wait", run_id, "--timeout", "300", check=False)
+    assert done.returncode == 0, done.stdout + done.stderr + daemon.stderr()
+
+    state = json.loads((home / "runs" / run_id / "run.json").read_text())
+    assert state["status"] == "completed" and state["run_name"] == "e2e"
+    assert state["current_step"] == 12 and state["total_steps"] == 12
+    assert [s["stage"] for s in state["stages"]] == ["tiny", "small"]
+    assert state["stages"][1]["grown_from"] == "tiny"
+    assert state["total_forward"] == 12 and state["best_loss"] <= state["current_loss"]
+
+    rows = wait_for_metrics(home, run_id, 12)
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert {r["stage"] for r in rows[:6]} == {"tiny"} and {r["stage"] for r in rows[6:]} == {"small"}
+    assert set(rows[0]) == {
+        "step", "loss", "gradient_norm", "phase", "was_predicted", "prediction_error",
+        "step_time_ms", "stage", "lr", "tokens", "tokens_per_s", "ts",
+    }
+
+    evs = events(home)
+    assert_contiguous(evs)
+    kinds = [e["kind"] for e in evs]
+    assert kinds[0] == "run" and evs[0]["status"] == "started" and evs[0]["config"]["steps"] == 6
+    assert evs[-1] == {**evs[-1], "kind": "run", "status": "completed"}
+    stages = [e for e in evs if e["kind"] == "stage"]
+    assert [(s["stage"], s["status"]) for s in stages] == [
+        ("tiny", "started"), ("tiny", "completed"), ("small", "started"), ("small", "completed"),
+    ]
+    # Growth is function-preserving: the grown model starts where the small one ended.
+    assert abs(stages[2]["eval_loss"] - stages[1]["eval_loss"]) <= 0.01 * stages[1]["eval_loss"]
+    checkpoints = [e for e in evs if e["kind"] == "checkpoint"]
+    assert [c["step"] for c in checkpoints] == [3, 6, 9, 12]
+    for c in checkpoints:
+        assert (home / "runs" / run_id / c["path"]).stat().st_size == c["bytes"]
+
+    runs = json.loads(ctl(home, "runs", "--json").stdout)
+    assert [r["run_id"] for r in runs] == [run_id]
+    assert "completed" in ctl(home, "status", run_id).stdout
+    assert ctl(home, "status", "e2e").stdout == ctl(home, "status", run_id[:10]).stdout
+
+
+def test_kill9_daemon_resumes_exactly_once(daemon: Daemon, home: Path) -> None:
+    daemon.start()
+    steps = 24
+    args = ["start", "--start", "tiny", "--end", "tiny", "--steps", str(steps), "--checkpoint-every", "5", "--seed", "7"]
+    reference = ctl(home, *args, "--name", "reference").stdout.strip()
+    assert ctl(home, "wait", reference, "--timeout", "300", check=False).returncode == 0, daemon.stderr()
+
+    run_id = ctl(home, *args, "--name", "crashy").stdout.strip()
+    follow_until(home, lambda e: e["kind"] == "step" and e["run_id"] == run_id and e["step"] >= 12)
+    daemon.kill9()
+    daemon.start()  # a fresh daemon on the same home: replays the log, resumes the run
+    done = ctl(home, "wait", run_id, "--timeout", "300", check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    evs = events(home)
+    assert_contiguous(evs)
+    mine = [e for e in evs if e.get("run_id") == run_id]
+    steps_seen = [e["step"] for e in mine if e["kind"] == "step"]
+    assert steps_seen == list(range(1, steps + 1)), "each step exactly once in the log"
+    resumed = [e for e in mine if e["kind"] == "run" and e["status"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["resume_step"] in (10, 15)
+
+    expected = [r["loss"] for r in wait_for_metrics(home, reference, steps)]
+    got = wait_for_metrics(home, run_id, steps)
+    assert [r["step"] for r in got] == list(range(1, steps + 1))
+    for step, (a, b) in enumerate(zip(expected, [r["loss"] for r in got]), start=1):
+        assert abs(a - b) <= 1e-5, f"step {step}: {a} vs {b} after resume"
