@@ -116,15 +116,18 @@ class Connection:
     async def _exchange(self, payload: bytes) -> Reply:
         sock = self._socket()
         try:
-            await sock.send(payload)
+            await sock.send(payload, flags=zmq.NOBLOCK)  # queues at once: one request in flight
             if not await sock.poll(int(self.timeout_s * 1000), zmq.POLLIN):
                 raise DaemonUnavailable(
                     f"tritterd on {self.layout.home} did not answer within {self.timeout_s:g} s ({self.endpoint})"
                 )
             frames = await sock.recv_multipart()
+        except zmq.ZMQError as error:
+            self._discard()
+            raise DaemonUnavailable(f"cannot talk to tritterd at {self.endpoint}: {error}") from None
         except BaseException:
-            # Timeout, cancellation or a socket error: the reply may still come, so this socket
-            # must never be read again (Lazy Pirate).
+            # Timeout or cancellation: the reply may still come, so this socket must never be
+            # read again (Lazy Pirate).
             self._discard()
             raise
         return decode_as(frames[-1], Reply)  # [-1]: tolerate an empty REQ-style delimiter frame

@@ -125,7 +125,7 @@ class Api:
             if worker:
                 daemon.command_worker(state.run_id, "resume")
             else:
-                await daemon.spawn_worker(state.run_id)  # restarts from its last checkpoint
+                await daemon.spawn_worker(state.run_id, resume=True)  # from its last checkpoint
             return Reply(ok=True, run_id=state.run_id, message="resuming")
         if isinstance(request, Checkpoint):
             if worker is None or not state.active:

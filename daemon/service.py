@@ -42,7 +42,15 @@ def is_replay(state: RunState, event: AnyEvent) -> bool:
     if isinstance(event, StepEvent | PhaseEvent):
         return event.step <= state.current_step
     if isinstance(event, CheckpointEvent):
-        return state.last_checkpoint is not None and event.step <= state.last_checkpoint.step
+        # Same step, other reason (a manual checkpoint of a paused run) is news; same reason is a re-run.
+        last = state.last_checkpoint
+        return last is not None and (
+            event.step < last.step or (event.step == last.step and event.reason == last.reason)
+        )
+    if isinstance(event, RunEvent):
+        # The daemon announces a resume when it respawns a worker; the worker's own word is
+        # news only when it had to fall back to another checkpoint.
+        return event.status == "resumed" and event.resume_step is not None and event.resume_step == state.resumed_from
     if isinstance(event, StageEvent):
         for stage in state.stages:
             if stage.index == event.index:
@@ -93,9 +101,9 @@ class Tritterd:
     # -- runs -------------------------------------------------------------------------------
     def find_run(self, ref: str | None) -> RunState:
         """A run by id, unique id prefix or name; None = the newest run."""
-        if not self.runs:
-            raise LookupError("there are no runs yet (start one with: tritterctl start)")
         if ref is None:
+            if not self.runs:
+                raise LookupError("there are no runs yet (start one with: tritterctl start)")
             return max(self.runs.values(), key=lambda r: r.started)
         if ref in self.runs:
             return self.runs[ref]
@@ -119,8 +127,11 @@ class Tritterd:
         await self.spawn_worker(run_id)
         return run_id
 
-    async def spawn_worker(self, run_id: str) -> None:
+    async def spawn_worker(self, run_id: str, resume: bool = False) -> None:
         state = self.runs[run_id]
+        if resume:
+            step = state.last_checkpoint.step if state.last_checkpoint else 0
+            self.record(RunEvent(run_id=run_id, status="resumed", resume_step=step))
         worker = await WorkerProcess.spawn(
             run_id, state.config, self.layout.run_dir(run_id), self.layout.cache, self.layout.worker_endpoint
         )
@@ -149,7 +160,7 @@ class Tritterd:
         for state in list(self.runs.values()):
             if state.status == "running" and state.run_id not in self.workers:
                 log.info("run %s was running at shutdown/crash: resuming", state.run_id)
-                await self.spawn_worker(state.run_id)
+                await self.spawn_worker(state.run_id, resume=True)
 
     # -- worker messages --------------------------------------------------------------------
     async def serve_workers(self) -> None:

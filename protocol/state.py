@@ -37,6 +37,7 @@ class CheckpointRef(msgspec.Struct, kw_only=True):
     stage: str
     bytes: int
     sha256: str
+    reason: str = ""
 
 
 class RunState(msgspec.Struct, kw_only=True):
@@ -59,6 +60,7 @@ class RunState(msgspec.Struct, kw_only=True):
     started: float = 0.0
     updated: float = 0.0
     error: str = ""
+    resumed_from: int | None = None  # the checkpoint step of the latest resume
     stages: list[StageState] = []
     last_checkpoint: CheckpointRef | None = None
     last_seq: int = 0
@@ -72,6 +74,8 @@ def _apply_run(state: RunState, event: RunEvent) -> None:
     if event.status in ("started", "resumed"):
         state.status = "running"
         state.error = ""
+        if event.resume_step is not None:
+            state.resumed_from = event.resume_step
     elif event.status == "paused":
         state.status = "paused"
     else:
@@ -145,7 +149,8 @@ def fold(runs: dict[str, RunState], event: AnyEvent) -> RunState | None:
         state.current_phase = event.phase
     elif isinstance(event, CheckpointEvent):
         state.last_checkpoint = CheckpointRef(
-            path=event.path, step=event.step, stage=event.stage, bytes=event.bytes, sha256=event.sha256
+            path=event.path, step=event.step, stage=event.stage, bytes=event.bytes, sha256=event.sha256,
+            reason=event.reason,
         )
     state.updated = event.ts
     state.last_seq = event.seq

@@ -91,6 +91,8 @@ class Daemon:
 
 
 def ctl(home: Path, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    if "--timeout" in args:  # `wait --timeout S` bounds itself; give it room to say so
+        timeout = max(timeout, float(args[args.index("--timeout") + 1]) + 30)
     result = subprocess.run(
         [tool("tritterctl"), "--home", str(home), *args],
         capture_output=True,

@@ -8,8 +8,9 @@ heartbeat so losses and restarts are noticed quickly; no test sleeps blindly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from tritter.protocol.home import Layout
 from tritter.protocol.wire import ProtocolError, decode_as, encode
 
 HEARTBEAT_S = 0.1
+BUS_DEFAULT_HEARTBEAT_S = bus_module.HEARTBEAT_INTERVAL_S  # read before any test patches it
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -39,8 +41,18 @@ def fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bus_module, "HEARTBEAT_INTERVAL_S", HEARTBEAT_S)
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(coro)
+def run(body: Callable[[zmq.asyncio.Context], Coroutine[Any, Any, None]]) -> None:
+    """Run one test body with its own context, destroyed even when the body fails: a socket left
+    open would make the context's termination hang the whole pytest process at exit."""
+
+    async def main() -> None:
+        ctx = zmq.asyncio.Context()
+        try:
+            await body(ctx)
+        finally:
+            ctx.destroy(linger=0)
+
+    asyncio.run(main())
 
 
 def step(n: int) -> StepEvent:
@@ -66,7 +78,16 @@ class FakeDaemon:
     def __init__(self, home: Path) -> None:
         self.layout = Layout(home)
         self.catchups = 0
+        self.running = False
         self._steps = 0
+
+    async def __aenter__(self) -> FakeDaemon:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.running:
+            await self.stop()
 
     async def start(self) -> None:
         self.log = EventLog(self.layout.log)  # a restart reopens the same log and continues it
@@ -78,8 +99,10 @@ class FakeDaemon:
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.bind(self.layout.api_endpoint)
         self.server = asyncio.create_task(self._serve())
+        self.running = True
 
     async def stop(self) -> None:
+        self.running = False
         self.server.cancel()
         with pytest.raises(asyncio.CancelledError):
             await self.server
@@ -104,13 +127,23 @@ class FakeDaemon:
         return Reply(ok=False, error=f"no run matches {getattr(request, 'run', None)!r}")
 
     def emit(self, n: int, publish: bool = True) -> None:
-        """Append n events to the log; publish them on the bus unless told to 'lose' them."""
-        for _ in range(n):
-            self._steps += 1
-            event: AnyEvent = RunEvent(run_id="r1", status="started") if self._steps == 1 else step(self._steps)
-            payload = self.log.append(event)
-            if publish:
+        """Append n events to the log and publish them; ``publish=False``: the frames are lost."""
+        with contextlib.nullcontext() if publish else self._frames_lost():
+            for _ in range(n):
+                self._steps += 1
+                event: AnyEvent = RunEvent(run_id="r1", status="started") if self._steps == 1 else step(self._steps)
+                payload = self.log.append(event)  # gives the event its seq
                 self.bus.publish(event.kind, event.seq, payload)
+
+    @contextlib.contextmanager
+    def _frames_lost(self) -> Iterator[None]:
+        # As past the HWM: Bus.publish runs (and records the head for its heartbeat), the frame vanishes.
+        pub = self.bus.socket
+        pub.send_multipart = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            del pub.send_multipart
 
 
 class Collector:
@@ -149,10 +182,12 @@ class Collector:
         await self.until(lambda: bool(self.seqs) and self.seqs[-1] >= seq, timeout)
 
 
-async def subscribe(daemon: FakeDaemon, since: int = 1) -> tuple[Subscription, Collector]:
+def subscribe(
+    ctx: zmq.asyncio.Context, daemon: FakeDaemon, since: int = 1, heartbeat_s: float = HEARTBEAT_S
+) -> tuple[Subscription, Collector]:
     collector = Collector()
     sub = Subscription(
-        daemon.layout, since, on_state=collector.on_state, heartbeat_s=HEARTBEAT_S, timeout_s=1.0
+        daemon.layout, since, ctx=ctx, on_state=collector.on_state, heartbeat_s=heartbeat_s, timeout_s=1.0
     )
     collector.start(sub)
     return sub, collector
@@ -165,157 +200,146 @@ def contiguous(first: int, last: int) -> list[int]:
 # -- Subscription ---------------------------------------------------------------------------------
 
 
-def test_heartbeat_frame_matches_the_bus() -> None:
+def test_heartbeat_matches_the_bus() -> None:
+    # The client keeps its own copies so it need not import the daemon; they must agree.
     assert subscription_module.HEARTBEAT == bus_module.HEARTBEAT
+    assert subscription_module.HEARTBEAT_INTERVAL_S == BUS_DEFAULT_HEARTBEAT_S
 
 
 def test_late_subscriber_gets_history_then_live(tmp_path: Path) -> None:
-    async def body() -> None:
-        daemon = FakeDaemon(tmp_path / "h")
-        await daemon.start()
-        daemon.emit(2500)  # more than one catch-up batch
-        sub, got = await subscribe(daemon)
-        await got.upto(2500)
-        await got.until(lambda: "live" in got.states)
-        daemon.emit(100)
-        await got.upto(2600)
-        assert got.seqs == contiguous(1, 2600)
-        assert sub.last_seq == 2600 and sub.head == 2600
-        await sub.close()
-        await daemon.stop()
+    async def body(ctx: zmq.asyncio.Context) -> None:
+        async with FakeDaemon(tmp_path / "h") as daemon:
+            daemon.emit(2500)  # more than one catch-up batch
+            sub, got = subscribe(ctx, daemon)
+            await got.upto(2500)
+            await got.until(lambda: "live" in got.states)
+            daemon.emit(100)
+            await got.upto(2600)
+            assert got.seqs == contiguous(1, 2600)
+            assert sub.last_seq == 2600 and sub.head == 2600
+            await sub.close()
 
-    run(body())
+    run(body)
 
 
 def test_subscriber_since_n(tmp_path: Path) -> None:
-    async def body() -> None:
-        daemon = FakeDaemon(tmp_path / "h")
-        await daemon.start()
-        daemon.emit(30)
-        sub, got = await subscribe(daemon, since=11)
-        await got.upto(30)
-        daemon.emit(5)
-        await got.upto(35)
-        assert got.seqs == contiguous(11, 35)
-        await sub.close()
-        await daemon.stop()
+    async def body(ctx: zmq.asyncio.Context) -> None:
+        async with FakeDaemon(tmp_path / "h") as daemon:
+            daemon.emit(30)
+            sub, got = subscribe(ctx, daemon, since=11)
+            await got.upto(30)
+            daemon.emit(5)
+            await got.upto(35)
+            assert got.seqs == contiguous(11, 35)
+            await sub.close()
 
-    run(body())
+    run(body)
 
 
 def test_no_follow_stops_at_the_head_seen_at_start(tmp_path: Path) -> None:
-    async def body() -> None:
-        daemon = FakeDaemon(tmp_path / "h")
-        await daemon.start()
-        daemon.emit(40)
-        sub = Subscription(daemon.layout, 5, follow=False, timeout_s=1.0)
-        seqs = [event.seq async for event in sub]
-        assert seqs == contiguous(5, 40)
-        assert [e.seq async for e in Subscription(daemon.layout, 41, follow=False)] == []
-        await sub.close()
-        await daemon.stop()
+    async def body(ctx: zmq.asyncio.Context) -> None:
+        async with FakeDaemon(tmp_path / "h") as daemon:
+            daemon.emit(40)
+            sub = Subscription(daemon.layout, 5, ctx=ctx, follow=False, timeout_s=1.0)
+            seqs = [event.seq async for event in sub]
+            assert seqs == contiguous(5, 40)
+            assert [e.seq async for e in Subscription(daemon.layout, 41, ctx=ctx, follow=False)] == []
+            await sub.close()
 
-    run(body())
+    run(body)
 
 
 def test_gap_is_filled_from_the_log(tmp_path: Path) -> None:
-    async def body() -> None:
-        daemon = FakeDaemon(tmp_path / "h")
-        await daemon.start()
-        daemon.emit(10)
-        sub, got = await subscribe(daemon)
-        await got.upto(10)
-        await got.until(lambda: "live" in got.states)
-        catchups = daemon.catchups
-        daemon.emit(5, publish=False)  # lost on the wire
-        daemon.emit(5)  # seq 16 arrives after 10: a gap
-        await got.upto(20)
-        assert got.seqs == contiguous(1, 20)
-        assert daemon.catchups > catchups
-        await sub.close()
-        await daemon.stop()
+    async def body(ctx: zmq.asyncio.Context) -> None:
+        async with FakeDaemon(tmp_path / "h") as daemon:
+            daemon.emit(10)
+            sub, got = subscribe(ctx, daemon)
+            await got.upto(10)
+            await got.until(lambda: "live" in got.states)
+            catchups = daemon.catchups
+            daemon.emit(5, publish=False)  # lost on the wire
+            daemon.emit(5)  # seq 16 arrives after 10: a gap
+            await got.upto(20)
+            assert got.seqs == contiguous(1, 20)
+            assert daemon.catchups > catchups
+            await sub.close()
 
-    run(body())
+    run(body)
 
 
 def test_tail_loss_is_seen_by_heartbeat(tmp_path: Path) -> None:
-    async def body() -> None:
-        daemon = FakeDaemon(tmp_path / "h")
-        await daemon.start()
-        daemon.emit(10)
-        sub, got = await subscribe(daemon)
-        await got.until(lambda: "live" in got.states)
-        daemon.emit(3, publish=False)  # lost, and nothing follows: only the heartbeat tells
-        await got.upto(13, timeout=10 * HEARTBEAT_S + 2)
-        assert got.seqs == contiguous(1, 13)
-        await sub.close()
-        await daemon.stop()
+    async def body(ctx: zmq.asyncio.Context) -> None:
+        async with FakeDaemon(tmp_path / "h") as daemon:
+            daemon.emit(10)
+            # The subscriber would call the daemon silent only after 3 x 2 s: what it hears in
+            # the meantime are the bus's 0.1 s heartbeats, and those must be enough.
+            sub, got = subscribe(ctx, daemon, heartbeat_s=2.0)
+            await got.until(lambda: "live" in got.states)
+            daemon.emit(3, publish=False)  # lost, and nothing follows: only the heartbeat tells
+            await got.upto(13, timeout=2.0)
+            assert got.seqs == contiguous(1, 13)
+            assert got.states == ["live"]
+            await sub.close()
 
-    run(body())
+    run(body)
 
 
 def test_daemon_restart_leaves_no_gap_and_no_duplicate(tmp_path: Path) -> None:
-    async def body() -> None:
-        daemon = FakeDaemon(tmp_path / "h")
-        await daemon.start()
-        daemon.emit(20)
-        sub, got = await subscribe(daemon)
-        await got.upto(20)
-        await got.until(lambda: "live" in got.states)
-        daemon.emit(5, publish=False)  # appended but never published before the "crash"
-        await daemon.stop()  # the socket files stay behind, as after a crash
-        await got.until(lambda: "disconnected" in got.states)
-        await daemon.start()  # same endpoints, same log: continues at seq 26
-        daemon.emit(10)
-        await got.upto(35)
-        await got.until(lambda: got.states[-1] == "live")
-        daemon.emit(5)
-        await got.upto(40)
-        assert got.seqs == contiguous(1, 40)
-        assert got.states[0] == "live" and "disconnected" in got.states and got.states[-1] == "live"
-        await sub.close()
-        await daemon.stop()
+    async def body(ctx: zmq.asyncio.Context) -> None:
+        async with FakeDaemon(tmp_path / "h") as daemon:
+            daemon.emit(20)
+            sub, got = subscribe(ctx, daemon)
+            await got.upto(20)
+            await got.until(lambda: "live" in got.states)
+            daemon.emit(5, publish=False)  # appended but never published before the "crash"
+            await daemon.stop()  # the socket files stay behind, as after a crash
+            await got.until(lambda: "disconnected" in got.states)
+            await daemon.start()  # same endpoints, same log: continues at seq 26
+            daemon.emit(10)
+            await got.upto(35)
+            await got.until(lambda: got.states[-1] == "live")
+            daemon.emit(5)
+            await got.upto(40)
+            assert got.seqs == contiguous(1, 40)
+            assert got.states[0] == "live" and "disconnected" in got.states and got.states[-1] == "live"
+            await sub.close()
 
-    run(body())
+    run(body)
 
 
 def test_undecodable_live_event_raises_protocol_error(tmp_path: Path) -> None:
-    async def body() -> None:
-        daemon = FakeDaemon(tmp_path / "h")
-        await daemon.start()
-        daemon.emit(3)
-        sub, got = await subscribe(daemon)
-        await got.until(lambda: "live" in got.states)
-        daemon.bus.publish("step", 4, encode({"kind": "step", "seq": 4, "v": 1, "loss": "NaN?"}))
-        with pytest.raises(ProtocolError, match="malformed step event seq 4"):
-            await got.until(lambda: False)
-        assert got.seqs == contiguous(1, 3)
-        await sub.close()
-        await daemon.stop()
+    async def body(ctx: zmq.asyncio.Context) -> None:
+        async with FakeDaemon(tmp_path / "h") as daemon:
+            daemon.emit(3)
+            sub, got = subscribe(ctx, daemon)
+            await got.until(lambda: "live" in got.states)
+            daemon.bus.publish("step", 4, encode({"kind": "step", "seq": 4, "v": 1, "loss": "NaN?"}))
+            with pytest.raises(ProtocolError, match="malformed step event seq 4"):
+                await got.until(lambda: False)
+            assert got.seqs == contiguous(1, 3)
+            await sub.close()
 
-    run(body())
+    run(body)
 
 
 def test_close_ends_a_waiting_iterator(tmp_path: Path) -> None:
-    async def body() -> None:
-        daemon = FakeDaemon(tmp_path / "h")
-        await daemon.start()
-        sub, got = await subscribe(daemon)
-        await got.until(lambda: "live" in got.states)
-        await sub.close()
-        assert got.task is not None
-        await asyncio.wait_for(got.task, 2.0)  # ends cleanly, not cancelled
-        await daemon.stop()
+    async def body(ctx: zmq.asyncio.Context) -> None:
+        async with FakeDaemon(tmp_path / "h") as daemon:
+            sub, got = subscribe(ctx, daemon)
+            await got.until(lambda: "live" in got.states)
+            await sub.close()
+            assert got.task is not None
+            await asyncio.wait_for(got.task, 2.0)  # ends cleanly, not cancelled
 
-    run(body())
+    run(body)
 
 
 # -- Connection -------------------------------------------------------------------------------------
 
 
 def test_missing_socket_fails_at_once(tmp_path: Path) -> None:
-    async def body() -> None:
-        conn = Connection(Layout(tmp_path / "h"), timeout_s=5.0)
+    async def body(ctx: zmq.asyncio.Context) -> None:
+        conn = Connection(Layout(tmp_path / "h"), timeout_s=5.0, ctx=ctx)
         started = time.monotonic()
         with pytest.raises(DaemonUnavailable) as raised:
             await conn.request(Ping())
@@ -325,34 +349,32 @@ def test_missing_socket_fails_at_once(tmp_path: Path) -> None:
         assert "\n" not in message
         await conn.close()
 
-    run(body())
+    run(body)
 
 
 def test_stale_socket_file_fails_at_once(tmp_path: Path) -> None:
-    async def body() -> None:
-        daemon = FakeDaemon(tmp_path / "h")
-        await daemon.start()
-        conn = Connection(daemon.layout, timeout_s=1.0)
-        assert (await conn.request(Ping())).message == "pong"
-        await daemon.stop()  # libzmq leaves the ipc file behind, as after a crash
+    async def body(ctx: zmq.asyncio.Context) -> None:
+        async with FakeDaemon(tmp_path / "h") as daemon:
+            conn = Connection(daemon.layout, timeout_s=1.0, ctx=ctx)
+            assert (await conn.request(Ping())).message == "pong"
+        # the daemon is gone; libzmq left its ipc file behind, as after a crash
         assert Path(daemon.layout.api_endpoint[len("ipc://") :]).exists()
         with pytest.raises(DaemonUnavailable):
             await conn.request(Ping())  # the old link: no answer within the timeout
-        for client in (conn, Connection(daemon.layout, timeout_s=5.0)):
+        for client in (conn, Connection(daemon.layout, timeout_s=5.0, ctx=ctx)):
             started = time.monotonic()
             with pytest.raises(DaemonUnavailable, match="stale socket"):
                 await client.request(Ping())  # a fresh link is refused at once
             assert time.monotonic() - started < 0.5
             await client.close()
 
-    run(body())
+    run(body)
 
 
 def test_timeout_when_nothing_answers(tmp_path: Path) -> None:
-    async def body() -> None:
+    async def body(ctx: zmq.asyncio.Context) -> None:
         layout = Layout(tmp_path / "h")
         layout.sockets.mkdir(parents=True)
-        ctx = zmq.asyncio.Context()
         mute = ctx.socket(zmq.ROUTER)
         mute.bind(layout.api_endpoint)
         conn = Connection(layout, timeout_s=0.3, ctx=ctx)
@@ -362,29 +384,25 @@ def test_timeout_when_nothing_answers(tmp_path: Path) -> None:
         assert 0.25 <= time.monotonic() - started < 2.0
         await conn.close()
         mute.close(linger=0)
-        ctx.destroy(linger=0)
 
-    run(body())
+    run(body)
 
 
 def test_request_failed_carries_the_daemon_error(tmp_path: Path) -> None:
-    async def body() -> None:
-        daemon = FakeDaemon(tmp_path / "h")
-        await daemon.start()
-        conn = Connection(daemon.layout, timeout_s=1.0)
-        with pytest.raises(RequestFailed, match="no run matches 'nope'"):
-            await conn.request(Status(run="nope"))
-        await conn.close()
-        await daemon.stop()
+    async def body(ctx: zmq.asyncio.Context) -> None:
+        async with FakeDaemon(tmp_path / "h") as daemon:
+            conn = Connection(daemon.layout, timeout_s=1.0, ctx=ctx)
+            with pytest.raises(RequestFailed, match="no run matches 'nope'"):
+                await conn.request(Status(run="nope"))
+            await conn.close()
 
-    run(body())
+    run(body)
 
 
 def test_stale_reply_is_never_matched_to_a_later_request(tmp_path: Path) -> None:
-    async def body() -> None:
+    async def body(ctx: zmq.asyncio.Context) -> None:
         layout = Layout(tmp_path / "h")
         layout.sockets.mkdir(parents=True)
-        ctx = zmq.asyncio.Context()
         router = ctx.socket(zmq.ROUTER)
         router.bind(layout.api_endpoint)
         conn = Connection(layout, timeout_s=0.3, ctx=ctx)
@@ -397,12 +415,12 @@ def test_stale_reply_is_never_matched_to_a_later_request(tmp_path: Path) -> None
         second = asyncio.create_task(conn.request(Status(run="second")))
         ident2, payload2 = await asyncio.wait_for(router.recv_multipart(), 2.0)
         assert ident1 != ident2  # a fresh socket: the late answer has nowhere to go
+        assert [decode_as(p, Status).run for p in (payload1, payload2)] == ["first", "second"]
         await router.send_multipart([ident1, encode(Reply(ok=True, message="first"))])
         await router.send_multipart([ident2, encode(Reply(ok=True, message="second"))])
         assert (await asyncio.wait_for(second, 2.0)).message == "second"
 
         await conn.close()
         router.close(linger=0)
-        ctx.destroy(linger=0)
 
-    run(body())
+    run(body)

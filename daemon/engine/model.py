@@ -50,14 +50,17 @@ class RMSNorm(nn.Module):
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
-        # Not persistent: derived from the shape, and absent from HF's state_dict too.
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim = head_dim
+        self.theta = theta
 
-    def forward(self, seq_len: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        pos = torch.arange(seq_len, device=self.inv_freq.device, dtype=torch.float)
-        freqs = pos[:, None] * self.inv_freq.float()[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)  # [T, head_dim]
+    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        # Recomputed each call (a few hundred flops) rather than kept as a buffer: a buffer would be
+        # rounded by model.to(bfloat16) and left uninitialised by meta-device construction.
+        dim = self.head_dim
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))
+        pos = torch.arange(seq_len, device=device, dtype=torch.float)
+        freqs = pos[:, None] * inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [T, head_dim], same layout as transformers
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
@@ -148,7 +151,7 @@ class LlamaForCausalLM(nn.Module):
         if seq_len > max_len:
             raise ValueError(f"sequence length {seq_len} > max_position_embeddings {max_len}")
         h = self.model.embed_tokens(input_ids)
-        cos, sin = self.model.rotary_emb(seq_len, h.dtype)
+        cos, sin = self.model.rotary_emb(seq_len, h.device, h.dtype)
         use_ckpt = self.grad_ckpt_every > 0 and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.model.layers):
             if use_ckpt and i % self.grad_ckpt_every == 0:

@@ -11,8 +11,6 @@ from tritter.daemon.engine.growth import grow, layer_mapping
 from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
 from tritter.daemon.engine.presets import ModelShape, get_preset
 
-VOCAB = 8192
-
 
 def markov_batch(gen: torch.Generator, batch: int, seq: int) -> torch.Tensor:
     """Tokens from a fixed sparse Markov chain over 256 ids: learnable in a few dozen steps."""

@@ -1,0 +1,120 @@
+"""Control plane: clear one-line errors, a daemon that survives any input, one daemon per home, sd_notify."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+
+from conftest import Daemon, ctl
+from tritter.protocol.control import Ping, Reply
+from tritter.protocol.home import Layout
+from tritter.protocol.wire import encode
+
+
+def one_line_error(result) -> str:  # type: ignore[no-untyped-def]
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tritterctl: error: "), result.stderr
+    return lines[0]
+
+
+def test_errors_without_a_daemon(home: Path) -> None:
+    for args in (["runs"], ["status"], ["start"], ["stop", "x"], ["events"]):
+        assert "not running" in one_line_error(ctl(home, *args, check=False, timeout=20))
+
+
+def test_errors_with_a_daemon(daemon: Daemon, home: Path) -> None:
+    daemon.start()
+    assert "no runs yet" in one_line_error(ctl(home, "status", check=False))
+    assert "unknown preset 'huge'" in one_line_error(ctl(home, "start", "--end", "huge", check=False))
+    assert "bigger than" in one_line_error(ctl(home, "start", "--start", "small", "--end", "tiny", check=False))
+    assert "--steps" in one_line_error(ctl(home, "start", "--steps", "0", check=False))
+    assert "--hf-user" in one_line_error(ctl(home, "start", "--upload", check=False))
+    assert "does not exist" in one_line_error(ctl(home, "start", "--corpus", "/nope/nothing.txt", check=False))
+    assert "unrecognized arguments" in one_line_error(ctl(home, "start", "--bogus", check=False))
+    assert "invalid int value" in one_line_error(ctl(home, "start", "--steps", "many", check=False))
+    assert "no run 'ghost'" in one_line_error(ctl(home, "stop", "ghost", check=False))
+    assert ctl(home, "runs").stdout.startswith("no runs yet")
+
+
+def test_daemon_survives_malformed_control_messages(daemon: Daemon, home: Path) -> None:
+    daemon.start()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(Layout(home).api_endpoint)
+    rng = random.Random(1234)
+    junk: list[list[bytes]] = [
+        [b""], [b"\xc1"], [msgspec.msgpack.encode({"op": "nope"})], [msgspec.msgpack.encode({"op": "stop"})],
+        [msgspec.msgpack.encode({"op": "start", "config": {"steps": "x"}})], [b"a", b"b", b"c"],
+        [msgspec.msgpack.encode({"op": "status", "run": 12})], [msgspec.msgpack.encode([1, 2, 3])],
+    ]
+    junk += [[rng.randbytes(rng.randint(0, 64))] for _ in range(1500)]
+    try:
+        for frames in junk:
+            sock.send_multipart(frames)
+            reply = msgspec.msgpack.decode(sock.recv(), type=Reply)
+            assert reply.ok is False and reply.error, frames
+        # A catch-up with odd bounds is clamped, not refused.
+        sock.send(msgspec.msgpack.encode({"op": "catchup", "since": -5, "limit": 10**12}))
+        assert msgspec.msgpack.decode(sock.recv(), type=Reply).ok
+        sock.send(encode(Ping()))
+        assert msgspec.msgpack.decode(sock.recv(), type=Reply).ok
+    finally:
+        sock.close()
+        ctx.term()
+    assert daemon.process is not None and daemon.process.poll() is None
+    assert ctl(home, "runs").returncode == 0
+
+
+def test_second_daemon_on_the_same_home_refuses(daemon: Daemon, home: Path) -> None:
+    daemon.start()
+    second = Daemon(home).start(ready=False)
+    assert second.process is not None
+    assert second.process.wait(timeout=30) == 1
+    assert "already running" in second.stderr()
+    assert ctl(home, "runs").returncode == 0  # the first one is untouched
+
+
+def test_sd_notify_ready_watchdog_stopping(home: Path, tmp_path: Path) -> None:
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(30)
+    daemon = Daemon(home, ["--no-recorder"])
+    daemon.start(env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"}, ready=False)
+    try:
+        seen: list[str] = []
+        deadline = time.monotonic() + 30
+        while not any("WATCHDOG=1" in m for m in seen) and time.monotonic() < deadline:
+            seen.append(listener.recv(4096).decode())
+        assert "READY=1" in seen[0] and "STATUS=" in seen[0]
+        assert any("WATCHDOG=1" in m for m in seen)
+        os.kill(daemon.pid, signal.SIGTERM)
+        while True:
+            message = listener.recv(4096).decode()
+            if "STOPPING=1" in message:
+                break
+        assert daemon.process is not None and daemon.process.wait(timeout=60) == 0
+    finally:
+        daemon.stop()
+        listener.close()
+
+
+@pytest.mark.parametrize("bad", ["--bind"])
+def test_tritterd_rejects_unavailable_options_clearly(home: Path, bad: str) -> None:
+    import subprocess
+
+    from conftest import tool
+
+    result = subprocess.run([tool("tritterd"), "--home", str(home), bad, "tcp://127.0.0.1:1"], capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
