@@ -15,7 +15,7 @@ two sides alternate (plain/tritterd, then tritterd/plain, ...) so that machine n
 drift hit both; the reported ``ratio`` is the median of the per-pair ratios.
 
     .venv/bin/python bench/overhead.py --quick      # smoke run, under about a minute
-    .venv/bin/python bench/overhead.py              # tiny, 200 steps, 5 pairs
+    .venv/bin/python bench/overhead.py              # tiny, 150 steps, 5 pairs
 
 The last line printed is one JSON object (``ratio``, ``plain_ms``, ``tritterd_ms``, ...).
 """
@@ -212,7 +212,7 @@ def run_tritterd(args: argparse.Namespace, root: Path, index: int, cache_dir: Pa
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Per-step overhead of tritterd vs a plain PyTorch loop.")
     parser.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="preset trained on both sides (default tiny)")
-    parser.add_argument("--steps", type=int, help="optimizer steps per run (default 200; 40 with --quick)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per run (default 150; 40 with --quick)")
     parser.add_argument("--repeats", type=int, help="plain/tritterd pairs (default 5; 1 with --quick)")
     parser.add_argument("--warmup", type=int, default=5, help="leading steps left out of the timing (default 5)")
     parser.add_argument("--seed", type=int, default=0)
@@ -225,7 +225,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps is None:
-        args.steps = 40 if args.quick else 200
+        args.steps = 40 if args.quick else 150
     if args.repeats is None:
         args.repeats = 1 if args.quick else 5
     if args.plain_child:

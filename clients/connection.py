@@ -58,14 +58,18 @@ def _probe_unix(path: Path) -> str | None:
     except BlockingIOError:  # listening, backlog full: it is alive, let ZeroMQ wait for it
         return None
     except OSError as error:
-        return "refused" if error.errno in (errno.ECONNREFUSED, errno.ENOENT) else (error.strerror or str(error))
+        if error.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return "refused"
+        return error.strerror or str(error)
     finally:
         probe.close()
     return None
 
 
 class Connection:
-    def __init__(self, layout: Layout, timeout_s: float = 5.0, ctx: zmq.asyncio.Context | None = None) -> None:
+    def __init__(
+        self, layout: Layout, timeout_s: float = 5.0, ctx: zmq.asyncio.Context | None = None
+    ) -> None:
         self.layout = layout
         self.timeout_s = timeout_s
         self.endpoint = layout.api_endpoint  # remote: tcp://HOST:PORT
@@ -119,7 +123,8 @@ class Connection:
             await sock.send(payload, flags=zmq.NOBLOCK)  # queues at once: one request in flight
             if not await sock.poll(int(self.timeout_s * 1000), zmq.POLLIN):
                 raise DaemonUnavailable(
-                    f"tritterd on {self.layout.home} did not answer within {self.timeout_s:g} s ({self.endpoint})"
+                    f"tritterd on {self.layout.home} did not answer within {self.timeout_s:g} s "
+                    f"({self.endpoint})"
                 )
             frames = await sock.recv_multipart()
         except zmq.ZMQError as error:

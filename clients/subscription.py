@@ -19,14 +19,12 @@ import zmq
 import zmq.asyncio
 
 from tritter.clients.connection import Connection, DaemonUnavailable
+from tritter.protocol.bus import HEARTBEAT, HEARTBEAT_INTERVAL_S, frame_seq
 from tritter.protocol.control import CATCHUP_BATCH, Catchup
 from tritter.protocol.events import AnyEvent
 from tritter.protocol.home import Layout
 from tritter.protocol.wire import ProtocolError, decode_event
 
-# Must match tritter.daemon.bus (kept here so clients need only the protocol, not the daemon).
-HEARTBEAT = b"hb"
-HEARTBEAT_INTERVAL_S = 1.0
 SILENCE_BEATS = 3  # this many heartbeat intervals with nothing heard = the daemon is gone
 SUB_RCVHWM = 200_000  # room for the live stream while a long catch-up runs; overflow is caught up too
 BACKOFF_MIN_S = 0.2
@@ -46,8 +44,10 @@ class _Closed(Exception):
 
 def _frame_seq(frames: list[bytes], index: int) -> int:
     if len(frames) <= index or len(frames[index]) != 8:
-        raise ProtocolError(f"malformed bus message ({len(frames)} frames); is this a tritterd events socket?")
-    return int.from_bytes(frames[index], "big")
+        raise ProtocolError(
+            f"malformed bus message ({len(frames)} frames); is this a tritterd events socket?"
+        )
+    return frame_seq(frames[index])
 
 
 class Subscription:

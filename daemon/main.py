@@ -91,6 +91,8 @@ async def serve(layout: Layout, recorder: bool) -> int:
     await asyncio.gather(*tasks, return_exceptions=True)
     api.close()
     ctx.term()
+    for endpoint in layout.sockets.glob("*.ipc"):  # clients then say "not running", not "stale"
+        endpoint.unlink(missing_ok=True)
     log.info("tritterd stopped cleanly")
     return 0
 

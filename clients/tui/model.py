@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 
 from tritter.protocol.events import AnyEvent, RunEvent, StepEvent
-from tritter.protocol.state import TERMINAL, RunState, fold
+from tritter.protocol.state import RunState, fold
 
 ETA_WINDOW = 20  # recent steps used for the step rate: long enough to smooth, short enough to follow growth
 
@@ -349,6 +349,3 @@ def load_runs_dir(runs_dir: Path) -> tuple[Monitor, RunsDirSource]:
     source.poll(monitor)
     return monitor, source
 
-
-def is_active(state: RunState) -> bool:
-    return state.status not in TERMINAL

@@ -391,11 +391,12 @@ def _stage_table(state: RunState) -> list[str]:
     return rows
 
 
-def _checkpoint_line(state: RunState) -> str:
+def _checkpoint_line(state: RunState, width: int) -> str:
     ck = state.last_checkpoint
     if ck is None:
         return "last checkpoint  none yet"
-    return f"last checkpoint  step {ck.step} ({ck.stage}) · {fmt_bytes(ck.bytes)} · {ck.path}"
+    line = f"last checkpoint  step {ck.step} ({ck.stage}) · {fmt_bytes(ck.bytes)} · {ck.path}"
+    return line if len(line) <= width else line.replace(ck.path, ck.path.rsplit("/", 1)[-1])  # the file name
 
 
 def detail(state: RunState, history: RunHistory | None, width: int, height: int) -> list[Line]:
@@ -424,7 +425,7 @@ def detail(state: RunState, history: RunHistory | None, width: int, height: int)
               f"{'-' if error is None else f'{error:.4g}'}")],
         [("class:header", stages[0])],
         *[[("", row)] for row in stages[1:]],
-        [("", _checkpoint_line(state))],
+        [("", _checkpoint_line(state, width))],
     ]
     plot_width = max(1, width - GUTTER)
     # Lines besides the chart rows: top, caption, axis, ticks, gnorm, phase, bottom.

@@ -11,7 +11,9 @@ One file holds everything needed to resume bit-identically:
   ``rng.cuda.{i}`` when CUDA is in use); python ``random`` and numpy global
   states as JSON in metadata ``rng.python`` / ``rng.numpy``;
 * the caller's trainer state as JSON in metadata ``tritter``, and the model
-  shape in ``model.shape``.
+  shape in ``model.shape``;
+* optional caller tensors (e.g. the hybrid predictor's update history) under
+  ``extra.{name}``, returned by ``load_checkpoint`` in ``LoadedCheckpoint.extra``.
 
 safetensors validates the header and file length, but not the tensor bytes,
 so metadata ``content.sha256`` digests every tensor and loading re-checks it:
@@ -45,6 +47,7 @@ from tritter.daemon.engine.presets import ModelShape
 
 FORMAT = "tritter-checkpoint/1"
 _MODEL_PREFIXES = ("model.", "lm_head.")
+_EXTRA_PREFIX = "extra."
 _STEP_RE = re.compile(r"^step-(\d+)\.safetensors$")
 
 
@@ -67,6 +70,7 @@ class LoadedCheckpoint:
     trainer_state: dict
     rng: dict  # for restore_rng
     shape: ModelShape | None = None  # shape of the saved model, when it had one
+    extra: dict[str, Tensor] = dataclasses.field(default_factory=dict)  # save_checkpoint(extra_tensors=...)
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -166,11 +170,17 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, trainer_state: dict
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    trainer_state: dict,
+    extra_tensors: dict[str, Tensor] | None = None,
 ) -> CheckpointInfo:
-    """Atomically write model, optimizer, RNG and trainer state to ``path``."""
+    """Atomically write model, optimizer, RNG, trainer state and ``extra_tensors`` to ``path``."""
     path = Path(path)
     tensors, tied = _model_tensors(model)
+    for name, value in (extra_tensors or {}).items():
+        tensors[_EXTRA_PREFIX + name] = _to_cpu(value)
     metadata = {
         "format": FORMAT,
         "tritter": json.dumps(trainer_state, default=_json_default),  # fail before touching disk
@@ -270,6 +280,12 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: malformed checkpoint metadata ({_one_line(exc)})") from exc
 
+    extra = {k[len(_EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_EXTRA_PREFIX)}
     return LoadedCheckpoint(
-        model_state=model_state, optimizer_state=optimizer_state, trainer_state=trainer_state, rng=rng, shape=shape
+        model_state=model_state,
+        optimizer_state=optimizer_state,
+        trainer_state=trainer_state,
+        rng=rng,
+        shape=shape,
+        extra=extra,
     )

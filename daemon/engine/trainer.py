@@ -4,6 +4,10 @@ The loop knows nothing about ZeroMQ or the daemon: it reports through ``emit`` (
 seq; the daemon's log numbers them) and takes commands from ``controls``.  Everything that
 decides the loss curve lives in the checkpoint (weights, AdamW state, RNG states, data position,
 stage and step), so a resumed run continues exactly where an uninterrupted one would be.
+
+With ``config.hybrid`` (the default) some steps skip the backward pass and apply a predicted
+update instead (daemon/engine/hybrid.py, docs/hybrid.md); the predictor's history and its phase
+machine are checkpointed too, so exact resume holds mid-Predict as well.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from tritter.daemon.engine.checkpoint import (
 )
 from tritter.daemon.engine.data import Batches, TokenData, heldout_batches, load_token_data
 from tritter.daemon.engine.growth import grow
+from tritter.daemon.engine.hybrid import DEFAULT_SETTINGS, HybridController, HybridSettings, StepPlan
 from tritter.daemon.engine.model import LlamaForCausalLM, count_parameters, init_weights
 from tritter.daemon.engine.presets import Preset, get_preset
 from tritter.daemon.engine.schedule import lr_at
@@ -110,6 +115,7 @@ class Trainer:
         controls: Controls,
         cache_dir: Path | None = None,
         device: torch.device | None = None,
+        hybrid_settings: HybridSettings | None = None,
     ) -> None:
         self.run_id = run_id
         self.config = config
@@ -122,6 +128,8 @@ class Trainer:
         self.progress = Progress()
         self.model: LlamaForCausalLM | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.hybrid_settings = hybrid_settings or DEFAULT_SETTINGS
+        self.hybrid: HybridController | None = None  # None with --no-hybrid
 
     # -- plumbing ---------------------------------------------------------------------------
     def emit(self, event: AnyEvent) -> None:
@@ -148,8 +156,18 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
     def save(self, reason: str) -> None:
         assert self.model is not None
+        extra_tensors = None
+        if self.hybrid is not None and not self.progress.stage_done:
+            self.progress.extra["hybrid"] = self.hybrid.state()
+            extra_tensors = self.hybrid.tensors()
+        else:  # a closed stage resumes by growing, which resets the predictor
+            self.progress.extra.pop("hybrid", None)
         info = save_checkpoint(
-            checkpoint_path(self.run_dir, self.progress.step), self.model, self.optimizer, self.progress.to_dict()
+            checkpoint_path(self.run_dir, self.progress.step),
+            self.model,
+            self.optimizer,
+            self.progress.to_dict(),
+            extra_tensors,
         )
         self.emit(
             CheckpointEvent(
@@ -177,6 +195,13 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.preset, fused=self.device.type == "cuda")
         if loaded.optimizer_state is not None:
             self.optimizer.load_state_dict(loaded.optimizer_state)
+        self.hybrid = None
+        if self.config.hybrid:
+            state = self.progress.extra.get("hybrid")
+            if isinstance(state, dict):
+                self.hybrid = HybridController.restore(self.model, state, loaded.extra)
+            else:  # a checkpoint written without hybrid state: start the predictor afresh
+                self.hybrid = HybridController(self.model, self.hybrid_settings)
         restore_rng(loaded.rng)
 
     # -- stages -----------------------------------------------------------------------------
@@ -199,6 +224,8 @@ class Trainer:
         # A fresh AdamW per stage: the moments of a grown matrix have no meaning for its new
         # rows/columns, and the stage's own warmup lets the new state settle.
         self.optimizer = make_optimizer(self.model, preset, fused=self.device.type == "cuda")
+        # The predictor resets too: updates of a smaller model say nothing about this one.
+        self.hybrid = HybridController(self.model, self.hybrid_settings) if self.config.hybrid else None
         self.emit(
             StageEvent(
                 status="started",
@@ -267,16 +294,41 @@ class Trainer:
         lr = lr_at(self.progress.stage_step, self.config.steps, settings.lr, settings.warmup_steps, settings.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self._set_phase("warmup" if self.progress.stage_step < settings.warmup_steps else "full")
+        hybrid = self.hybrid
+        if hybrid is None:
+            plan = StepPlan("warmup" if self.progress.stage_step < settings.warmup_steps else "full", False)
+        else:
+            plan = hybrid.plan(self.progress.stage_step, settings.warmup_steps)
+        self._set_phase(plan.phase, plan.reason)  # type: ignore[arg-type]
         x, y = batches.next()
-        loss = self.model(x.to(self.device), labels=y.to(self.device))
-        loss.backward()
-        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {self.progress.step + 1}")
+        error: float | None = None
+        if plan.predicted:
+            assert hybrid is not None
+            # Predict: forward only (the loss is reported and watched), then the predicted update.
+            with torch.no_grad():
+                loss_value = float(self.model(x.to(self.device), labels=y.to(self.device)))
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {self.progress.step + 1}")
+            if not hybrid.watch_loss(loss_value, in_predict=True):
+                hybrid.predictor.apply_predicted(lr)
+            # (a loss jump withholds this step's update and falls back to Correct)
+            norm = hybrid.last_grad_norm  # no gradient this step: the last measured norm
+        else:
+            if hybrid is not None:
+                hybrid.predictor.before_step()
+            loss = self.model(x.to(self.device), labels=y.to(self.device))
+            loss.backward()
+            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {self.progress.step + 1}")
+            if hybrid is not None:
+                error = hybrid.predictor.after_step(lr)
+                hybrid.last_grad_norm = norm
+                hybrid.watch_loss(loss_value, in_predict=plan.phase == "predict")
+                hybrid.true_step_done(plan, error)
         elapsed = time.perf_counter() - started
         self.progress.step += 1
         self.progress.stage_step += 1
@@ -289,8 +341,8 @@ class Trainer:
                 loss=loss_value,
                 gradient_norm=norm,
                 phase=self.progress.phase,  # type: ignore[arg-type]
-                was_predicted=False,
-                prediction_error=None,
+                was_predicted=plan.predicted,
+                prediction_error=error,
                 step_time_ms=elapsed * 1000.0,
                 stage=self.preset.name,
                 lr=lr,

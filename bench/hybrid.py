@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Hybrid (predicted) steps versus full training: skip rate, wall time, final eval loss.
+
+For each preset, two in-process ``Trainer`` runs on the embedded corpus with the same seed and
+the same token budget (``--steps`` optimizer steps, each on one batch): ``--hybrid`` (the
+default schedule of daemon/engine/hybrid.py) and ``--no-hybrid``.  Reported side by side:
+backward passes done and skipped (count and share), wall time of the training loop, final
+held-out eval loss (the stage's ``completed`` StageEvent), and the ratios hybrid / full.
+
+    .venv/bin/python bench/hybrid.py --quick     # tiny, 120 steps: about a minute on 2 cores
+    .venv/bin/python bench/hybrid.py             # tiny 300 steps + small 200 steps
+    .venv/bin/python bench/hybrid.py --json      # only the JSON line
+
+The last line printed is one JSON object: ``{"runs": [...], "ok": bool}`` where each run has
+``preset``, ``steps``, ``skipped``, ``skip_share``, ``loss_full``, ``loss_hybrid``,
+``loss_ratio``, ``wall_full_s``, ``wall_hybrid_s``, ``wall_ratio``, ``fallbacks`` and the mean
+probe error; ``ok`` is true when every hybrid eval loss is within 3% of the full one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+LOSS_TOLERANCE = 0.03
+
+
+class NoControls:
+    def poll(self) -> str | None:
+        return None
+
+    def wait(self) -> str:  # never paused
+        raise RuntimeError("no controls in the bench")
+
+
+def log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"[hybrid] {message}", file=sys.stderr, flush=True)
+
+
+def train(preset: str, steps: int, seed: int, hybrid: bool, cache: Path, settings: Any) -> dict[str, Any]:
+    from tritter.daemon.engine.trainer import Trainer
+    from tritter.protocol.config import RunConfig
+    from tritter.protocol.events import PhaseEvent, StageEvent, StepEvent
+
+    events: list[Any] = []
+    config = RunConfig(start=preset, end=preset, steps=steps, seed=seed, hybrid=hybrid, checkpoint_every=10**9)
+    with tempfile.TemporaryDirectory(prefix="tritter-hybrid-bench-") as run_dir:
+        trainer = Trainer("bench", config, Path(run_dir), events.append, NoControls(), cache, hybrid_settings=settings)
+        started = time.perf_counter()
+        trainer.run()
+        wall = time.perf_counter() - started
+    step_events = [e for e in events if isinstance(e, StepEvent)]
+    done = [e for e in events if isinstance(e, StageEvent) and e.status == "completed"]
+    phases = [e for e in events if isinstance(e, PhaseEvent)]
+    errors = [e.prediction_error for e in step_events if e.prediction_error is not None and e.phase == "predict"]
+    return {
+        "wall_s": wall,
+        "loop_s": sum(e.step_time_ms for e in step_events) / 1000.0,
+        "eval_loss": done[-1].eval_loss,
+        "backward": sum(not e.was_predicted for e in step_events),
+        "predicted": sum(e.was_predicted for e in step_events),
+        "fallbacks": sum(p.phase == "correct" for p in phases),
+        "phases": [(p.step, p.phase, p.reason) for p in phases],
+        "mean_error": statistics.fmean(errors) if errors else None,
+        "losses": [e.loss for e in step_events],
+    }
+
+
+def compare(preset: str, steps: int, seed: int, cache: Path, settings: Any, quiet: bool) -> dict[str, Any]:
+    full = train(preset, steps, seed, False, cache, settings)
+    log(f"{preset}: full   eval {full['eval_loss']:.4f} in {full['loop_s']:.1f}s", quiet)
+    hyb = train(preset, steps, seed, True, cache, settings)
+    log(
+        f"{preset}: hybrid eval {hyb['eval_loss']:.4f} in {hyb['loop_s']:.1f}s, "
+        f"{hyb['predicted']}/{steps} predicted, {hyb['fallbacks']} fallbacks",
+        quiet,
+    )
+    for step, phase, reason in hyb["phases"]:
+        log(f"  step {step:4d} -> {phase:8s} {reason}", quiet)
+    return {
+        "preset": preset,
+        "steps": steps,
+        "seed": seed,
+        "backward_full": full["backward"],
+        "backward_hybrid": hyb["backward"],
+        "skipped": hyb["predicted"],
+        "skip_share": round(hyb["predicted"] / steps, 4),
+        "loss_full": round(full["eval_loss"], 5),
+        "loss_hybrid": round(hyb["eval_loss"], 5),
+        "loss_ratio": round(hyb["eval_loss"] / full["eval_loss"], 5),
+        # Training-loop time (sum of step times): excludes data loading and the stage evals.
+        "wall_full_s": round(full["loop_s"], 3),
+        "wall_hybrid_s": round(hyb["loop_s"], 3),
+        "wall_ratio": round(hyb["loop_s"] / full["loop_s"], 4),
+        "fallbacks": hyb["fallbacks"],
+        "mean_probe_error": None if hyb["mean_error"] is None else round(hyb["mean_error"], 4),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny only, 120 steps (about a minute)")
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--presets", default=None, help="comma-separated presets (default tiny,small; --quick: tiny)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default tiny 300, small 200; --quick 120)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a HybridSettings field")
+    parser.add_argument("--cache", type=Path, default=None, help="token cache folder (default: a temporary one)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from tritter.daemon.engine.hybrid import DEFAULT_SETTINGS
+
+    torch.use_deterministic_algorithms(True, warn_only=True)  # as the worker does
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        kind = type(getattr(DEFAULT_SETTINGS, name))
+        overrides[name] = kind(value)
+    settings = dataclasses.replace(DEFAULT_SETTINGS, **overrides)
+    presets = args.presets.split(",") if args.presets else (["tiny"] if args.quick else ["tiny", "small"])
+    default_steps = {"tiny": 300, "small": 200}
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="tritter-hybrid-cache-") as tmp:
+        cache = args.cache or Path(tmp)
+        for preset in presets:
+            steps = args.steps or (120 if args.quick else default_steps.get(preset, 200))
+            runs.append(compare(preset, steps, args.seed, cache, settings, args.json))
+    result = {
+        "settings": dataclasses.asdict(settings),
+        "runs": runs,
+        "ok": all(r["loss_ratio"] <= 1.0 + LOSS_TOLERANCE for r in runs),
+    }
+    if not args.json:
+        header = f"{'preset':7s} {'steps':>5s} {'skipped':>12s} {'loss full':>10s} {'loss hyb':>9s} {'ratio':>7s} {'wall full':>10s} {'wall hyb':>9s} {'ratio':>6s}"
+        print(header)
+        for r in runs:
+            print(
+                f"{r['preset']:7s} {r['steps']:5d} {r['skipped']:5d} ({r['skip_share']:5.1%}) "
+                f"{r['loss_full']:10.4f} {r['loss_hybrid']:9.4f} {r['loss_ratio']:7.4f} "
+                f"{r['wall_full_s']:9.1f}s {r['wall_hybrid_s']:8.1f}s {r['wall_ratio']:6.3f}"
+            )
+    print(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
