@@ -51,14 +51,20 @@ def log(message: str) -> None:
     print(f"[overhead] {message}", file=sys.stderr, flush=True)
 
 
-def per_step_ms(timestamps: list[float], warmup: int) -> float:
-    """Median gap between consecutive step-end timestamps, after the first ``warmup`` steps."""
+NOISY_JITTER = 0.10  # a run whose step gaps have IQR/median above this was disturbed
+NOISY_SPREAD = 0.05  # per-pair ratios further apart than this: the machine was not quiet
+
+
+def step_timing(timestamps: list[float], warmup: int) -> tuple[float, float]:
+    """(median ms, IQR/median) of the gaps between consecutive step-end timestamps after ``warmup`` steps."""
     kept = timestamps[warmup:]
-    gaps = [b - a for a, b in zip(kept, kept[1:])]
+    gaps = sorted(b - a for a, b in zip(kept, kept[1:]))
     if len(gaps) < 2:
         raise ValueError(f"only {len(gaps)} step gaps after {warmup} warmup steps; use more --steps")
     # Median, not mean: a shared 2-core machine gives occasional multi-x outliers.
-    return statistics.median(gaps) * 1000.0
+    median = statistics.median(gaps)
+    q1, _, q3 = statistics.quantiles(gaps, n=4)
+    return median * 1000.0, (q3 - q1) / median
 
 
 # --------------------------------------------------------------------------- plain loop (child)
@@ -113,7 +119,8 @@ def run_plain(args: argparse.Namespace, cache_dir: Path, env: dict[str, str]) ->
     if result.returncode != 0:
         raise RuntimeError(f"plain loop exited with {result.returncode}:\n{result.stderr[-4000:]}")
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    return {"ms": per_step_ms(out["ts"], args.warmup), "losses": out["losses"], "threads": out["threads"]}
+    ms, jitter = step_timing(out["ts"], args.warmup)
+    return {"ms": ms, "jitter": jitter, "losses": out["losses"], "threads": out["threads"]}
 
 
 # --------------------------------------------------------------------------- through tritterd
@@ -195,8 +202,10 @@ def run_tritterd(args: argparse.Namespace, root: Path, index: int, cache_dir: Pa
         deadline = time.monotonic() + 10
         while count_lines(metrics) < args.steps and time.monotonic() < deadline:
             time.sleep(0.1)
+        ms, jitter = step_timing([e["ts"] for e in step_events], args.warmup)
         return {
-            "ms": per_step_ms([e["ts"] for e in step_events], args.warmup),
+            "ms": ms,
+            "jitter": jitter,
             "losses": [e["loss"] for e in step_events],
             "metrics_lines": count_lines(metrics),
             "follower_alive": follower_alive,
@@ -266,6 +275,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "plain_ms": round(plain["ms"], 3),
                 "tritterd_ms": round(daemon["ms"], 3),
                 "ratio": round(daemon["ms"] / plain["ms"], 4),
+                "plain_jitter": round(plain["jitter"], 3),
+                "tritterd_jitter": round(daemon["jitter"], 3),
                 # Same model, data and optimizer: on CPU the losses should be bit-identical.
                 "losses_identical": plain["losses"] == daemon["losses"],
                 "max_loss_diff": max(abs(a - b) for a, b in zip(plain["losses"], daemon["losses"])),
@@ -282,6 +293,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     plain_ms = statistics.median(p["plain_ms"] for p in pairs)
     tritterd_ms = statistics.median(p["tritterd_ms"] for p in pairs)
     ratio = statistics.median(p["ratio"] for p in pairs)
+    ratios = [p["ratio"] for p in pairs]
+    jitter = max(max(p["plain_jitter"], p["tritterd_jitter"]) for p in pairs)
     return {
         "bench": "overhead",
         "ratio": round(ratio, 4),  # median of per-pair ratios (the headline number)
@@ -289,8 +302,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "tritterd_ms": round(tritterd_ms, 3),
         "ratio_of_medians": round(tritterd_ms / plain_ms, 4),
         # Spread of the per-pair ratios: a wide one means the machine was too noisy to trust.
-        "ratio_min": min(p["ratio"] for p in pairs),
-        "ratio_max": max(p["ratio"] for p in pairs),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "max_jitter": jitter,  # worst IQR/median of step gaps over all runs
+        # True: the machine was busy (jittery steps or disagreeing pairs); rerun on a quiet one.
+        "noisy": jitter > NOISY_JITTER or max(ratios) - min(ratios) > NOISY_SPREAD,
         "target": TARGET_RATIO,
         "within_target": ratio <= TARGET_RATIO,
         "steps": args.steps,
@@ -313,13 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     summary = bench(args)
     if not args.json:
-        print(f"{'pair':>4} {'plain ms':>9} {'tritterd ms':>12} {'ratio':>7}  losses")
+        print(f"{'pair':>4} {'plain ms':>9} {'tritterd ms':>12} {'ratio':>7} {'jitter':>13}  losses")
         for i, p in enumerate(summary["pairs"], start=1):
             same = "identical" if p["losses_identical"] else f"max diff {p['max_loss_diff']:.2e}"
-            print(f"{i:>4} {p['plain_ms']:>9.2f} {p['tritterd_ms']:>12.2f} {p['ratio']:>7.4f}  {same}")
+            jitter = f"{p['plain_jitter']:.2f}/{p['tritterd_jitter']:.2f}"
+            print(f"{i:>4} {p['plain_ms']:>9.2f} {p['tritterd_ms']:>12.2f} {p['ratio']:>7.4f} {jitter:>13}  {same}")
         verdict = "within" if summary["within_target"] else "OVER"
         print(f"median ratio {summary['ratio']:.4f} ({verdict} target {TARGET_RATIO}); "
               f"{summary['preset']}, {summary['steps']} steps, {summary['threads']} torch threads")
+        if summary["noisy"]:
+            print("warning: the machine was noisy (step-gap jitter or pair spread high); rerun on a quiet machine")
     print(json.dumps(summary), flush=True)
     return 0
 

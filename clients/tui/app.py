@@ -349,7 +349,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tritter-tui", description="Watch tritterd's runs live, or read run folders offline.")
+    parser = _Parser(prog="tritter-tui", description="Watch tritterd's runs live, or read run folders offline.",
+                     epilog="keys: j/k or arrows select, d details, r refresh, p pause/resume, s stop, "
+                            "c checkpoint, ? help, q quit (see docs/tui.md)")
     parser.add_argument("--home", help="home directory (default: $TRITTER_HOME or ~/.local/share/tritter)")
     parser.add_argument("--runs-dir", type=Path, metavar="DIR",
                         help="read run folders (run.json + metrics.jsonl) without a daemon, e.g. HOME/runs")
