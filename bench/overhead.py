@@ -51,7 +51,7 @@ def log(message: str) -> None:
     print(f"[overhead] {message}", file=sys.stderr, flush=True)
 
 
-NOISY_JITTER = 0.10  # a run whose step gaps have IQR/median above this was disturbed
+NOISY_JITTER = 0.15  # a run whose step gaps have IQR/median above this was disturbed
 NOISY_SPREAD = 0.05  # per-pair ratios further apart than this: the machine was not quiet
 
 

@@ -5,8 +5,8 @@ frame.  When no reply comes within ``timeout_s`` the DEALER is closed (linger 0)
 request gets a fresh one: ZeroMQ routes a late reply to the old socket's identity, which no
 longer exists, so a stale reply can never be taken for the answer to a later request.
 
-Remote daemons (``--connect tcp://HOST:PORT`` with CURVE keys) are not supported yet; the seam
-for them is ``Connection.endpoint``/``events_endpoint`` and ``Connection.connect_socket``.
+The daemon is named by a ``Target``: the local one over ipc, or a remote one over tcp with
+CURVE keys (clients/target.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
+from tritter.clients.target import Target
 from tritter.protocol.control import Reply, Request
 from tritter.protocol.home import Layout
 from tritter.protocol.wire import decode_as, encode
@@ -68,19 +69,20 @@ def _probe_unix(path: Path) -> str | None:
 
 class Connection:
     def __init__(
-        self, layout: Layout, timeout_s: float = 5.0, ctx: zmq.asyncio.Context | None = None
+        self, target: Target | Layout, timeout_s: float = 5.0, ctx: zmq.asyncio.Context | None = None
     ) -> None:
-        self.layout = layout
+        self.target = target if isinstance(target, Target) else Target.local(target)
         self.timeout_s = timeout_s
-        self.endpoint = layout.api_endpoint  # remote: tcp://HOST:PORT
-        self.events_endpoint = layout.events_endpoint
+        self.endpoint = self.target.api
+        self.events_endpoint = self.target.events
         self._ctx = ctx or zmq.asyncio.Context.instance()
         self._sock: zmq.asyncio.Socket | None = None
         self._lock: asyncio.Lock | None = None  # one request in flight: a DEALER reply carries no id
 
-    # -- the seam for remote daemons --------------------------------------------------------
     def connect_socket(self, sock: zmq.asyncio.Socket, endpoint: str) -> None:
-        """Connect one client socket (DEALER or SUB).  CURVE keys for tcp:// go here, before connect."""
+        """Connect one client socket (DEALER or SUB), with CURVE keys for a remote daemon."""
+        if self.target.curve is not None:
+            self.target.curve.apply(sock)
         sock.connect(endpoint)
 
     def check_reachable(self, endpoint: str) -> None:
@@ -89,18 +91,18 @@ class Connection:
         if path is None:
             return
         why = _probe_unix(path)
+        where = self.target.where
         if why == "missing":
             raise DaemonUnavailable(
-                f"tritterd is not running on {self.layout.home} (no socket at {path}); "
-                f"start it with: tritterd --home {self.layout.home}"
+                f"tritterd is not running on {where} (no socket at {path}); start it with: tritterd --home {where}"
             )
         if why == "refused":
             raise DaemonUnavailable(
-                f"tritterd is not running on {self.layout.home} (stale socket {path}, nothing listening); "
-                f"start it with: tritterd --home {self.layout.home}"
+                f"tritterd is not running on {where} (stale socket {path}, nothing listening); "
+                f"start it with: tritterd --home {where}"
             )
         if why:
-            raise DaemonUnavailable(f"cannot reach tritterd on {self.layout.home}: {why} ({path})")
+            raise DaemonUnavailable(f"cannot reach tritterd on {where}: {why} ({path})")
 
     # -- requests -----------------------------------------------------------------------------
     async def request(self, request: Request) -> Reply:
@@ -122,9 +124,9 @@ class Connection:
         try:
             await sock.send(payload, flags=zmq.NOBLOCK)  # queues at once: one request in flight
             if not await sock.poll(int(self.timeout_s * 1000), zmq.POLLIN):
+                hint = " (unreachable, or this client's key is not authorized there)" if self.target.is_remote else ""
                 raise DaemonUnavailable(
-                    f"tritterd on {self.layout.home} did not answer within {self.timeout_s:g} s "
-                    f"({self.endpoint})"
+                    f"tritterd on {self.target.where} did not answer within {self.timeout_s:g} s{hint}"
                 )
             frames = await sock.recv_multipart()
         except zmq.ZMQError as error:

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+import zmq.auth
+
 from tritter.clients.connection import Connection, DaemonUnavailable, RequestFailed
 from tritter.clients.subscription import Subscription
+from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.protocol.config import PRESET_NAMES, RunConfig, validate_config
 from tritter.protocol.control import Checkpoint, Pause, Reply, Request, Resume, Runs, Start, Status, Stop
 from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, RunEvent, StageEvent, StepEvent
-from tritter.protocol.home import Layout, resolve_home
 from tritter.protocol.state import TERMINAL, RunState
 from tritter.protocol.wire import ProtocolError, encode_json, to_builtins
 
@@ -40,7 +44,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> Parser:
     parser = Parser(prog="tritterctl", description="Drive tritterd.", epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--home", help="home directory (default: $TRITTER_HOME or ~/.local/share/tritter)")
+    add_target_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     start = sub.add_parser("start", help="start a progressive run; prints its id")
@@ -76,6 +80,9 @@ def build_parser() -> Parser:
     events.add_argument("--since", type=int, default=1, metavar="SEQ")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing live events")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
+    keygen = sub.add_parser("keygen", help="make a CURVE key pair for a remote client")
+    keygen.add_argument("dir", type=Path, help="folder for NAME.key (public) and NAME.key_secret")
+    keygen.add_argument("name")
     return parser
 
 
@@ -146,12 +153,15 @@ def format_event(event: AnyEvent) -> str:
 
 
 # -- commands ---------------------------------------------------------------------------------
-def config_from_args(args: argparse.Namespace) -> RunConfig:
+def config_from_args(args: argparse.Namespace, remote: bool) -> RunConfig:
     corpus = None
     if args.corpus is not None:
-        if not args.corpus.exists():
+        if remote:  # a path on the daemon's machine: it checks
+            corpus = str(args.corpus)
+        elif not args.corpus.exists():
             raise UserError(f"--corpus {args.corpus} does not exist")
-        corpus = str(args.corpus.resolve())
+        else:
+            corpus = str(args.corpus.resolve())
     config = RunConfig(
         name=args.name, start=args.start, end=args.end, steps=args.steps, seed=args.seed, corpus=corpus,
         cuda=args.cuda, hybrid=args.hybrid, grad_ckpt_every=args.grad_ckpt_every, nproc=args.nproc,
@@ -167,11 +177,11 @@ async def ask(connection: Connection, request: Request) -> Reply:
     return await connection.request(request)
 
 
-async def wait_for_run(layout: Layout, connection: Connection, run: str, timeout: float | None) -> int:
+async def wait_for_run(target: Target, connection: Connection, run: str, timeout: float | None) -> int:
     reply = await ask(connection, Status(run=run))
     state = reply.runs[0]
     if state.status not in TERMINAL:
-        subscription = Subscription(layout, since=reply.head + 1)
+        subscription = Subscription(target, since=reply.head + 1)
 
         async def until_done() -> RunState:
             async for event in subscription:
@@ -190,8 +200,8 @@ async def wait_for_run(layout: Layout, connection: Connection, run: str, timeout
     return 0 if state.status == "completed" else EXIT_RUN_FAILED
 
 
-async def print_events(layout: Layout, since: int, follow: bool, as_json: bool) -> int:
-    subscription = Subscription(layout, since=max(since, 1), follow=follow)
+async def print_events(target: Target, since: int, follow: bool, as_json: bool) -> int:
+    subscription = Subscription(target, since=max(since, 1), follow=follow)
     try:
         async for event in subscription:
             line = encode_json(event).decode() if as_json else format_event(event)
@@ -201,13 +211,27 @@ async def print_events(layout: Layout, since: int, follow: bool, as_json: bool) 
     return 0
 
 
+def keygen(directory: Path, name: str) -> int:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise UserError(f"key name {name!r} may use letters, digits, '.', '_' and '-' only")
+    if (directory / f"{name}.key").exists() or (directory / f"{name}.key_secret").exists():
+        raise UserError(f"{directory / name}.key already exists; pick another name")
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(directory, name)
+    os.chmod(secret, 0o600)
+    print(f"public:  {public}\nsecret:  {secret}")
+    print(f"authorize it: copy {public} into the daemon's HOME/keys/authorized/")
+    print(f"connect with: --connect tcp://HOST:PORT --server-key server.key --client-key {secret}")
+    return 0
+
+
 async def run_command(args: argparse.Namespace) -> int:
-    layout = Layout(resolve_home(args.home))
-    connection = Connection(layout)
+    target = target_from_args(args)
+    connection = Connection(target)
     try:
         command = args.command
         if command == "start":
-            reply = await ask(connection, Start(config=config_from_args(args)))
+            reply = await ask(connection, Start(config=config_from_args(args, target.is_remote)))
             print(reply.run_id)
         elif command == "runs":
             reply = await ask(connection, Runs())
@@ -216,10 +240,10 @@ async def run_command(args: argparse.Namespace) -> int:
             reply = await ask(connection, Status(run=args.run))
             print(encode_json(reply.runs[0]).decode() if args.json else format_status(reply.runs[0]))
         elif command == "wait":
-            return await wait_for_run(layout, connection, args.run, args.timeout)
+            return await wait_for_run(target, connection, args.run, args.timeout)
         elif command == "events":
             await ask(connection, Runs())  # fail fast and clearly when the daemon is not there
-            return await print_events(layout, args.since, args.follow, args.json)
+            return await print_events(target, args.since, args.follow, args.json)
         else:
             request = {"stop": Stop, "pause": Pause, "resume": Resume, "checkpoint": Checkpoint}[command](run=args.run)
             reply = await ask(connection, request)
@@ -232,8 +256,10 @@ async def run_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "keygen":
+            return keygen(args.dir, args.name)
         return asyncio.run(run_command(args))
-    except (UserError, DaemonUnavailable, RequestFailed, ProtocolError, ValueError) as error:
+    except (UserError, DaemonUnavailable, RequestFailed, ProtocolError, ValueError, OSError) as error:
         print(f"tritterctl: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ from pathlib import Path
 import msgspec
 
 from tritter.clients.subscription import Subscription
+from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.protocol.events import StepEvent, metrics_record
 from tritter.protocol.home import Layout, resolve_home
 from tritter.protocol.wire import ProtocolError
@@ -140,11 +141,11 @@ async def hold_lock(layout: Layout) -> int:
     return fd
 
 
-async def record(layout: Layout) -> None:
+async def record(layout: Layout, source: Target) -> None:
     lock = await hold_lock(layout)
     recorder = Recorder(layout)
-    log.info("recording metrics under %s from seq %d", layout.runs, recorder.cursor + 1)
-    subscription = Subscription(layout, since=recorder.cursor + 1, on_state=_on_state)
+    log.info("recording metrics of %s under %s from seq %d", source.where, layout.runs, recorder.cursor + 1)
+    subscription = Subscription(source, since=recorder.cursor + 1, on_state=_on_state)
     task = asyncio.ensure_future(recorder.run(subscription))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -157,11 +158,14 @@ async def record(layout: Layout) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tritter-record", description="Write metrics.jsonl for every run from the event bus.")
-    parser.add_argument("--home", help="home directory (default: $TRITTER_HOME or ~/.local/share/tritter)")
+    add_target_arguments(parser)
+    parser.add_argument("--runs-home", metavar="DIR", help="with --connect: where to write runs/<id>/metrics.jsonl (default: $TRITTER_HOME or ~/.local/share/tritter)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s tritter-record %(levelname)s %(message)s")
     try:
-        asyncio.run(record(Layout(resolve_home(args.home))))
+        source = target_from_args(args)
+        layout = Layout(source.home or resolve_home(args.runs_home))
+        asyncio.run(record(layout, source))
     except (ProtocolError, OSError, ValueError) as error:
         print(f"tritter-record: error: {error}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ import zmq
 import zmq.asyncio
 
 from tritter.clients.connection import Connection, DaemonUnavailable
+from tritter.clients.target import Target
 from tritter.protocol.bus import HEARTBEAT, HEARTBEAT_INTERVAL_S, frame_seq
 from tritter.protocol.control import CATCHUP_BATCH, Catchup
 from tritter.protocol.events import AnyEvent
@@ -60,7 +61,7 @@ class Subscription:
 
     def __init__(
         self,
-        layout: Layout,
+        target: Layout | Target,
         since: int = 1,
         *,
         ctx: zmq.asyncio.Context | None = None,
@@ -76,7 +77,7 @@ class Subscription:
         self._on_state = on_state
         self._silence_ms = max(1, int(SILENCE_BEATS * heartbeat_s * 1000))
         self._ctx = ctx or zmq.asyncio.Context.instance()
-        self._conn = Connection(layout, timeout_s, self._ctx)
+        self._conn = Connection(target, timeout_s, self._ctx)
         self._sub: zmq.asyncio.Socket | None = None
         self._sync: zmq.Socket[bytes] | None = None  # a plain view of _sub, for the fast path
         self._stop_at: int | None = None  # follow=False: the head seen at start

@@ -6,6 +6,7 @@ and keeps serving: no request can raise out of this loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -45,16 +46,29 @@ def cuda_present() -> bool:
 class Api:
     def __init__(self, daemon: Tritterd, endpoints: list[str]) -> None:
         self.daemon = daemon
-        self.sock: zmq.asyncio.Socket = daemon.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.sockets: list[zmq.asyncio.Socket] = []
+        self._add(endpoints)
+
+    def _add(self, endpoints: list[str], curve: tuple[bytes, bytes] | None = None) -> None:
+        sock: zmq.asyncio.Socket = self.daemon.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        if curve is not None:  # remote clients: encrypted, and only authorized keys get in
+            sock.curve_server = True
+            sock.curve_publickey, sock.curve_secretkey = curve
         for endpoint in endpoints:
-            self.sock.bind(endpoint)
+            sock.bind(endpoint)
+        self.sockets.append(sock)
+
+    def add_remote(self, endpoint: str, server_public: bytes, server_secret: bytes) -> None:
+        self._add([endpoint], (server_public, server_secret))
 
     async def serve(self) -> None:
+        await asyncio.gather(*(self._serve(sock) for sock in self.sockets))
+
+    async def _serve(self, sock: zmq.asyncio.Socket) -> None:
         while True:
-            frames = await self.sock.recv_multipart()
+            frames = await sock.recv_multipart()
             if len(frames) < 2:
                 continue  # no identity to answer to
             identity, body = frames[0], frames[1:]
@@ -62,7 +76,7 @@ class Api:
             body = body[len(delimiter) :]
             reply = await self.answer(body)
             try:
-                await self.sock.send_multipart([identity, *delimiter, encode(reply)], flags=zmq.NOBLOCK)
+                await sock.send_multipart([identity, *delimiter, encode(reply)], flags=zmq.NOBLOCK)
             except zmq.ZMQError as error:  # the client left; never let one client stall the daemon
                 log.debug("could not reply to a client: %s", error)
 
@@ -157,4 +171,5 @@ class Api:
         return Reply(ok=True, run_id=run_id, message="started")
 
     def close(self) -> None:
-        self.sock.close(linger=0)
+        for sock in self.sockets:
+            sock.close(linger=0)

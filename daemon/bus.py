@@ -23,32 +23,41 @@ PUB_HWM = 100_000
 
 class Bus:
     def __init__(self, ctx: zmq.asyncio.Context, endpoints: list[str]) -> None:
-        self._pub = ctx.socket(zmq.PUB)
-        self._pub.setsockopt(zmq.SNDHWM, PUB_HWM)
-        self._pub.setsockopt(zmq.LINGER, 0)
-        for endpoint in endpoints:
-            self._pub.bind(endpoint)
-        # Sends go through a plain (non-asyncio) view of the socket: PUB never blocks, and the
-        # asyncio wrapper's Future per send costs about half of the publish time.
-        self._plain = zmq.Socket.shadow(self._pub.underlying)
+        # Plain (non-asyncio) sockets: PUB never blocks, and the asyncio wrapper's Future per
+        # send costs about half of the publish time.
+        self._ctx = zmq.Context.shadow(ctx.underlying)
+        self._sockets: list[zmq.Socket] = []
+        if endpoints:
+            self._add(endpoints)
         self._head = 0
         self._heartbeat: asyncio.Task[None] | None = None
 
-    @property
-    def socket(self) -> zmq.asyncio.Socket:
-        return self._pub
+    def _add(self, endpoints: list[str], curve: tuple[bytes, bytes] | None = None) -> None:
+        pub = self._ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.SNDHWM, PUB_HWM)
+        pub.setsockopt(zmq.LINGER, 0)
+        if curve is not None:  # remote subscribers: encrypted, and only authorized keys get in
+            pub.curve_server = True
+            pub.curve_publickey, pub.curve_secretkey = curve
+        for endpoint in endpoints:
+            pub.bind(endpoint)
+        self._sockets.append(pub)
+
+    def add_remote(self, endpoint: str, server_public: bytes, server_secret: bytes) -> None:
+        self._add([endpoint], (server_public, server_secret))
 
     def start(self, head: int) -> None:
         self._head = head
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
     def _send(self, parts: list[bytes]) -> None:
-        try:
-            for part in parts[:-1]:
-                self._plain.send(part, zmq.SNDMORE | zmq.NOBLOCK)
-            self._plain.send(parts[-1], zmq.NOBLOCK)
-        except zmq.Again:  # PUB drops rather than blocks; never let the bus stall the daemon
-            pass
+        for pub in self._sockets:
+            try:
+                for part in parts[:-1]:
+                    pub.send(part, zmq.SNDMORE | zmq.NOBLOCK)
+                pub.send(parts[-1], zmq.NOBLOCK)
+            except zmq.Again:  # PUB drops rather than blocks; never let the bus stall the daemon
+                pass
 
     def publish(self, kind: str, seq: int, payload: bytes) -> None:
         self._head = seq
@@ -62,4 +71,5 @@ class Bus:
     def close(self) -> None:
         if self._heartbeat:
             self._heartbeat.cancel()
-        self._pub.close(linger=0)
+        for pub in self._sockets:
+            pub.close(linger=0)

@@ -18,8 +18,9 @@ import zmq.asyncio
 from tritter.daemon.api import Api
 from tritter.daemon.children import SupervisedChild
 from tritter.daemon.notify import Notifier
+from tritter.daemon.remote import Gatekeeper, server_keys
 from tritter.daemon.service import Tritterd
-from tritter.protocol.home import Layout, resolve_home
+from tritter.protocol.home import Layout, remote_endpoints, resolve_home
 from tritter.protocol.wire import ProtocolError
 
 log = logging.getLogger("tritterd")
@@ -51,11 +52,20 @@ def prepare_sockets(layout: Layout) -> None:
         stale.unlink()
 
 
-async def serve(layout: Layout, recorder: bool) -> int:
+async def serve(layout: Layout, recorder: bool, bind: str | None) -> int:
     notifier = Notifier()
     ctx = zmq.asyncio.Context()
     daemon = Tritterd(layout, ctx)
     api = Api(daemon, [layout.api_endpoint])
+    gatekeeper = None
+    if bind:
+        events_at, api_at = remote_endpoints(bind)
+        public, secret = server_keys(layout.home / "keys")
+        gatekeeper = Gatekeeper(ctx, layout.home / "keys" / "authorized")
+        gatekeeper.start_watching()
+        daemon.bus.add_remote(events_at, public, secret)
+        api.add_remote(api_at, public, secret)
+        log.info("serving remote clients with CURVE: events %s, control %s", events_at, api_at)
     daemon.bus.start(daemon.log.head)
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(api.serve()), loop.create_task(daemon.serve_workers()), loop.create_task(daemon.housekeeping())]
@@ -90,6 +100,8 @@ async def serve(layout: Layout, recorder: bool) -> int:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     api.close()
+    if gatekeeper:
+        gatekeeper.stop()
     ctx.term()
     for endpoint in layout.sockets.glob("*.ipc"):  # clients then say "not running", not "stale"
         endpoint.unlink(missing_ok=True)
@@ -105,16 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    if args.bind:
-        print("tritterd: error: --bind (remote access) is not available in this build yet", file=sys.stderr)
-        return 2
     layout = Layout(resolve_home(args.home))
     try:
         layout.home.mkdir(parents=True, exist_ok=True)
         lock = take_lock(layout)
         prepare_sockets(layout)
         layout.events_endpoint  # noqa: B018 - fail early on a home path too long for ipc
-        code = asyncio.run(serve(layout, recorder=not args.no_recorder))
+        if args.bind:
+            remote_endpoints(args.bind)  # a bad --bind is a usage error, before anything starts
+        code = asyncio.run(serve(layout, recorder=not args.no_recorder, bind=args.bind))
     except (AlreadyRunning, ProtocolError, ValueError, OSError, zmq.ZMQError) as error:
         print(f"tritterd: error: {error}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +65,18 @@ class Layout:
     @property
     def worker_endpoint(self) -> str:
         return self._ipc("workers")
+
+
+_TCP = re.compile(r"^tcp://(?P<host>\[[0-9a-fA-F:]+\]|[^:/\s]+):(?P<port>\d{1,5})$")
+
+
+def remote_endpoints(url: str) -> tuple[str, str]:
+    """(events, control) endpoints of ``tritterd --bind tcp://HOST:PORT``: PORT and PORT+1.
+
+    ValueError with a one-line reason when ``url`` is not ``tcp://HOST:PORT``.
+    """
+    match = _TCP.match(url)
+    port = int(match["port"]) if match else 0
+    if not match or not 0 < port < 65535:
+        raise ValueError(f"expected tcp://HOST:PORT with a port below 65535, got {url!r}")
+    return f"tcp://{match['host']}:{port}", f"tcp://{match['host']}:{port + 1}"

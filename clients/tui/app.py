@@ -33,8 +33,8 @@ from tritter.clients.subscription import DISCONNECTED, LIVE, Subscription
 from tritter.clients.tui.model import Confirm, Monitor, RunsDirSource, ViewState
 from tritter.clients.tui.render import Chrome, Line, fit, screen
 from tritter.protocol.control import Checkpoint, Pause, Ping, Request, Resume, Stop
+from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.protocol.home import Layout as HomeLayout
-from tritter.protocol.home import resolve_home
 from tritter.protocol.state import TERMINAL
 from tritter.protocol.wire import ProtocolError
 
@@ -88,7 +88,7 @@ class Tui:
     def __init__(
         self,
         *,
-        layout: HomeLayout | None = None,
+        layout: HomeLayout | Target | None = None,
         runs_dir: Path | None = None,
         input: Input | None = None,
         output: Output | None = None,
@@ -96,7 +96,7 @@ class Tui:
     ) -> None:
         if (layout is None) == (runs_dir is None):
             raise ValueError("give exactly one of layout (live) or runs_dir (offline)")
-        self.layout = layout
+        self.target = Target.local(layout) if isinstance(layout, HomeLayout) else layout
         self.runs_dir = runs_dir
         self.offline = runs_dir is not None
         self.monitor = Monitor()
@@ -108,11 +108,11 @@ class Tui:
             self.chrome = Chrome(f"offline · {runs_dir}", f"offline · re-reading every {OFFLINE_POLL_S:g} s")
             self.empty = f"no run folders in {runs_dir}"
         else:
-            assert layout is not None
+            assert self.target is not None
             self.source = None
-            self.chrome = Chrome(f"live · {layout.home}", "connecting…")
+            self.chrome = Chrome(f"live · {self.target.where}", "connecting…")
             self.empty = "no runs yet (start one with: tritterctl start)"
-        self.connection: Connection | None = Connection(layout) if layout is not None else None
+        self.connection: Connection | None = Connection(self.target) if self.target is not None else None
         self.subscription: Subscription | None = None
         self.stream_error: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -162,8 +162,8 @@ class Tui:
 
     # -- sources -------------------------------------------------------------------------------
     async def _follow(self) -> None:
-        assert self.layout is not None
-        self.subscription = Subscription(self.layout, since=1)  # from seq 1: the whole history, then live
+        assert self.target is not None
+        self.subscription = Subscription(self.target, since=1)  # from seq 1: the whole history, then live
         try:
             async for event in self.subscription:
                 self.monitor.apply(event)
@@ -352,18 +352,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tritter-tui", description="Watch tritterd's runs live, or read run folders offline.",
                      epilog="keys: j/k or arrows select, d details, r refresh, p pause/resume, s stop, "
                             "c checkpoint, ? help, q quit (see docs/tui.md)")
-    parser.add_argument("--home", help="home directory (default: $TRITTER_HOME or ~/.local/share/tritter)")
+    add_target_arguments(parser)
     parser.add_argument("--runs-dir", type=Path, metavar="DIR",
                         help="read run folders (run.json + metrics.jsonl) without a daemon, e.g. HOME/runs")
     return parser
 
 
-async def _check_daemon(layout: HomeLayout) -> str | None:
-    connection = Connection(layout, timeout_s=3.0)
+async def _check_daemon(target: Target) -> str | None:
+    connection = Connection(target, timeout_s=3.0)
     try:
         await connection.request(Ping())
     except (DaemonUnavailable, RequestFailed, ProtocolError) as error:
-        return f"{error}; or read its run folders offline: tritter-tui --runs-dir {layout.runs}"
+        if target.home is None:
+            return str(error)
+        return f"{error}; or read its run folders offline: tritter-tui --runs-dir {HomeLayout(target.home).runs}"
     finally:
         await connection.close()
     return None
@@ -384,13 +386,12 @@ async def _main(args: argparse.Namespace) -> int:
             return _fail(problem)
         tui = Tui(runs_dir=runs_dir)
     else:
-        layout = HomeLayout(resolve_home(args.home))
-        layout.api_endpoint  # noqa: B018  # raises ValueError now when the home path is too long for ipc
+        target = target_from_args(args)  # ValueError: bad flags, or a home path too long for ipc
         # Not running at start: say so at once (a monitor of nothing helps no one).  Once it is
         # up, a restart only shows "disconnected — reconnecting" and the monitor recovers.
-        if problem := (await _check_daemon(layout)) or _needs_terminal():
+        if problem := (await _check_daemon(target)) or _needs_terminal():
             return _fail(problem)
-        tui = Tui(layout=layout)
+        tui = Tui(layout=target)
     await tui.run()
     return 0
 
@@ -402,8 +403,8 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.runs_dir is not None and args.home is not None:
-        return _fail("--runs-dir reads run folders offline; give it without --home")
+    if args.runs_dir is not None and (args.home is not None or args.connect is not None):
+        return _fail("--runs-dir reads run folders offline; give it without --home or --connect")
     try:
         return asyncio.run(_main(args))
     except ValueError as error:

@@ -1,0 +1,251 @@
+"""Hybrid training: the update predictor, the phase machine, exact resume mid-Predict."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from tritter.daemon.engine import trainer as trainer_module
+from tritter.daemon.engine.checkpoint import checkpoint_path, list_checkpoints
+from tritter.daemon.engine.hybrid import HybridSettings, UpdatePredictor, fit_ar, rollout
+from tritter.daemon.engine.presets import ModelShape, Preset, TrainSettings
+from tritter.daemon.engine.trainer import Trainer
+from tritter.protocol.config import RunConfig
+from tritter.protocol.events import PhaseEvent, StepEvent
+
+# Micro presets so that a trainer step takes milliseconds; the real ladder is exercised by
+# tests/test_daemon.py.  Same vocab (the tokenizer's) and head_dim 64, so growth works.
+MICRO = {
+    "tiny": Preset(
+        "tiny",
+        ModelShape(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128),
+        TrainSettings(batch_size=2, seq_len=16, lr=3e-3, warmup_steps=3, eval_every=10, checkpoint_every=1000),
+    ),
+    "small": Preset(
+        "small",
+        ModelShape(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256),
+        TrainSettings(batch_size=2, seq_len=16, lr=2e-3, warmup_steps=3, eval_every=10, checkpoint_every=1000),
+    ),
+}
+FAST = HybridSettings(history=4, order=2, full_steps=2, predict_run=2, correct_steps=3, max_error=10.0, loss_tolerance=10.0)
+
+
+@pytest.fixture(autouse=True)
+def micro_presets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trainer_module, "get_preset", lambda name: MICRO[name])
+    monkeypatch.setattr(trainer_module, "EVAL_BATCHES", 2)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("token-cache")
+
+
+class StopAt:
+    """Controls that send ``stop`` before the step after ``step`` (None: never)."""
+
+    def __init__(self, step: int | None = None) -> None:
+        self.step = step
+        self.trainer: Trainer | None = None
+
+    def poll(self) -> str | None:
+        if self.step is not None and self.trainer is not None and self.trainer.progress.step == self.step:
+            return "stop"
+        return None
+
+    def wait(self) -> str:
+        raise AssertionError("not paused in these tests")
+
+
+def run_trainer(
+    run_dir: Path,
+    cache: Path,
+    settings: HybridSettings = FAST,
+    *,
+    steps: int = 30,
+    stop_at: int | None = None,
+    hybrid: bool = True,
+    end: str = "tiny",
+) -> tuple[list, Trainer]:
+    events: list = []
+    controls = StopAt(stop_at)
+    config = RunConfig(start="tiny", end=end, steps=steps, seed=3, hybrid=hybrid, checkpoint_every=7)
+    trainer = Trainer("test", config, run_dir, events.append, controls, cache, hybrid_settings=settings)
+    controls.trainer = trainer
+    trainer.run()
+    return events, trainer
+
+
+def steps_of(events: list) -> list[StepEvent]:
+    return [e for e in events if isinstance(e, StepEvent)]
+
+
+def phases_of(events: list) -> list[PhaseEvent]:
+    return [e for e in events if isinstance(e, PhaseEvent)]
+
+
+# --- the predictor -------------------------------------------------------------------------
+
+
+class Vector(torch.nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(n))
+        self.m = torch.nn.Parameter(torch.zeros(3, n))
+
+
+def feed(predictor: UpdatePredictor, model: Vector, update: list[torch.Tensor], lr: float) -> float | None:
+    predictor.before_step()
+    with torch.no_grad():
+        for p, u in zip(model.parameters(), update):
+            p.add_(u, alpha=lr)
+    return predictor.after_step(lr)
+
+
+def rel_error(guess: list[torch.Tensor], truth: list[torch.Tensor]) -> float:
+    num = sum(float((g - t).pow(2).sum()) for g, t in zip(guess, truth))
+    return (num / sum(float(t.pow(2).sum()) for t in truth)) ** 0.5
+
+
+def test_fit_recovers_a_linear_trend() -> None:
+    # h_t = a + b t satisfies h_t = 2 h_{t-1} - h_{t-2}; the fit must find that, not "copy".
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(50, generator=gen), torch.randn(50, generator=gen)
+    hist = [a + b * t for t in range(5)]
+    gram = torch.stack(hist).double() @ torch.stack(hist).double().T
+    c1, c2 = fit_ar(gram.numpy(), order=2, ridge=0.0, max_radius=1.001)
+    assert c1 == pytest.approx(2.0, abs=1e-6) and c2 == pytest.approx(-1.0, abs=1e-6)
+    assert rollout([c1, c2], 3) == pytest.approx([4.0, -3.0], abs=1e-5)  # h_{t+3} = 4 h_t - 3 h_{t-1}
+
+
+def test_predictor_beats_copying_the_last_update() -> None:
+    """A linearly accelerating update sequence (plus noise), taken under a changing LR."""
+    gen = torch.Generator().manual_seed(1)
+    model = Vector(400)
+    settings = HybridSettings(history=6, order=2, ridge=1e-4, max_radius=1.2)
+    predictor = UpdatePredictor(model, settings)
+    bases = [(torch.randn(p.shape, generator=gen), torch.randn(p.shape, generator=gen) * 0.3) for p in model.parameters()]
+
+    def true_update(t: int) -> list[torch.Tensor]:
+        return [a + b * t + 0.05 * torch.randn(a.shape, generator=gen) for a, b in bases]
+
+    lrs = [1e-3 * (1 - 0.05 * t) for t in range(10)]
+    for t in range(6):
+        feed(predictor, model, true_update(t), lrs[t])
+    assert predictor.ready
+    truth = true_update(6)
+    last = [h.clone() for h in predictor.history[-1]]
+    predicted = predictor.predict(1)
+    assert rel_error(predicted, truth) < 0.5 * rel_error(last, truth)
+    assert rel_error(predicted, truth) < 0.1
+    # Applying it moves the parameters by lr * prediction, and the next true step reports the
+    # error of the two-steps-ahead prediction.
+    before = [p.detach().clone() for p in model.parameters()]
+    predictor.apply_predicted(lrs[6])
+    for p, b, g in zip(model.parameters(), before, predicted):
+        torch.testing.assert_close(p.detach() - b, g * lrs[6])
+    two_ahead = predictor.predict(2)
+    truth7 = true_update(7)
+    error = feed(predictor, model, truth7, lrs[7])
+    assert error == pytest.approx(rel_error(two_ahead, truth7), rel=1e-4)
+    assert predictor.ahead == 0 and len(predictor.history) == 6
+
+
+def test_unstable_fit_falls_back_to_a_bounded_order_one() -> None:
+    hist = [torch.full((8,), 2.0**t) for t in range(4)]  # doubling: radius 2 > 1
+    gram = (torch.stack(hist).double() @ torch.stack(hist).double().T).numpy()
+    coeffs = fit_ar(gram, order=2, ridge=1e-3, max_radius=1.0)
+    assert abs(coeffs[0]) <= 1.0 and coeffs[1] == 0.0
+
+
+# --- the phase machine in the trainer ------------------------------------------------------
+
+
+def test_phases_predicted_steps_and_probes(tmp_path: Path, cache: Path) -> None:
+    events, _ = run_trainer(tmp_path, cache, steps=24)
+    steps = steps_of(events)
+    phases = [(p.phase, p.step) for p in phases_of(events)]
+    # warmup (3 steps) -> full (until 4 updates are recorded and 2 full steps done) -> predict.
+    assert phases == [("warmup", 1), ("full", 4), ("predict", 6)]
+    predict = [s for s in steps if s.phase == "predict"]
+    assert [s.was_predicted for s in predict[:6]] == [True, True, False, True, True, False]
+    assert all(s.prediction_error is None for s in predict if s.was_predicted)
+    assert all(s.prediction_error is not None and s.prediction_error > 0 for s in predict if not s.was_predicted)
+    assert all(not s.was_predicted for s in steps if s.phase != "predict")
+
+
+def test_high_error_falls_back_to_correct(tmp_path: Path, cache: Path) -> None:
+    events, _ = run_trainer(tmp_path, cache, dataclasses.replace(FAST, max_error=0.0), steps=24)
+    phases = phases_of(events)
+    assert [p.phase for p in phases[:5]] == ["warmup", "full", "predict", "correct", "predict"]
+    fallback = phases[3]
+    assert fallback.reason.startswith("prediction error ") and "> 0.00" in fallback.reason
+    assert fallback.step == phases[2].step + 3  # two predicted steps, a probe, then Correct
+    back = phases[4]
+    assert back.step == fallback.step + 3 and "refreshed" in back.reason  # correct_steps = 3
+    steps = steps_of(events)
+    assert all(not s.was_predicted for s in steps if s.phase == "correct")
+
+
+def test_loss_jump_falls_back_to_correct(tmp_path: Path, cache: Path) -> None:
+    events, _ = run_trainer(tmp_path, cache, dataclasses.replace(FAST, loss_tolerance=-0.5), steps=16)
+    phases = phases_of(events)
+    assert [p.phase for p in phases[:4]] == ["warmup", "full", "predict", "correct"]
+    assert phases[3].reason.startswith("loss ") and "running mean" in phases[3].reason
+    assert phases[3].step == phases[2].step + 1  # the first predicted step already trips
+
+
+def test_no_hybrid_has_no_predicted_steps(tmp_path: Path, cache: Path) -> None:
+    events, _ = run_trainer(tmp_path, cache, steps=20, hybrid=False)
+    steps = steps_of(events)
+    assert len(steps) == 20 and not any(s.was_predicted for s in steps)
+    assert all(s.prediction_error is None for s in steps)
+    assert [(p.phase, p.step) for p in phases_of(events)] == [("warmup", 1), ("full", 4)]
+    with safe_open(str(list_checkpoints(tmp_path)[0]), framework="pt") as f:
+        assert not any(k.startswith("extra.") for k in f.keys())
+
+
+def test_growth_resets_the_predictor(tmp_path: Path, cache: Path) -> None:
+    events, trainer = run_trainer(tmp_path, cache, steps=12, end="small")
+    phases = [(p.phase, p.stage, p.step) for p in phases_of(events)]
+    assert phases == [
+        ("warmup", "tiny", 1), ("full", "tiny", 4), ("predict", "tiny", 6),
+        ("warmup", "small", 13), ("full", "small", 16), ("predict", "small", 18),
+    ]
+    assert trainer.hybrid is not None
+    assert trainer.hybrid.predictor.params[0].shape[1] == 128  # built on the grown model
+
+
+# --- exact resume --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings", [FAST, dataclasses.replace(FAST, max_error=0.5)], ids=["predict", "fallbacks"])
+def test_resume_mid_predict_is_exact(tmp_path: Path, cache: Path, settings: HybridSettings) -> None:
+    steps = 30
+    reference, _ = run_trainer(tmp_path / "ref", cache, settings, steps=steps)
+    ref_steps = steps_of(reference)
+    assert sum(s.was_predicted for s in ref_steps) >= 6
+    # Stop right after a predicted step that follows another predicted step: the checkpoint is
+    # written with the predictor two steps ahead of its last true update.
+    stop = next(
+        s.step for prev, s in zip(ref_steps, ref_steps[1:]) if prev.was_predicted and s.was_predicted and s.step > 10
+    )
+    first, stopped = run_trainer(tmp_path / "run", cache, settings, steps=steps, stop_at=stop)
+    assert stopped.hybrid is not None and stopped.hybrid.predictor.ahead == 2
+    second, _ = run_trainer(tmp_path / "run", cache, settings, steps=steps)
+    resumed = steps_of(first) + steps_of(second)
+    assert [s.step for s in resumed] == list(range(1, steps + 1))
+    for a, b in zip(ref_steps, resumed):
+        assert (a.loss, a.was_predicted, a.phase, a.prediction_error) == (b.loss, b.was_predicted, b.phase, b.prediction_error)
+    assert [(p.phase, p.step, p.reason) for p in phases_of(reference)] == [
+        (p.phase, p.step, p.reason) for p in phases_of(first) + phases_of(second)
+    ]
+    # The stop checkpoint holds the history: K slots of every parameter.
+    names = {n for n, _ in stopped.model.named_parameters()}  # type: ignore[union-attr]
+    with safe_open(str(checkpoint_path(tmp_path / "run", stop)), framework="pt") as f:
+        keys = {k for k in f.keys() if k.startswith("extra.hybrid.history.")}
+    assert len(keys) == settings.history * len(names)
