@@ -103,3 +103,32 @@ def test_pause_checkpoint_resume_stop(daemon: Daemon, home: Path) -> None:
     assert reasons == ["pause", "manual", "stop"]
     err = ctl(home, "pause", run_id, check=False)
     assert err.returncode == 2 and "not running" in err.stderr
+
+
+def test_standalone_recorder_catches_up_from_seq_1(home: Path) -> None:
+    import subprocess
+
+    from conftest import tool
+
+    daemon = Daemon(home, ["--no-recorder"]).start()
+    recorder = None
+    try:
+        run_id = start_tiny(home, 4)
+        assert ctl(home, "wait", run_id, "--timeout", "300", check=False).returncode == 0
+        assert not (home / "runs" / run_id / "metrics.jsonl").exists()  # nobody recorded yet
+        recorder = subprocess.Popen([tool("tritter-record"), "--home", str(home)], stderr=subprocess.DEVNULL)
+        assert [r["step"] for r in wait_for_metrics(home, run_id, 4)] == [1, 2, 3, 4]
+    finally:
+        if recorder:
+            recorder.terminate()
+            recorder.wait(timeout=30)
+        daemon.stop()
+    assert (home / "recorder.cursor").read_text().strip() == str(len(events_after_stop(home)))
+
+
+def events_after_stop(home: Path) -> list[dict]:
+    daemon = Daemon(home, ["--no-recorder"]).start()
+    try:
+        return events(home)
+    finally:
+        daemon.stop()
