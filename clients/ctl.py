@@ -23,10 +23,10 @@ from tritter.clients.connection import Connection, DaemonUnavailable, RequestFai
 from tritter.clients.subscription import Subscription
 from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.protocol.config import PRESET_NAMES, RunConfig, validate_config
-from tritter.protocol.control import Checkpoint, Pause, Reply, Request, Resume, Runs, Start, Status, Stop
-from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, RunEvent, StageEvent, StepEvent
+from tritter.protocol.control import Checkpoint, Pause, Reply, Request, Resume, Runs, Start, Status, Stop, Upload
+from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, RunEvent, StageEvent, StepEvent, UploadEvent
 from tritter.protocol.state import TERMINAL, RunState
-from tritter.protocol.wire import ProtocolError, encode_json, to_builtins
+from tritter.protocol.wire import ProtocolError, encode_json
 
 EXIT_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -76,6 +76,9 @@ def build_parser() -> Parser:
                        ("resume", "resume a paused, stopped or failed run from its last checkpoint"),
                        ("checkpoint", "write a checkpoint now")):
         sub.add_parser(name, help=text).add_argument("run")
+    upload = sub.add_parser("upload", help="upload a run's completed stages to the Hugging Face hub (tritter-upload does it)")
+    upload.add_argument("run")
+    upload.add_argument("--stage", metavar="PRESET", choices=PRESET_NAMES, help="only this stage (default: every completed stage)")
     events = sub.add_parser("events", help="print the event stream")
     events.add_argument("--since", type=int, default=1, metavar="SEQ")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing live events")
@@ -129,6 +132,8 @@ def format_status(r: RunState) -> str:
         lines.append(
             f"stage {s.index}    {s.stage:<5} {s.status:<9} params {s.params:,}  eval loss {_fmt(s.eval_loss_start)} -> "
             f"{_fmt(s.eval_loss_end)}  tokens {s.tokens:,}" + (f"  grown from {s.grown_from}" if s.grown_from else "")
+            + (f"  upload {s.upload_status}" + (f": {s.upload_error}" if s.upload_status == "failed" and s.upload_error else "")
+               + (f" {s.upload_url}" if s.upload_status == "completed" and s.upload_url else "") if s.upload_status else "")
         )
     return "\n".join(lines)
 
@@ -149,6 +154,16 @@ def format_event(event: AnyEvent) -> str:
         return f"{head} {event.phase} from step {event.step}" + (f" ({event.reason})" if event.reason else "")
     if isinstance(event, CheckpointEvent):
         return f"{head} step {event.step} {event.path} {event.bytes / 1e6:.1f} MB ({event.reason})"
+    if isinstance(event, UploadEvent):
+        where = f"{event.repo}@{event.revision}" if event.repo else event.revision
+        text = f"{head} {event.stage} {event.status} {where}".rstrip()
+        if event.attempt:
+            text += f" (attempt {event.attempt})"
+        if event.status == "completed" and event.url:
+            text += f" {event.url}"
+        if event.error:
+            text += f": {event.error}" + (" - will retry" if event.will_retry else "")
+        return text
     return head
 
 
@@ -241,6 +256,9 @@ async def run_command(args: argparse.Namespace) -> int:
             print(encode_json(reply.runs[0]).decode() if args.json else format_status(reply.runs[0]))
         elif command == "wait":
             return await wait_for_run(target, connection, args.run, args.timeout)
+        elif command == "upload":
+            reply = await ask(connection, Upload(run=args.run, stage=args.stage))
+            print(f"{reply.run_id}: {reply.message}")
         elif command == "events":
             await ask(connection, Runs())  # fail fast and clearly when the daemon is not there
             return await print_events(target, args.since, args.follow, args.json)
@@ -267,8 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `tritterctl events | head`
         return 0
 
-
-__all__ = ["main", "build_parser", "format_event", "format_runs", "format_status", "to_builtins"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,6 +16,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from tritter.daemon.remote import ServerKeys, bind
 from tritter.daemon.service import Tritterd
 from tritter.protocol.config import validate_config
 from tritter.protocol.control import (
@@ -25,12 +26,15 @@ from tritter.protocol.control import (
     Pause,
     Ping,
     Reply,
+    Report,
     Resume,
     Runs,
     Start,
     Status,
     Stop,
+    Upload,
 )
+from tritter.protocol.events import PROTOCOL_VERSION, RunEvent, UploadEvent
 from tritter.protocol.wire import ProtocolError, decode_as, encode
 
 log = logging.getLogger("tritterd.api")
@@ -49,19 +53,14 @@ class Api:
         self.sockets: list[zmq.asyncio.Socket] = []
         self._add(endpoints)
 
-    def _add(self, endpoints: list[str], curve: tuple[bytes, bytes] | None = None) -> None:
+    def _add(self, endpoints: list[str], keys: ServerKeys | None = None) -> None:
         sock: zmq.asyncio.Socket = self.daemon.ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        if curve is not None:  # remote clients: encrypted, and only authorized keys get in
-            sock.curve_server = True
-            sock.curve_publickey, sock.curve_secretkey = curve
-        for endpoint in endpoints:
-            sock.bind(endpoint)
+        bind(sock, endpoints, keys)
         self.sockets.append(sock)
 
-    def add_remote(self, endpoint: str, server_public: bytes, server_secret: bytes) -> None:
-        self._add([endpoint], (server_public, server_secret))
+    def add_remote(self, endpoint: str, keys: ServerKeys) -> None:
+        self._add([endpoint], keys)
 
     async def serve(self) -> None:
         await asyncio.gather(*(self._serve(sock) for sock in self.sockets))
@@ -112,6 +111,10 @@ class Api:
             return Reply(ok=True, runs=[daemon.find_run(request.run)])
         if isinstance(request, Start):
             return await self._start(request)
+        if isinstance(request, Upload):
+            return self._upload(request)
+        if isinstance(request, Report):
+            return self._report(request)
         state = daemon.find_run(request.run)
         worker = daemon.workers.get(state.run_id)
         if daemon.stopping:
@@ -122,8 +125,6 @@ class Api:
             if worker:
                 daemon.command_worker(state.run_id, "stop")
                 return Reply(ok=True, run_id=state.run_id, message="stopping (after a checkpoint)")
-            from tritter.protocol.events import RunEvent
-
             daemon.record(RunEvent(run_id=state.run_id, status="stopped", reason="stopped by request"))
             return Reply(ok=True, run_id=state.run_id, message="stopped")
         if isinstance(request, Pause):
@@ -159,8 +160,6 @@ class Api:
                 problem = f"--corpus {config.corpus} does not exist on the daemon's machine"
         if problem is None and config.nproc > 1:
             problem = "--nproc > 1 (data-parallel training) is not available in this build yet"
-        if problem is None and config.upload:
-            problem = "--upload (Hugging Face upload) is not available in this build yet"
         if problem is None and config.cuda and not cuda_present():
             problem = "--cuda was given but this machine has no NVIDIA GPU"
         if problem is None and self.daemon.stopping:
@@ -169,6 +168,49 @@ class Api:
             return Reply(ok=False, error=problem)
         run_id = await self.daemon.start_run(config)
         return Reply(ok=True, run_id=run_id, message="started")
+
+    def _upload(self, request: Upload) -> Reply:
+        """``tritterctl upload``: record ``requested`` for the stage(s); tritter-upload does the rest."""
+        daemon = self.daemon
+        state = daemon.find_run(request.run)
+        if not state.config.hf_user:
+            return Reply(ok=False, error=f"run {state.run_id} has no Hugging Face user (start runs with --upload --hf-user USER)")
+        done = [s for s in state.stages if s.status == "completed" and s.export_path]
+        if request.stage is not None:
+            if request.stage not in state.config.stages():
+                stages = ", ".join(state.config.stages())
+                return Reply(ok=False, error=f"run {state.run_id} has no stage {request.stage!r} (its stages: {stages})")
+            done = [s for s in done if s.stage == request.stage]
+            if not done:
+                return Reply(ok=False, error=f"stage {request.stage} of run {state.run_id} has not completed (no export yet)")
+        elif not done:
+            return Reply(ok=False, error=f"run {state.run_id} has no completed stage to upload yet")
+        if daemon.stopping:
+            return Reply(ok=False, error="tritterd is shutting down")
+        repo = f"{state.config.hf_user}/{state.run_name}"
+        for stage in done:
+            daemon.record(
+                UploadEvent(run_id=state.run_id, stage=stage.stage, status="requested", repo=repo,
+                            revision=stage.stage, reason="tritterctl upload")
+            )
+        names = ", ".join(s.stage for s in done)
+        return Reply(ok=True, run_id=state.run_id, message=f"upload of {names} to {repo} requested")
+
+    def _report(self, request: Report) -> Reply:
+        """A sink's outcome: checked against the fold, then recorded like any event."""
+        event = request.event
+        state = self.daemon.runs.get(event.run_id)
+        if state is None:
+            return Reply(ok=False, error=f"no run {event.run_id!r}")
+        if not any(s.stage == event.stage and s.status == "completed" for s in state.stages):
+            return Reply(ok=False, error=f"stage {event.stage!r} of run {event.run_id} has not completed")
+        if event.status == "requested":
+            return Reply(ok=False, error="a report cannot request an upload (use tritterctl upload)")
+        if event.v > PROTOCOL_VERSION:
+            return Reply(ok=False, error=f"report uses protocol v{event.v}; this tritterd understands v{PROTOCOL_VERSION}")
+        event.seq, event.ts, event.v = 0, 0.0, PROTOCOL_VERSION  # the log numbers and stamps it
+        self.daemon.record(event)
+        return Reply(ok=True, run_id=event.run_id, message=f"recorded seq {event.seq}")
 
     def close(self) -> None:
         for sock in self.sockets:

@@ -15,6 +15,7 @@ import asyncio
 import zmq
 import zmq.asyncio
 
+from tritter.daemon.remote import ServerKeys, bind
 from tritter.protocol import bus as frames
 from tritter.protocol.bus import HEARTBEAT, seq_frame
 
@@ -32,19 +33,14 @@ class Bus:
         self._head = 0
         self._heartbeat: asyncio.Task[None] | None = None
 
-    def _add(self, endpoints: list[str], curve: tuple[bytes, bytes] | None = None) -> None:
+    def _add(self, endpoints: list[str], keys: ServerKeys | None = None) -> None:
         pub = self._ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.SNDHWM, PUB_HWM)
-        pub.setsockopt(zmq.LINGER, 0)
-        if curve is not None:  # remote subscribers: encrypted, and only authorized keys get in
-            pub.curve_server = True
-            pub.curve_publickey, pub.curve_secretkey = curve
-        for endpoint in endpoints:
-            pub.bind(endpoint)
+        bind(pub, endpoints, keys)
         self._sockets.append(pub)
 
-    def add_remote(self, endpoint: str, server_public: bytes, server_secret: bytes) -> None:
-        self._add([endpoint], (server_public, server_secret))
+    def add_remote(self, endpoint: str, keys: ServerKeys) -> None:
+        self._add([endpoint], keys)
 
     def start(self, head: int) -> None:
         self._head = head

@@ -60,11 +60,11 @@ async def serve(layout: Layout, recorder: bool, bind: str | None) -> int:
     gatekeeper = None
     if bind:
         events_at, api_at = remote_endpoints(bind)
-        public, secret = server_keys(layout.home / "keys")
+        keys = server_keys(layout.home / "keys")
         gatekeeper = Gatekeeper(ctx, layout.home / "keys" / "authorized")
         gatekeeper.start_watching()
-        daemon.bus.add_remote(events_at, public, secret)
-        api.add_remote(api_at, public, secret)
+        daemon.bus.add_remote(events_at, keys)
+        api.add_remote(api_at, keys)
         log.info("serving remote clients with CURVE: events %s, control %s", events_at, api_at)
     daemon.bus.start(daemon.log.head)
     loop = asyncio.get_running_loop()

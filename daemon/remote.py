@@ -23,8 +23,20 @@ log = logging.getLogger("tritterd.remote")
 
 RELOAD_INTERVAL_S = 1.0
 
+ServerKeys = tuple[bytes, bytes]  # (public, secret)
 
-def server_keys(keys_dir: Path) -> tuple[bytes, bytes]:
+
+def bind(sock: zmq.Socket, endpoints: list[str], keys: ServerKeys | None = None) -> None:
+    """Bind a daemon socket; with ``keys`` it is a CURVE server (encrypted, authorized keys only)."""
+    sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        sock.curve_server = True
+        sock.curve_publickey, sock.curve_secretkey = keys
+    for endpoint in endpoints:
+        sock.bind(endpoint)
+
+
+def server_keys(keys_dir: Path) -> ServerKeys:
     """The daemon's (public, secret) CURVE keys, created on first use."""
     keys_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(keys_dir, 0o700)

@@ -12,6 +12,7 @@ from typing import Union
 import msgspec
 
 from tritter.protocol.config import RunConfig
+from tritter.protocol.events import UploadEvent
 from tritter.protocol.state import RunState
 
 CATCHUP_BATCH = 2000  # events per catch-up reply: bounded so one reply never stalls the daemon
@@ -53,12 +54,26 @@ class Checkpoint(Request, tag="checkpoint"):
     run: str
 
 
+class Upload(Request, tag="upload"):
+    """Ask for a stage (or every completed stage) of a run to be uploaded: the daemon records
+    ``UploadEvent(status="requested")`` for each, and ``tritter-upload`` acts on it."""
+
+    run: str
+    stage: str | None = None  # a preset name; None = every completed stage
+
+
+class Report(Request, tag="report"):
+    """A sink (``tritter-upload``) reports an outcome; the daemon checks the run and stage and records it."""
+
+    event: UploadEvent
+
+
 class Catchup(Request, tag="catchup"):
     since: int = 1  # first seq wanted
     limit: int = CATCHUP_BATCH
 
 
-AnyRequest = Union[Ping, Start, Runs, Status, Stop, Pause, Resume, Checkpoint, Catchup]
+AnyRequest = Union[Ping, Start, Runs, Status, Stop, Pause, Resume, Checkpoint, Upload, Report, Catchup]
 
 
 class Reply(msgspec.Struct, kw_only=True):

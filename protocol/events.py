@@ -19,6 +19,7 @@ PROTOCOL_VERSION = 1
 RunStatus = Literal["started", "paused", "resumed", "completed", "failed", "stopped"]
 StageStatus = Literal["started", "completed"]
 Phase = Literal["warmup", "full", "predict", "correct"]
+UploadStatus = Literal["requested", "started", "completed", "failed"]
 
 
 class Event(msgspec.Struct, tag_field="kind", kw_only=True, omit_defaults=False):
@@ -91,8 +92,26 @@ class CheckpointEvent(Event, tag="checkpoint"):
     reason: str = "periodic"  # periodic | stage | manual | stop | shutdown
 
 
-AnyEvent = Union[RunEvent, StageEvent, PhaseEvent, StepEvent, CheckpointEvent]
-EVENT_KINDS: tuple[str, ...] = ("run", "stage", "phase", "step", "checkpoint")
+class UploadEvent(Event, tag="upload"):
+    """A stage's Hugging Face upload: ``requested`` (``tritterctl upload``), then from the uploader
+    (``tritter-upload``, through the daemon's ``Report`` request) ``started`` / ``completed`` /
+    ``failed``.  ``attempt`` counts tries from 1; a ``failed`` with ``will_retry`` is followed by
+    another attempt, one without is final until the next ``requested``."""
+
+    stage: str
+    status: UploadStatus
+    repo: str = ""  # USER/RUN_NAME
+    revision: str = ""  # the branch (the stage name)
+    url: str = ""  # the uploaded revision's page (completed)
+    commit: str = ""  # the commit id on the hub (completed)
+    attempt: int = 0
+    error: str = ""  # why (failed); never contains the token
+    will_retry: bool = False
+    reason: str = ""  # who asked (requested): "tritterctl upload", ...
+
+
+AnyEvent = Union[RunEvent, StageEvent, PhaseEvent, StepEvent, CheckpointEvent, UploadEvent]
+EVENT_KINDS: tuple[str, ...] = ("run", "stage", "phase", "step", "checkpoint", "upload")
 
 # Fields of a metrics.jsonl line, in order (the seed's StepMetrics plus stage/lr/tokens/ts).
 METRICS_FIELDS: tuple[str, ...] = (

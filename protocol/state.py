@@ -11,7 +11,15 @@ from typing import Literal
 import msgspec
 
 from tritter.protocol.config import RunConfig
-from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, RunEvent, StageEvent, StepEvent
+from tritter.protocol.events import (
+    AnyEvent,
+    CheckpointEvent,
+    PhaseEvent,
+    RunEvent,
+    StageEvent,
+    StepEvent,
+    UploadEvent,
+)
 
 RunLifecycle = Literal["running", "paused", "completed", "failed", "stopped"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "stopped"})
@@ -29,6 +37,16 @@ class StageState(msgspec.Struct, kw_only=True):
     eval_loss_end: float | None = None
     grown_from: str | None = None
     export_path: str | None = None
+    # Hugging Face upload (tritter-upload): None until one is requested or started.
+    upload_status: Literal["requested", "started", "completed", "failed"] | None = None
+    upload_repo: str = ""
+    upload_revision: str = ""
+    upload_url: str = ""
+    upload_commit: str = ""
+    upload_attempt: int = 0
+    upload_error: str = ""
+    upload_will_retry: bool = False
+    upload_seq: int = 0  # seq of the stage's latest upload event
 
 
 class CheckpointRef(msgspec.Struct, kw_only=True):
@@ -132,6 +150,30 @@ def _apply_step(state: RunState, event: StepEvent) -> None:
         state.stages[-1].tokens = event.tokens
 
 
+def _apply_upload(state: RunState, event: UploadEvent) -> None:
+    for stage in state.stages:
+        if stage.stage == event.stage:
+            break
+    else:
+        return  # an upload for a stage this run never had: nothing to attach it to
+    stage.upload_status = event.status
+    stage.upload_attempt = event.attempt
+    stage.upload_will_retry = event.will_retry
+    stage.upload_seq = event.seq
+    if event.repo:
+        stage.upload_repo = event.repo
+    if event.revision:
+        stage.upload_revision = event.revision
+    if event.status == "completed":
+        stage.upload_url = event.url
+        stage.upload_commit = event.commit
+        stage.upload_error = ""
+    elif event.status == "failed":
+        stage.upload_error = event.error
+    elif event.status == "requested":
+        stage.upload_error = ""
+
+
 def fold(runs: dict[str, RunState], event: AnyEvent) -> RunState | None:
     """Apply one event to ``runs`` (in place) and return the run it touched."""
     state = runs.get(event.run_id)
@@ -147,6 +189,8 @@ def fold(runs: dict[str, RunState], event: AnyEvent) -> RunState | None:
         _apply_step(state, event)
     elif isinstance(event, PhaseEvent):
         state.current_phase = event.phase
+    elif isinstance(event, UploadEvent):
+        _apply_upload(state, event)
     elif isinstance(event, CheckpointEvent):
         state.last_checkpoint = CheckpointRef(
             path=event.path, step=event.step, stage=event.stage, bytes=event.bytes, sha256=event.sha256,
