@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from tritter.daemon.lifetime import set_parent_death_signal
 from tritter.protocol.config import RunConfig
 
 log = logging.getLogger("tritterd.workers")
@@ -35,8 +36,11 @@ class WorkerProcess:
         cls, run_id: str, config: RunConfig, run_dir: Path, cache_dir: Path, endpoint: str
     ) -> WorkerProcess:
         run_dir.mkdir(parents=True, exist_ok=True)
+        launcher = [sys.executable]
+        if config.nproc > 1:  # data-parallel: torchrun starts one worker per rank
+            launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={config.nproc}"]
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
+            *launcher,
             "-m",
             "tritter.daemon.worker",
             "--run-id",
@@ -53,6 +57,7 @@ class WorkerProcess:
             str(os.getpid()),
             stdin=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=set_parent_death_signal,  # torchrun (or the worker) dies with the daemon
         )
         log.info("run %s: worker pid %d started", run_id, process.pid)
         return cls(run_id, process)

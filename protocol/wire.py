@@ -67,7 +67,3 @@ def decode_as(payload: bytes, kind: type[T]) -> T:
         return msgspec.msgpack.decode(payload, type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
         raise ProtocolError(f"malformed message: {error}") from None
-
-
-def to_builtins(message: Any) -> Any:
-    return msgspec.to_builtins(message)
