@@ -1,4 +1,4 @@
-"""``tritterctl``: drive the daemon (start, runs, status, wait, stop, pause, resume, checkpoint, events).
+"""``tritterctl``: drive the daemon (start, runs, status, wait, stop, pause, resume, checkpoint, upload, events).
 
 Exit codes: 0 success (for ``wait``: the run completed); 1 the run failed or was stopped
 (``wait``); 2 an error (bad flag, daemon not running, unknown run, refused request);

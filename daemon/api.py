@@ -175,14 +175,14 @@ class Api:
         state = daemon.find_run(request.run)
         if not state.config.hf_user:
             return Reply(ok=False, error=f"run {state.run_id} has no Hugging Face user (start runs with --upload --hf-user USER)")
-        done = [s for s in state.stages if s.status == "completed" and s.export_path]
+        done = [s for s in state.stages if s.status == "completed"]
         if request.stage is not None:
             if request.stage not in state.config.stages():
                 stages = ", ".join(state.config.stages())
                 return Reply(ok=False, error=f"run {state.run_id} has no stage {request.stage!r} (its stages: {stages})")
             done = [s for s in done if s.stage == request.stage]
             if not done:
-                return Reply(ok=False, error=f"stage {request.stage} of run {state.run_id} has not completed (no export yet)")
+                return Reply(ok=False, error=f"stage {request.stage} of run {state.run_id} has not completed yet")
         elif not done:
             return Reply(ok=False, error=f"run {state.run_id} has no completed stage to upload yet")
         if daemon.stopping:

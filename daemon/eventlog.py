@@ -30,7 +30,7 @@ log = logging.getLogger("tritterd.log")
 MAGIC = b"TRTLOG1\n"
 _HEADER = struct.Struct(">II")
 MAX_RECORD = 16 * 1024 * 1024  # larger lengths can only come from corruption
-_DURABLE_KINDS = frozenset({"run", "stage", "checkpoint"})
+_DURABLE_KINDS = frozenset({"run", "stage", "checkpoint", "upload"})
 
 
 class EventLog:
