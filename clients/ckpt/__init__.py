@@ -1,0 +1,1 @@
+"""Checkpoint compression: the ``.safetensors.tzst`` codec, ``tritter-ckpt`` and the ``tritter-compress`` sink."""

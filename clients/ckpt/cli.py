@@ -1,0 +1,211 @@
+"""``tritter-ckpt``: compress, decompress, verify and describe checkpoint files.
+
+    tritter-ckpt compress FILE [-o OUT] [--delta-from PREV]
+    tritter-ckpt decompress FILE [-o OUT]
+    tritter-ckpt verify FILE
+    tritter-ckpt info FILE [--json]
+
+Exit status: 0 on success, 2 when the input is corrupt, truncated, missing or a delta whose
+base is missing or different (one line on stderr; no output file is left behind), 1 for
+other failures (e.g. the output exists and --force was not given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tritter.clients.ckpt import codec
+
+EXIT_BAD_INPUT = 2
+
+
+class _Refused(Exception):
+    """A refusal that is not about the input (exit 1)."""
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise _Refused(f"{out} exists (use --force to overwrite)")
+
+
+def _compress(args: argparse.Namespace) -> int:
+    src = Path(args.file)
+    if codec.is_compressed(src):
+        raise codec.CodecError(f"{src}: already compressed")
+    out = Path(args.output) if args.output else src.with_name(src.name + codec.SUFFIX)
+    _check_out(out, args.force)
+    base = Path(args.delta_from) if args.delta_from else None
+    if base is not None and base.resolve().parent != out.resolve().parent:
+        print(f"tritter-ckpt: warning: {base.name} is not next to {out}; decompress looks for the base there", file=sys.stderr)
+    header = codec.compress_file(src, out, base=base, threads=args.threads)
+    size = header["original"]["size"]
+    packed = out.stat().st_size
+    kind = f"delta of {header['base']['name']}" if header.get("base") else "full"
+    print(f"{out}: {size / 1e6:.2f} MB -> {packed / 1e6:.2f} MB ({size / packed:.3f}x, {kind})")
+    return 0
+
+
+def _decompress(args: argparse.Namespace) -> int:
+    src = Path(args.file)
+    if not codec.is_compressed(src):
+        raise codec.CodecError(f"{src}: not a .safetensors.tzst file")
+    out = Path(args.output) if args.output else src.with_name(codec.raw_name(src))
+    _check_out(out, args.force)
+    data = codec.read_safetensors_bytes(src)  # checks every digest before anything is written
+    codec.write_atomic(out, [data])
+    print(f"{out}: {len(data) / 1e6:.2f} MB")
+    return 0
+
+
+def _torch_dtype(dtype: str) -> str:
+    names = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+             "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+    return "torch." + names.get(dtype, dtype.lower())
+
+
+def _content_digest(data: bytes | bytearray) -> str:
+    """The tritter checkpoint's ``content.sha256`` (see daemon/engine/checkpoint.py), without torch."""
+    _, spans, _ = codec.parse_safetensors(data)
+    view = memoryview(data)
+    h = hashlib.sha256()
+    for s in sorted(spans, key=lambda s: s.name):
+        h.update(f"{s.name}|{_torch_dtype(s.dtype)}|{tuple(s.shape)}\n".encode())
+        h.update(view[s.start : s.end])
+    return h.hexdigest()
+
+
+def _verify(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if codec.is_compressed(path):
+        header = codec.read_header(path)
+        data = codec.read_safetensors_bytes(path, check_tensors=True)
+        n = sum(1 for s in header["segments"] if "dtype" in s)
+        what = f"{n} tensors and the file sha256 match the header"
+        if header.get("base"):
+            what += f" (delta chain of {len(codec.base_chain(path))} files)"
+    else:
+        data = codec.read_safetensors_bytes(path)
+        _, spans, meta = codec.parse_safetensors(data)
+        if spans and len(data) != spans[-1].end:
+            raise codec.CodecError(f"{path}: {len(data) - spans[-1].end} stray bytes after the last tensor")
+        if "content.sha256" in meta:
+            if _content_digest(data) != meta["content.sha256"]:
+                raise codec.CodecError(f"{path}: content checksum mismatch (corrupt checkpoint)")
+            what = f"{len(spans)} tensors match content.sha256"
+        else:
+            what = f"{len(spans)} tensors, well-formed (no content.sha256 to check)"
+    sha = hashlib.sha256(data).hexdigest()
+    # the content digest of a tritter checkpoint inside a .tzst is checked too, when present
+    meta = codec.safetensors_metadata(data)
+    if codec.is_compressed(path) and "content.sha256" in meta and _content_digest(data) != meta["content.sha256"]:
+        raise codec.CodecError(f"{path}: content checksum mismatch (the original checkpoint was corrupt)")
+    print(f"{path}: OK, {what}; sha256 {sha}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    rows: list[dict[str, Any]] = []
+    if codec.is_compressed(path):
+        header = codec.read_header(path)
+        packed_total = path.stat().st_size
+        for s in header["segments"]:
+            if "dtype" not in s:
+                continue
+            size = s["end"] - s["start"]
+            packed = sum(d["n"] + (1 if d["m"] == "const" else 0) for d in s["streams"])
+            rows.append({"name": s["name"], "dtype": s["dtype"], "shape": s["shape"], "bytes": size, "compressed": packed,
+                         "ratio": round(size / max(packed, 1), 3), "delta": bool(s.get("delta"))})
+        summary = {
+            "file": str(path),
+            "format": f"{header['format']}/{header['version']}",
+            "original": header["original"],
+            "compressed_bytes": packed_total,
+            "ratio": round(header["original"]["size"] / packed_total, 4),
+            "base": header.get("base"),
+            "chain": header.get("chain", 0),
+            "meta": header.get("meta", {}),
+        }
+    else:
+        data = codec.read_safetensors_bytes(path)
+        _, spans, _ = codec.parse_safetensors(data)
+        rows = [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape), "bytes": s.end - s.start} for s in spans]
+        summary = {"file": str(path), "format": "safetensors", "original": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
+    summary["tensors"] = rows
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{path}: {summary['format']}, {summary['original']['size']:,} bytes, sha256 {summary['original']['sha256']}")
+    if "ratio" in summary:
+        kind = f"delta of {summary['base']['name']} (chain depth {summary['chain']})" if summary["base"] else "full (keyframe)"
+        print(f"compressed {summary['compressed_bytes']:,} bytes, ratio {summary['ratio']:.3f}x, {kind}")
+        if summary["meta"]:
+            print("meta " + json.dumps(summary["meta"], sort_keys=True))
+    dtypes: dict[str, int] = {}
+    for r in rows:
+        dtypes[r["dtype"]] = dtypes.get(r["dtype"], 0) + r["bytes"]
+    print(f"{len(rows)} tensors: " + ", ".join(f"{d} {b / 1e6:.2f} MB" for d, b in sorted(dtypes.items())))
+    width = max((len(r["name"]) for r in rows), default=4)
+    for r in rows:
+        shape = "x".join(map(str, r["shape"])) or "scalar"
+        line = f"  {r['name']:<{width}}  {r['dtype']:<5} {shape:<14} {r['bytes']:>12,}"
+        if "compressed" in r:
+            line += f"  {r['ratio']:>7.3f}x" + ("  delta" if r["delta"] else "")
+        print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tritter-ckpt", description="Lossless compression of safetensors checkpoints (.safetensors.tzst).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("compress", help="FILE.safetensors -> FILE.safetensors.tzst (the input is kept)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: FILE.tzst)")
+    p.add_argument("--delta-from", metavar="PREV", help="store as a delta of PREV (.safetensors or .tzst; keep it next to OUT)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite OUT")
+    p.add_argument("--threads", type=int, help="worker threads (default: up to 4)")
+    p.set_defaults(func=_compress)
+    p = sub.add_parser("decompress", help="FILE.safetensors.tzst -> FILE.safetensors, byte-identical to the original")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: FILE without .tzst)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite OUT")
+    p.set_defaults(func=_decompress)
+    p = sub.add_parser("verify", help="check every tensor's sha256 (and the whole file's) against the header")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=_verify)
+    p = sub.add_parser("info", help="tensors, dtypes, sizes and ratio")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except codec.CodecError as exc:
+        print(f"tritter-ckpt: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (KeyError, TypeError, ValueError) as exc:  # a well-formed but wrong header, met by info/verify
+        print(f"tritter-ckpt: error: {args.file}: corrupt header ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except _Refused as exc:
+        print(f"tritter-ckpt: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"tritter-ckpt: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT if isinstance(exc, FileNotFoundError) else 1
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

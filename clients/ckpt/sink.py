@@ -1,0 +1,332 @@
+"""``tritter-compress``: compresses every new checkpoint to ``.safetensors.tzst``, then prunes.
+
+An ordinary subscriber, like ``tritter-record``: its cursor (the last seq it has handled) is
+``HOME/compress.cursor``, one instance per home holds ``HOME/compress.lock``.  For each
+``checkpoint`` event it
+
+1. compresses ``runs/<id>/<path>`` next to itself — as a delta of the run's previous checkpoint
+   when that one is of the same stage and the chain is shorter than ``--keyframe-every``,
+   otherwise as a full keyframe (always for a stage-final checkpoint, reason ``stage``);
+2. writes it as ``<name>.tzst.tmp``, fsyncs, reads it back and decodes it against the
+   original's sha256, and only then renames it into place and removes the raw file;
+3. applies retention to the run's compressed checkpoints: the newest ``--keep-last`` N, every
+   stage-final one and the run's newest checkpoint are kept, plus whatever delta bases those
+   need; the others are deleted.  Raw files are never deleted by retention.
+
+Everything it does is decided from the files, so a ``kill -9`` at any point loses nothing: a
+half-written output is a ``.tmp`` file, discarded and redone from the raw file, and an output
+already in place whose original sha256 matches the event is not redone (the raw file, if
+still there, is just removed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tritter.clients.ckpt import codec
+from tritter.clients.subscription import Subscription
+from tritter.clients.target import Target, add_target_arguments, target_from_args
+from tritter.protocol.events import CheckpointEvent
+from tritter.protocol.home import Layout, resolve_home
+from tritter.protocol.wire import ProtocolError
+
+log = logging.getLogger("tritter-compress")
+
+CURSOR_SAVE_INTERVAL_S = 1.0
+DEFAULT_KEEP_LAST = 5
+DEFAULT_KEYFRAME_EVERY = 8
+
+
+@dataclass
+class _Original:
+    """The last checkpoint compressed for a run, kept so the next delta need not decode it."""
+
+    name: str
+    sha256: str
+    data: bytes
+
+
+class Compressor:
+    def __init__(self, layout: Layout, keep_last: int = DEFAULT_KEEP_LAST, keyframe_every: int = DEFAULT_KEYFRAME_EVERY, threads: int | None = None) -> None:
+        if keep_last < 0 or keyframe_every < 1:
+            raise ValueError("--keep-last must be >= 0 and --keyframe-every >= 1")
+        self.layout = layout
+        self.keep_last = keep_last
+        self.keyframe_every = keyframe_every
+        self.threads = threads
+        self.cursor_path = layout.home / "compress.cursor"
+        self.cursor = self._load_cursor()
+        self._saved_cursor = self.cursor
+        self._saved_at = time.monotonic()
+        self._last: dict[str, _Original] = {}
+        self.compressed = 0  # outputs written by this process (for logs and tests)
+
+    # -- cursor ---------------------------------------------------------------------------------
+    def _load_cursor(self) -> int:
+        try:
+            return int(self.cursor_path.read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            log.warning("%s is unreadable; catching up from seq 1 (finished work is not redone)", self.cursor_path)
+            return 0
+
+    def save_cursor(self) -> None:
+        if self.cursor == self._saved_cursor:
+            return
+        tmp = self.cursor_path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{self.cursor}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.cursor_path)
+        self._saved_cursor = self.cursor
+        self._saved_at = time.monotonic()
+
+    # -- events ---------------------------------------------------------------------------------
+    def handle(self, event: Any) -> None:
+        if isinstance(event, CheckpointEvent):
+            try:
+                self.process(event)
+                self.retain(event.run_id)
+            except (codec.CodecError, OSError) as exc:
+                log.error("run %s step %d: %s (raw file kept)", event.run_id, event.step, exc)
+            except Exception:  # a sink keeps going: the raw file stays, the next event is handled
+                log.exception("run %s step %d: unexpected error (raw file kept)", event.run_id, event.step)
+        self.cursor = event.seq
+        if isinstance(event, CheckpointEvent) or time.monotonic() - self._saved_at >= CURSOR_SAVE_INTERVAL_S:
+            self.save_cursor()
+
+    def sweep(self) -> None:
+        """Remove temp outputs left by a killed compressor (they are redone from the raw files)."""
+        if not self.layout.runs.is_dir():
+            return
+        for tmp in self.layout.runs.glob(f"*/checkpoints/*{codec.SUFFIX}.tmp"):
+            log.info("discarding half-written %s", tmp)
+            tmp.unlink(missing_ok=True)
+
+    # -- one checkpoint -------------------------------------------------------------------------
+    def _paths(self, event: CheckpointEvent) -> tuple[Path, Path]:
+        run_dir = self.layout.run_dir(event.run_id).resolve()
+        raw = (run_dir / event.path).resolve()
+        if run_dir not in raw.parents or not raw.name.endswith(codec.RAW_SUFFIX):
+            raise codec.CodecError(f"checkpoint path {event.path!r} is not a .safetensors file inside the run folder")
+        return raw, raw.with_name(raw.name + codec.SUFFIX)
+
+    def process(self, event: CheckpointEvent) -> str:
+        """Compress one checkpoint; returns what happened: compressed, done, gone."""
+        raw, out = self._paths(event)
+        out.with_name(out.name + ".tmp").unlink(missing_ok=True)
+        if out.exists():
+            try:
+                done = codec.read_header(out)["original"]["sha256"] == event.sha256
+            except codec.CodecError as exc:
+                log.warning("%s", exc)
+                done = False
+            if done:
+                # Killed between the rename and the unlink: the output is whole and was verified.
+                # The raw file goes only if it is still that checkpoint (not a rewrite of the step).
+                if raw.exists() and _file_sha256(raw) == event.sha256:
+                    raw.unlink()
+                    _fsync_dir(raw.parent)
+                    log.info("%s: already compressed; removed the raw file", out.name)
+                return "done"
+        try:
+            before = os.stat(raw)
+        except FileNotFoundError:
+            log.info("run %s: %s is gone; nothing to compress", event.run_id, event.path)
+            return "gone"
+        data = raw.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        if sha != event.sha256:
+            # The step was saved again (e.g. periodic, then stage-final): its own event follows.
+            log.info("%s was rewritten after step %d's %s event; leaving it for the later event", raw.name, event.step, event.reason)
+            return "superseded"
+        base, base_data, why = self._choose_base(event, raw)
+        meta = {"run_id": event.run_id, "step": event.step, "stage": event.stage, "reason": event.reason, "seq": event.seq}
+        t0 = time.monotonic()
+        header = codec.compress_file(raw, out, base=base, base_data=base_data, meta=meta, threads=self.threads, data=data)
+        self.compressed += 1
+        after = os.stat(raw)
+        if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
+            log.info("%s was rewritten while being compressed; keeping it for its own event", raw.name)
+            return "compressed"
+        raw.unlink()
+        _fsync_dir(raw.parent)
+        self._last[event.run_id] = _Original(raw.name, sha, data)
+        packed = out.stat().st_size
+        kind = f"delta of {header['base']['name']}, chain {header['chain']}" if header.get("base") else f"keyframe ({why})"
+        log.info("compressed %s: %.2f MB -> %.2f MB (%.3fx, %s) in %.1f s", out.name, len(data) / 1e6, packed / 1e6, len(data) / packed, kind, time.monotonic() - t0)
+        return "compressed"
+
+    def _choose_base(self, event: CheckpointEvent, raw: Path) -> tuple[Path | None, bytes | None, str]:
+        if event.reason == "stage":
+            return None, None, "stage-final"
+        if self.keyframe_every <= 1:
+            return None, None, "--keyframe-every 1"
+        prev = [p for p in codec.list_checkpoint_files(raw.parent.parent) if (codec.checkpoint_step(p) or 0) < event.step]
+        if not prev:
+            return None, None, "first checkpoint"
+        base = prev[-1]
+        if not codec.is_compressed(base):
+            compressed = base.with_name(base.name + codec.SUFFIX)
+            if not compressed.exists():
+                return None, None, f"previous checkpoint {base.name} is not compressed yet"
+            base = compressed
+        try:
+            header = codec.read_header(base)
+        except codec.CodecError as exc:
+            log.warning("%s", exc)
+            return None, None, "previous checkpoint unreadable"
+        if header.get("meta", {}).get("stage") != event.stage:
+            return None, None, "new stage"
+        if int(header.get("chain", 0)) + 1 >= self.keyframe_every:
+            return None, None, f"every {self.keyframe_every}"
+        last = self._last.get(event.run_id)
+        sha = header["original"]["sha256"]
+        base_data = last.data if last is not None and last.name == codec.raw_name(base) and last.sha256 == sha else None
+        if base_data is None:
+            try:
+                base_data = codec.read_safetensors_bytes(base)
+            except codec.CodecError as exc:
+                log.warning("%s", exc)
+                return None, None, "previous checkpoint unreadable"
+        return base, base_data, ""
+
+    # -- retention ------------------------------------------------------------------------------
+    def retain(self, run_id: str) -> list[Path]:
+        """Delete the run's compressed checkpoints that retention does not keep; returns them."""
+        ckpt_dir = self.layout.run_dir(run_id) / "checkpoints"
+        if not ckpt_dir.is_dir():
+            return []
+        steps: dict[int, list[Path]] = {}
+        for p in ckpt_dir.iterdir():
+            step = codec.checkpoint_step(p)
+            if step is not None:
+                steps.setdefault(step, []).append(p)
+        if not steps:
+            return []
+        headers: dict[int, dict[str, Any]] = {}
+        for step, paths in steps.items():
+            for p in paths:
+                if codec.is_compressed(p):
+                    try:
+                        headers[step] = codec.read_header(p)
+                    except codec.CodecError as exc:
+                        log.warning("%s (left alone)", exc)
+        ordered = sorted(headers)
+        keep = set(ordered[len(ordered) - self.keep_last :] if self.keep_last else [])
+        keep.add(max(steps))  # the run's newest checkpoint, in whatever form
+        keep.update(s for s, h in headers.items() if h.get("meta", {}).get("reason") == "stage")
+        todo = list(keep)
+        while todo:  # a kept delta keeps its base chain
+            h = headers.get(todo.pop())
+            if h and h.get("base"):
+                base_step = codec.checkpoint_step(h["base"]["name"])
+                if base_step is not None and base_step not in keep:
+                    keep.add(base_step)
+                    todo.append(base_step)
+        removed = []
+        for step in ordered:
+            if step in keep:
+                continue
+            path = ckpt_dir / (f"step-{step:08d}" + codec.RAW_SUFFIX + codec.SUFFIX)
+            for p in steps[step]:
+                if codec.is_compressed(p):
+                    path = p
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            log.info("retention: removed %s", path.name)
+        if removed:
+            _fsync_dir(ckpt_dir)
+        return removed
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def hold_lock(layout: Layout) -> int:
+    """One compressor per home: wait while another one runs."""
+    layout.home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.home / "compress.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.warning("another tritter-compress is running on %s; waiting for it to exit", layout.home)
+        await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
+    return fd
+
+
+async def run(layout: Layout, source: Target, compressor_args: dict[str, Any]) -> None:
+    lock = await hold_lock(layout)
+    compressor = Compressor(layout, **compressor_args)
+    compressor.sweep()
+    log.info("compressing checkpoints of %s under %s from seq %d (keep last %d, keyframe every %d)",
+             source.where, layout.runs, compressor.cursor + 1, compressor.keep_last, compressor.keyframe_every)
+    subscription = Subscription(source, since=compressor.cursor + 1, on_state=lambda s: log.info("bus: %s", s))
+
+    async def loop() -> None:
+        try:
+            async for event in subscription:
+                if isinstance(event, CheckpointEvent):
+                    await asyncio.to_thread(compressor.handle, event)  # keep the loop (and signals) responsive
+                else:
+                    compressor.handle(event)
+        finally:
+            compressor.save_cursor()
+            await subscription.close()
+
+    task = asyncio.ensure_future(loop())
+    event_loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        event_loop.add_signal_handler(signum, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    os.close(lock)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tritter-compress", description="Compress every new checkpoint to .safetensors.tzst and prune old ones.")
+    add_target_arguments(parser)
+    parser.add_argument("--runs-home", metavar="DIR", help="with --connect: the home whose runs/<id>/checkpoints to compress (default: $TRITTER_HOME or ~/.local/share/tritter)")
+    parser.add_argument("--keep-last", type=int, default=DEFAULT_KEEP_LAST, metavar="N", help=f"compressed checkpoints kept per run besides stage-final ones (default {DEFAULT_KEEP_LAST})")
+    parser.add_argument("--keyframe-every", type=int, default=DEFAULT_KEYFRAME_EVERY, metavar="K", help=f"a full keyframe at least every K checkpoints; 1 = no deltas (default {DEFAULT_KEYFRAME_EVERY})")
+    parser.add_argument("--threads", type=int, help="compression threads (default: up to 4)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s tritter-compress %(levelname)s %(message)s")
+    try:
+        if args.keep_last < 0 or args.keyframe_every < 1:
+            raise ValueError("--keep-last must be >= 0 and --keyframe-every >= 1")
+        source = target_from_args(args)
+        layout = Layout(source.home or resolve_home(args.runs_home))
+        asyncio.run(run(layout, source, {"keep_last": args.keep_last, "keyframe_every": args.keyframe_every, "threads": args.threads}))
+    except (ProtocolError, OSError, ValueError) as error:
+        print(f"tritter-compress: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
