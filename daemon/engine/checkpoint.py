@@ -32,23 +32,30 @@ import hashlib
 import json
 import os
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import safetensors.torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+# The compressed-checkpoint format belongs to the compressor sink; resume reads it transparently.
+from tritter.clients.ckpt.codec import (
+    CodecError,
+    is_compressed,
+    list_checkpoint_files,
+    read_safetensors_bytes,
+    safetensors_metadata,
+)
 from tritter.daemon.engine.presets import ModelShape
 
 FORMAT = "tritter-checkpoint/1"
 _MODEL_PREFIXES = ("model.", "lm_head.")
 _EXTRA_PREFIX = "extra."
-_STEP_RE = re.compile(r"^step-(\d+)\.safetensors$")
 
 
 class CheckpointError(Exception):
@@ -78,12 +85,9 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint files of a run, oldest step first (temp files ignored)."""
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    if not ckpt_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _STEP_RE.match(p.name)) and p.is_file()]
-    return [p for _, p in sorted(found)]
+    """Checkpoint files of a run, one per step, oldest first: raw ``.safetensors`` or, once the
+    compressor sink has replaced them, ``.safetensors.tzst`` (temp files ignored)."""
+    return list_checkpoint_files(Path(run_dir))
 
 
 # --- RNG -------------------------------------------------------------------
@@ -237,10 +241,15 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
     """Read and verify a checkpoint; raises ``CheckpointError`` if it is unusable."""
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        if is_compressed(path):  # written by tritter-compress; may be a delta on an older one
+            data = read_safetensors_bytes(path)
+            metadata = safetensors_metadata(data)
+            tensors = safetensors.torch.load(bytes(data))
+        else:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, CodecError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: unreadable checkpoint ({_one_line(exc)})") from exc
 
     if metadata.get("format") != FORMAT:

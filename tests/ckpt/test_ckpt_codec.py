@@ -134,3 +134,32 @@ def test_any_single_byte_flip_or_cut_is_a_codec_error() -> None:
     for cut in [rnd.randrange(len(blob)) for _ in range(30)]:
         with pytest.raises(codec.CodecError):
             codec.decompress_bytes(blob[:cut], a)
+
+
+def test_engine_resumes_from_a_compressed_delta_checkpoint(tmp_path: Path) -> None:
+    """The trainer's loader reads .safetensors.tzst (full and delta) as if it were the raw file."""
+    import torch
+
+    from tritter.clients.ckpt.codec import compress_file
+    from tritter.daemon.engine.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
+    from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
+    from tritter.daemon.engine.presets import get_preset
+
+    model = LlamaForCausalLM(get_preset("tiny").shape)
+    init_weights(model, torch.Generator().manual_seed(0))
+    first = checkpoint_path(tmp_path, 1)
+    save_checkpoint(first, model, None, {"step": 1})
+    with torch.no_grad():
+        model.model.norm.weight.add_(0.5)
+    second = checkpoint_path(tmp_path, 2)
+    save_checkpoint(second, model, None, {"step": 2})
+    compress_file(first)
+    compress_file(second, base=first)
+    expected = load_checkpoint(second)
+    first.unlink()
+    second.unlink()
+    listed = list_checkpoints(tmp_path)
+    assert [p.name for p in listed] == ["step-00000001.safetensors.tzst", "step-00000002.safetensors.tzst"]
+    got = load_checkpoint(listed[-1])
+    assert got.trainer_state == expected.trainer_state
+    assert all(torch.equal(got.model_state[k], v) for k, v in expected.model_state.items())
