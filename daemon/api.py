@@ -40,6 +40,7 @@ from tritter.protocol.wire import ProtocolError, decode_as, encode
 log = logging.getLogger("tritterd.api")
 
 MAX_REQUEST_BYTES = 1 << 20
+WORKER_EXIT_WAIT_S = 10.0
 
 
 def cuda_present() -> bool:
@@ -137,10 +138,15 @@ class Api:
                 return Reply(ok=False, error=f"run {state.run_id} already completed")
             if state.status == "running":
                 return Reply(ok=False, error=f"run {state.run_id} is already running")
-            if worker:
-                daemon.command_worker(state.run_id, "resume")
-            else:
-                await daemon.spawn_worker(state.run_id, resume=True)  # from its last checkpoint
+            if worker and state.status == "paused":
+                daemon.command_worker(state.run_id, "resume")  # it holds the model: go on at once
+                return Reply(ok=True, run_id=state.run_id, message="resuming")
+            if worker:  # it reported failed/stopped and is still exiting: let it go first
+                try:
+                    await asyncio.wait_for(worker.exited.wait(), WORKER_EXIT_WAIT_S)
+                except asyncio.TimeoutError:
+                    return Reply(ok=False, error=f"run {state.run_id}: its last worker has not exited yet; try again")
+            await daemon.spawn_worker(state.run_id, resume=True)  # from its last checkpoint
             return Reply(ok=True, run_id=state.run_id, message="resuming")
         if isinstance(request, Checkpoint):
             if worker is None or not state.active:

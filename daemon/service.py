@@ -105,6 +105,8 @@ class Tritterd:
             if not self.runs:
                 raise LookupError("there are no runs yet (start one with: tritterctl start)")
             return max(self.runs.values(), key=lambda r: r.started)
+        if not ref.strip():
+            raise LookupError("an empty run reference matches nothing (give a run id, id prefix or name)")
         if ref in self.runs:
             return self.runs[ref]
         matches = [r for r in self.runs.values() if r.run_id.startswith(ref)] or [

@@ -40,6 +40,7 @@ class SocketControls:
         self._terminated = False
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the daemon, which shuts us down in order
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit is a write error (EFBIG), not death
 
     def _on_term(self, *_: object) -> None:
         self._terminated = True

@@ -96,6 +96,7 @@ def _apply_run(state: RunState, event: RunEvent) -> None:
             state.resumed_from = event.resume_step
     elif event.status == "paused":
         state.status = "paused"
+        state.error = event.reason  # why, when the run paused itself (a full disk)
     else:
         state.status = event.status
         state.error = event.reason if event.status == "failed" else ""

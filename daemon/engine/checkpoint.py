@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,9 @@ def save_checkpoint(
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except SafetensorError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _as_os_error(exc, tmp) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -230,6 +234,15 @@ def save_checkpoint(
         sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     step = trainer_state.get("step")
     return CheckpointInfo(path=path, bytes=path.stat().st_size, sha256=sha256, step=None if step is None else int(step))
+
+
+def _as_os_error(exc: SafetensorError, path: Path) -> Exception:
+    """safetensors reports I/O failures as text ("... (os error 28)"): give callers the errno."""
+    match = re.search(r"os error (\d+)", str(exc))
+    if match is None:
+        return exc
+    code = int(match.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def _one_line(exc: BaseException) -> str:

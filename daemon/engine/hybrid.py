@@ -49,12 +49,12 @@ class HybridSettings:
     history: int = 4  # K: true updates kept per tensor (K extra copies of the parameters)
     order: int = 2  # AR order of the per-tensor fit (< history)
     full_steps: int = 10  # true steps after the LR warmup before the first Predict phase
-    predict_run: int = 2  # predicted steps between two probe (true) steps in Predict
+    predict_run: int = 1  # predicted steps between two probe (true) steps in Predict
     correct_steps: int = 4  # true steps in a Correct phase
-    max_error: float = 0.9  # probe relative L2 error above which we fall back to Correct
+    max_error: float = 0.6  # probe relative L2 error above which we fall back to Correct
     loss_tolerance: float = 0.10  # a loss above (1 + tol) * running mean falls back to Correct
     loss_decay: float = 0.9  # the running mean is an EMA with this decay, over all steps
-    max_radius: float = 1.0  # spectral radius cap of the fitted recurrence
+    max_radius: float = 1.05  # spectral radius cap of the fitted recurrence
     ridge: float = 1e-3  # ridge on the normal equations, relative to their mean diagonal
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ machine are checkpointed too, so exact resume holds mid-Predict as well.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import time
@@ -31,6 +32,8 @@ from tritter.daemon.engine.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from tritter.daemon.engine.device import autocast
+from tritter.daemon.engine.export import StageCard, export_stage
 from tritter.daemon.engine.data import Batches, TokenData, heldout_batches, load_token_data
 from tritter.daemon.engine.growth import grow
 from tritter.daemon.engine.hybrid import DEFAULT_SETTINGS, HybridController, HybridSettings, StepPlan
@@ -43,6 +46,8 @@ from tritter.protocol.events import AnyEvent, CheckpointEvent, Phase, PhaseEvent
 log = logging.getLogger("tritter.trainer")
 
 EVAL_BATCHES = 8
+# A checkpoint that cannot be written for lack of space pauses the run instead of failing it.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class Controls(Protocol):
@@ -54,6 +59,14 @@ class Outcome:
     COMPLETED = "completed"
     STOPPED = "stopped"
     SHUTDOWN = "shutdown"
+
+
+class EndRun(Exception):
+    """Training must end now with ``outcome`` (a stop or shutdown while paused on a full disk)."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
 
 
 @dataclass
@@ -100,7 +113,8 @@ def make_optimizer(model: torch.nn.Module, preset: Preset, fused: bool = False) 
 def evaluate(model: LlamaForCausalLM, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
     was_training = model.training
     model.eval()
-    losses = [float(model(x.to(device), labels=y.to(device))) for x, y in batches]
+    with autocast(device):
+        losses = [float(model(x.to(device), labels=y.to(device))) for x, y in batches]
     model.train(was_training)
     return sum(losses) / len(losses)
 
@@ -155,6 +169,32 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def save(self, reason: str) -> None:
+        """Write a checkpoint.  On a full disk the previous checkpoint stays intact, the run pauses
+        with the reason, and ``tritterctl resume`` retries the write once space is back."""
+        while True:
+            try:
+                self._write_checkpoint(reason)
+                return
+            except OSError as error:
+                if error.errno not in DISK_FULL:
+                    raise
+                name = errno.errorcode.get(error.errno or 0, "")
+                log.error("cannot write the step %d checkpoint: %s", self.progress.step, error)
+                self.emit(RunEvent(
+                    status="paused",
+                    reason=f"cannot write the step {self.progress.step} checkpoint: {error.strerror} ({name}); "
+                    f"free space, then: tritterctl resume {self.run_id}",
+                ))
+                command = self._paused()
+                if command == "stop":
+                    last = f"step {self.progress.step} was not saved"
+                    self.emit(RunEvent(status="stopped", reason=f"stopped while the disk was full ({last})"))
+                    raise EndRun(Outcome.STOPPED) from None
+                if command == "shutdown":
+                    raise EndRun(Outcome.SHUTDOWN) from None
+                self.emit(RunEvent(status="resumed"))
+
+    def _write_checkpoint(self, reason: str) -> None:
         assert self.model is not None
         extra_tensors = None
         if self.hybrid is not None and not self.progress.stage_done:
@@ -226,6 +266,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, preset, fused=self.device.type == "cuda")
         # The predictor resets too: updates of a smaller model say nothing about this one.
         self.hybrid = HybridController(self.model, self.hybrid_settings) if self.config.hybrid else None
+        eval_loss = evaluate(self.model, self._heldout(), self.device)
+        self.progress.extra["eval_loss_start"] = eval_loss
         self.emit(
             StageEvent(
                 status="started",
@@ -233,16 +275,36 @@ class Trainer:
                 index=index,
                 step=self.progress.step,
                 params=count_parameters(self.model),
-                eval_loss=evaluate(self.model, self._heldout(), self.device),
+                eval_loss=eval_loss,
                 grown_from=grown_from,
             )
         )
 
+    def _export(self, eval_loss: float) -> str:
+        """The stage's Hugging Face folder (run_dir/export/<preset>), path relative to the run."""
+        assert self.model is not None
+        index = self.progress.stage_index
+        start = self.progress.extra.get("eval_loss_start")
+        card = StageCard(
+            run_id=self.run_id, run_name=self.config.name, stage=self.preset.name, index=index,
+            step=self.progress.step, stage_steps=self.progress.stage_step, tokens=self.progress.tokens,
+            eval_loss=eval_loss, eval_loss_start=start if isinstance(start, float) else None,
+            lineage=tuple(self.stages[: index + 1]), corpus=self.data.source, seed=self.config.seed,
+            hybrid=self.config.hybrid,
+        )
+        return str(export_stage(self.model, self.preset.name, self.run_dir, card).relative_to(self.run_dir))
+
     def _end_stage(self) -> None:
         assert self.model is not None
         eval_loss = evaluate(self.model, self._heldout(), self.device)
+        # Export before the stage checkpoint: a crash in between re-trains and re-exports.
+        export_path = self._export(eval_loss)
         self.progress.stage_done = True
         self.save("stage")
+        self._stage_completed(eval_loss, export_path)
+
+    def _stage_completed(self, eval_loss: float, export_path: str) -> None:
+        assert self.model is not None
         self.emit(
             StageEvent(
                 status="completed",
@@ -252,8 +314,18 @@ class Trainer:
                 params=count_parameters(self.model),
                 tokens=self.progress.tokens,
                 eval_loss=eval_loss,
+                export_path=export_path,
             )
         )
+
+    def _reannounce_stage_end(self) -> None:
+        """Resuming from a stage-final checkpoint: say the stage completed, in case the crash came
+        before the event left (the daemon drops it when the log already has it)."""
+        assert self.model is not None
+        eval_loss = evaluate(self.model, self._heldout(), self.device)
+        folder = self.run_dir / "export" / self.preset.name
+        export_path = str(folder.relative_to(self.run_dir)) if (folder / "config.json").exists() else self._export(eval_loss)
+        self._stage_completed(eval_loss, export_path)
 
     def _set_phase(self, phase: Phase, reason: str = "") -> None:
         if phase != self.progress.phase:
@@ -268,15 +340,11 @@ class Trainer:
         elif command == "pause":
             self.save("pause")
             self.emit(RunEvent(status="paused"))
-            while True:
-                command = self.controls.wait()
-                if command == "resume":
-                    self.emit(RunEvent(status="resumed"))
-                    return None
-                if command == "checkpoint":
-                    self.save("manual")
-                elif command in ("stop", "shutdown"):
-                    return self._handle(command)
+            command = self._paused()
+            if command == "resume":
+                self.emit(RunEvent(status="resumed"))
+                return None
+            return self._handle(command)
         elif command == "stop":
             self.save("stop")
             self.emit(RunEvent(status="stopped", reason="stopped by request"))
@@ -285,6 +353,15 @@ class Trainer:
             self.save("shutdown")
             return Outcome.SHUTDOWN
         return None
+
+    def _paused(self) -> str:
+        """Block while paused (a checkpoint request is still served); return resume, stop or shutdown."""
+        while True:
+            command = self.controls.wait()
+            if command in ("resume", "stop", "shutdown"):
+                return command
+            if command == "checkpoint":
+                self.save("manual")
 
     # -- the loop ---------------------------------------------------------------------------
     def _train_step(self, batches: Batches) -> None:
@@ -305,7 +382,7 @@ class Trainer:
         if plan.predicted:
             assert hybrid is not None
             # Predict: forward only (the loss is reported and watched), then the predicted update.
-            with torch.no_grad():
+            with torch.no_grad(), autocast(self.device):
                 loss_value = float(self.model(x.to(self.device), labels=y.to(self.device)))
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss became {loss_value} at step {self.progress.step + 1}")
@@ -316,7 +393,8 @@ class Trainer:
         else:
             if hybrid is not None:
                 hybrid.predictor.before_step()
-            loss = self.model(x.to(self.device), labels=y.to(self.device))
+            with autocast(self.device):
+                loss = self.model(x.to(self.device), labels=y.to(self.device))
             loss.backward()
             norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip))
             self.optimizer.step()
@@ -352,12 +430,19 @@ class Trainer:
         )
 
     def run(self) -> str:
+        try:
+            return self._run()
+        except EndRun as end:
+            return end.outcome
+
+    def _run(self) -> str:
         loaded = self._latest_checkpoint()
         if loaded is not None:
             self._restore(loaded)
             self.emit(RunEvent(status="resumed", resume_step=self.progress.step))
         first_stage = self.progress.stage_index
         if loaded is not None and self.progress.stage_done:
+            self._reannounce_stage_end()
             first_stage += 1
         for index in range(first_stage, len(self.stages)):
             if loaded is None or index != self.progress.stage_index or self.progress.stage_done:
