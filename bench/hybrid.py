@@ -70,7 +70,10 @@ def train(preset: str, steps: int, seed: int, hybrid: bool, cache: Path, setting
         "fallbacks": sum(p.phase == "correct" for p in phases),
         "phases": [(p.step, p.phase, p.reason) for p in phases],
         "mean_error": statistics.fmean(errors) if errors else None,
+        "max_error": max(errors) if errors else None,
         "losses": [e.loss for e in step_events],
+        "median_true_ms": statistics.median([e.step_time_ms for e in step_events if not e.was_predicted]),
+        "median_predicted_ms": statistics.median([e.step_time_ms for e in step_events if e.was_predicted] or [0.0]),
     }
 
 
@@ -100,8 +103,24 @@ def compare(preset: str, steps: int, seed: int, cache: Path, settings: Any, quie
         "wall_full_s": round(full["loop_s"], 3),
         "wall_hybrid_s": round(hyb["loop_s"], 3),
         "wall_ratio": round(hyb["loop_s"] / full["loop_s"], 4),
+        # The same from per-step medians (robust to load spikes on a shared machine):
+        # (true steps x median true-step ms + predicted x median predicted-step ms) / (steps x median full-step ms).
+        "step_ms_full": round(full["median_true_ms"], 2),
+        "step_ms_hybrid_true": round(hyb["median_true_ms"], 2),
+        "step_ms_hybrid_predicted": round(hyb["median_predicted_ms"], 2),
+        "wall_ratio_median": round(
+            (hyb["backward"] * hyb["median_true_ms"] + hyb["predicted"] * hyb["median_predicted_ms"])
+            / (steps * full["median_true_ms"]),
+            4,
+        ),
+        # Load-robust estimate from one run: predicted vs true step times measured side by side
+        # in the hybrid run, assuming a true step costs what a full step does.
+        "wall_ratio_in_run": round(
+            (hyb["backward"] + hyb["predicted"] * hyb["median_predicted_ms"] / hyb["median_true_ms"]) / steps, 4
+        ),
         "fallbacks": hyb["fallbacks"],
         "mean_probe_error": None if hyb["mean_error"] is None else round(hyb["mean_error"], 4),
+        "max_probe_error": None if hyb["max_error"] is None else round(hyb["max_error"], 4),
     }
 
 
