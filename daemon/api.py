@@ -164,8 +164,6 @@ class Api:
                 problem = f"--corpus must be an absolute path on the daemon's machine, got {config.corpus!r}"
             elif not corpus.exists():
                 problem = f"--corpus {config.corpus} does not exist on the daemon's machine"
-        if problem is None and config.nproc > 1:
-            problem = "--nproc > 1 (data-parallel training) is not available in this build yet"
         if problem is None and config.cuda and not cuda_present():
             problem = "--cuda was given but this machine has no NVIDIA GPU"
         if problem is None and self.daemon.stopping:

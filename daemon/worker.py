@@ -13,11 +13,13 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 import zmq
 
+from tritter.daemon.engine.distributed import Controls, RankControls, Ranks, from_environment
 from tritter.daemon.lifetime import set_parent_death_signal
 from tritter.protocol.config import RunConfig
 from tritter.protocol.events import AnyEvent, RunEvent
@@ -72,9 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the RunConfig as JSON")
     parser.add_argument("--parent-pid", type=int, default=os.getppid())
     args = parser.parse_args(argv)
-    die_with_parent(args.parent_pid)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{args.run_id}] %(levelname)s %(message)s")
+    ranks = from_environment()
+    if ranks.distributed:  # under torchrun, which itself dies with the daemon
+        die_with_parent(os.getppid())
+    else:
+        die_with_parent(args.parent_pid)
+    rank_tag = f"/{ranks.rank}" if ranks.distributed else ""
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s worker[{args.run_id}{rank_tag}] %(levelname)s %(message)s"
+    )
     config = msgspec.json.decode(args.config, type=RunConfig)
+    if not ranks.main:  # only rank 0 talks to the daemon; the others follow its commands
+        train(args, config, ranks, lambda event: None, RankControls(ranks, None))
+        return 0
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -89,16 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     sock.send_multipart([b"hello", b""])
     outcome = "failed"
     try:
-        import torch
-
-        from tritter.daemon.engine.trainer import Trainer
-
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        device = torch.device("cuda") if config.cuda else torch.device("cpu")
-        if config.cuda and not torch.cuda.is_available():
-            raise RuntimeError("--cuda was given but torch sees no CUDA device")
-        trainer = Trainer(args.run_id, config, args.run_dir, emit, SocketControls(sock), args.cache_dir, device)
-        outcome = trainer.run()
+        controls: Controls = SocketControls(sock)
+        if ranks.distributed:
+            controls = RankControls(ranks, controls)
+        outcome = train(args, config, ranks, emit, controls)
         return 0
     except Exception as error:  # report why, then exit non-zero: the daemon marks the run failed
         logging.exception("training failed")
@@ -109,6 +115,26 @@ def main(argv: list[str] | None = None) -> int:
         sock.send_multipart([b"exit", outcome.encode()])
         sock.close()
         ctx.term()
+
+
+def train(
+    args: argparse.Namespace, config: RunConfig, ranks: Ranks, emit: Callable[[AnyEvent], None], controls: Controls
+) -> str:
+    """Run the trainer on this rank; return its outcome (completed, stopped, shutdown)."""
+    import torch
+
+    from tritter.daemon.engine import distributed
+    from tritter.daemon.engine.device import pick_device
+    from tritter.daemon.engine.trainer import Trainer
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device = pick_device(config.cuda, ranks.local_rank)
+    distributed.init(ranks, device)
+    try:
+        trainer = Trainer(args.run_id, config, args.run_dir, emit, controls, args.cache_dir, device, ranks=ranks)
+        return trainer.run()
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ def test_errors_with_a_daemon(daemon: Daemon, home: Path) -> None:
     assert "invalid int value" in one_line_error(ctl(home, "start", "--steps", "many", check=False))
     if not Path("/dev/nvidiactl").exists():
         assert "no NVIDIA GPU" in one_line_error(ctl(home, "start", "--cuda", check=False))
-    assert "not available" in one_line_error(ctl(home, "start", "--nproc", "2", check=False))
     assert "no run 'ghost'" in one_line_error(ctl(home, "stop", "ghost", check=False))
     assert ctl(home, "runs").stdout.startswith("no runs yet")
 

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
+
+
+class Controls(Protocol):
+    def poll(self) -> str | None: ...
+    def wait(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,8 @@ def from_environment() -> Ranks:
 
 def init(ranks: Ranks, device: torch.device) -> None:
     if ranks.distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # A paused run waits in a collective for rank 0's next command: allow long pauses.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(days=7))
 
 
 def shutdown() -> None:
@@ -46,13 +54,32 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def broadcast_command(ranks: Ranks, command: str | None) -> str | None:
-    """Rank 0's command (or None), the same on every rank."""
+T = TypeVar("T")
+
+
+def broadcast(ranks: Ranks, value: T) -> T:
+    """Rank 0's ``value`` (a command, an error, None), the same on every rank."""
     if not ranks.distributed:
-        return command
-    box = [command]
+        return value
+    box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class RankControls:
+    """Commands as rank 0 receives them, handed to every rank at the same point of the loop."""
+
+    def __init__(self, ranks: Ranks, inner: Controls | None) -> None:
+        self.ranks = ranks
+        self.inner = inner  # rank 0's line to the daemon; None on the other ranks
+
+    def poll(self) -> str | None:
+        return broadcast(self.ranks, self.inner.poll() if self.inner else None)
+
+    def wait(self) -> str:
+        command = broadcast(self.ranks, self.inner.wait() if self.inner else None)
+        assert command is not None
+        return command
 
 
 def shard(ranks: Ranks, tensor: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,9 @@ from tritter.daemon.engine.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from tritter.daemon.engine import distributed
 from tritter.daemon.engine.device import autocast
+from tritter.daemon.engine.distributed import Ranks
 from tritter.daemon.engine.export import StageCard, export_stage
 from tritter.daemon.engine.data import Batches, TokenData, heldout_batches, load_token_data
 from tritter.daemon.engine.growth import grow
@@ -46,6 +48,7 @@ from tritter.protocol.events import AnyEvent, CheckpointEvent, Phase, PhaseEvent
 log = logging.getLogger("tritter.trainer")
 
 EVAL_BATCHES = 8
+EVAL_BATCH_SIZE = 8
 # A checkpoint that cannot be written for lack of space pauses the run instead of failing it.
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
@@ -130,6 +133,7 @@ class Trainer:
         cache_dir: Path | None = None,
         device: torch.device | None = None,
         hybrid_settings: HybridSettings | None = None,
+        ranks: Ranks | None = None,
     ) -> None:
         self.run_id = run_id
         self.config = config
@@ -144,6 +148,11 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.hybrid_settings = hybrid_settings or DEFAULT_SETTINGS
         self.hybrid: HybridController | None = None  # None with --no-hybrid
+        # --nproc: every rank runs this loop on its slice of one global batch; rank 0 alone
+        # reports and writes checkpoints, and every decision that ends or pauses the loop is
+        # broadcast from it, so all ranks always take the same path.
+        self.ranks = ranks or Ranks()
+        self.train_model: torch.nn.Module | None = None  # self.model, wrapped in DDP with --nproc
 
     # -- plumbing ---------------------------------------------------------------------------
     def emit(self, event: AnyEvent) -> None:
@@ -156,8 +165,10 @@ class Trainer:
         return get_preset(self.stages[self.progress.stage_index])
 
     def _heldout(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        settings = self.preset.train
-        return heldout_batches(self.data, settings.batch_size, settings.seq_len, EVAL_BATCHES)
+        # One fixed held-out set for the whole run (the first stage's sequence length), so eval
+        # losses compare across stages: before and after growth they must match.
+        seq_len = get_preset(self.stages[0]).train.seq_len
+        return heldout_batches(self.data, EVAL_BATCH_SIZE, seq_len, EVAL_BATCHES)
 
     def _grad_ckpt_every(self) -> int:
         if self.config.grad_ckpt_every is not None:
@@ -172,27 +183,31 @@ class Trainer:
         """Write a checkpoint.  On a full disk the previous checkpoint stays intact, the run pauses
         with the reason, and ``tritterctl resume`` retries the write once space is back."""
         while True:
-            try:
-                self._write_checkpoint(reason)
+            problem: str | None = None
+            if self.ranks.main:
+                try:
+                    self._write_checkpoint(reason)
+                except OSError as error:
+                    if error.errno not in DISK_FULL:
+                        raise
+                    log.error("cannot write the step %d checkpoint: %s", self.progress.step, error)
+                    problem = f"{error.strerror} ({errno.errorcode.get(error.errno or 0, '')})"
+            problem = distributed.broadcast(self.ranks, problem)
+            if problem is None:
                 return
-            except OSError as error:
-                if error.errno not in DISK_FULL:
-                    raise
-                name = errno.errorcode.get(error.errno or 0, "")
-                log.error("cannot write the step %d checkpoint: %s", self.progress.step, error)
-                self.emit(RunEvent(
-                    status="paused",
-                    reason=f"cannot write the step {self.progress.step} checkpoint: {error.strerror} ({name}); "
-                    f"free space, then: tritterctl resume {self.run_id}",
-                ))
-                command = self._paused()
-                if command == "stop":
-                    last = f"step {self.progress.step} was not saved"
-                    self.emit(RunEvent(status="stopped", reason=f"stopped while the disk was full ({last})"))
-                    raise EndRun(Outcome.STOPPED) from None
-                if command == "shutdown":
-                    raise EndRun(Outcome.SHUTDOWN) from None
-                self.emit(RunEvent(status="resumed"))
+            self.emit(RunEvent(
+                status="paused",
+                reason=f"cannot write the step {self.progress.step} checkpoint: {problem}; "
+                f"free space, then: tritterctl resume {self.run_id}",
+            ))
+            command = self._paused()
+            if command == "stop":
+                reason_text = f"stopped while the disk was full (step {self.progress.step} was not saved)"
+                self.emit(RunEvent(status="stopped", reason=reason_text))
+                raise EndRun(Outcome.STOPPED)
+            if command == "shutdown":
+                raise EndRun(Outcome.SHUTDOWN)
+            self.emit(RunEvent(status="resumed"))
 
     def _write_checkpoint(self, reason: str) -> None:
         assert self.model is not None
@@ -232,6 +247,7 @@ class Trainer:
         self.progress = Progress.from_dict(loaded.trainer_state)
         self.model = LlamaForCausalLM(self.preset.shape).to(self.device)
         self.model.load_state_dict(loaded.model_state)
+        self.train_model = distributed.wrap(self.ranks, self.model, self.device)
         self.optimizer = make_optimizer(self.model, self.preset, fused=self.device.type == "cuda")
         if loaded.optimizer_state is not None:
             self.optimizer.load_state_dict(loaded.optimizer_state)
@@ -257,6 +273,7 @@ class Trainer:
             grown_from = self.stages[index - 1]
             model = grow(self.model.cpu(), preset.shape, generator)
         self.model = model.to(self.device)
+        self.train_model = distributed.wrap(self.ranks, self.model, self.device)
         self.progress.stage_index = index
         self.progress.stage_step = 0
         self.progress.stage_done = False
@@ -377,13 +394,14 @@ class Trainer:
         else:
             plan = hybrid.plan(self.progress.stage_step, settings.warmup_steps)
         self._set_phase(plan.phase, plan.reason)  # type: ignore[arg-type]
-        x, y = batches.next()
+        x, y = (distributed.shard(self.ranks, t) for t in batches.next())
         error: float | None = None
         if plan.predicted:
             assert hybrid is not None
             # Predict: forward only (the loss is reported and watched), then the predicted update.
             with torch.no_grad(), autocast(self.device):
-                loss_value = float(self.model(x.to(self.device), labels=y.to(self.device)))
+                local = self.model(x.to(self.device), labels=y.to(self.device))
+            loss_value = distributed.mean(self.ranks, local).item()  # the same on every rank
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss became {loss_value} at step {self.progress.step + 1}")
             if not hybrid.watch_loss(loss_value, in_predict=True):
@@ -393,13 +411,14 @@ class Trainer:
         else:
             if hybrid is not None:
                 hybrid.predictor.before_step()
+            assert self.train_model is not None
             with autocast(self.device):
-                loss = self.model(x.to(self.device), labels=y.to(self.device))
+                loss = self.train_model(x.to(self.device), labels=y.to(self.device))
             loss.backward()
             norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            loss_value = loss.item()
+            loss_value = distributed.mean(self.ranks, loss).item()
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss became {loss_value} at step {self.progress.step + 1}")
             if hybrid is not None:
@@ -411,7 +430,7 @@ class Trainer:
         self.progress.step += 1
         self.progress.stage_step += 1
         self.progress.position = batches.position
-        batch_tokens = x.numel()
+        batch_tokens = x.numel() * self.ranks.world
         self.progress.tokens += batch_tokens
         self.emit(
             StepEvent(
@@ -452,7 +471,9 @@ class Trainer:
             assert self.model is not None
             self.model.set_grad_checkpointing(self._grad_ckpt_every())
             self.model.train()
-            batches = Batches(self.data.train, settings.batch_size, settings.seq_len, self.config.seed, self.progress.position)
+            # One global batch per step (the preset's batch per rank), sliced by rank.
+            global_batch = settings.batch_size * self.ranks.world
+            batches = Batches(self.data.train, global_batch, settings.seq_len, self.config.seed, self.progress.position)
             every = self._checkpoint_every()
             while self.progress.stage_step < self.config.steps:
                 outcome = self._handle(self.controls.poll())

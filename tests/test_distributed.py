@@ -1,0 +1,33 @@
+"""--nproc 2 on CPU (torchrun + gloo): one event stream from rank 0, exact resume with 2 ranks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import Daemon, ctl, events, follow_until, wait_for_metrics
+
+RUN = ["start", "--start", "tiny", "--end", "tiny", "--steps", "8", "--checkpoint-every", "3", "--nproc", "2",
+       "--no-hybrid", "--seed", "3"]
+
+
+def test_two_ranks_train_and_resume_exactly_after_kill9(daemon: Daemon, home: Path) -> None:
+    daemon.start()
+    reference = ctl(home, *RUN, "--name", "ddp-ref").stdout.strip()
+    assert ctl(home, "wait", reference, "--timeout", "400", check=False).returncode == 0, daemon.stderr()
+    ref_events = [e for e in events(home) if e.get("run_id") == reference]
+    assert [e["step"] for e in ref_events if e["kind"] == "step"] == list(range(1, 9))  # once, from rank 0 only
+    assert ref_events[-1]["kind"] == "run" and ref_events[-1]["status"] == "completed"
+    first = next(e for e in ref_events if e["kind"] == "step")
+    assert first["tokens"] == 2 * 16 * 128  # one global batch: the preset's batch on each of 2 ranks
+
+    run_id = ctl(home, *RUN, "--name", "ddp-crash").stdout.strip()
+    follow_until(home, lambda e: e["kind"] == "step" and e["run_id"] == run_id and e["step"] >= 4, timeout=300)
+    daemon.kill9()  # torchrun and both ranks go down with it
+    daemon.start()
+    assert ctl(home, "wait", run_id, "--timeout", "400", check=False).returncode == 0, daemon.stderr()
+    mine = [e for e in events(home) if e.get("run_id") == run_id]
+    assert [e["step"] for e in mine if e["kind"] == "step"] == list(range(1, 9))
+    assert [e["resume_step"] for e in mine if e["kind"] == "run" and e["status"] == "resumed"] == [3]
+    expected = [r["loss"] for r in wait_for_metrics(home, reference, 8)]
+    got = [r["loss"] for r in wait_for_metrics(home, run_id, 8)]
+    assert max(abs(a - b) for a, b in zip(expected, got)) <= 1e-5
