@@ -38,7 +38,7 @@ import zmq.asyncio
 import tritter.protocol.bus as bus_frames
 from tritter.clients.subscription import SUB_RCVHWM, read_message
 from tritter.daemon.bus import Bus
-from tritter.protocol.bus import HEARTBEAT, seq_frame
+from tritter.protocol.bus import HEARTBEAT
 from tritter.protocol.events import StepEvent
 from tritter.protocol.wire import decode_event, encode
 

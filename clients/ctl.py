@@ -277,13 +277,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "keygen":
             return keygen(args.dir, args.name)
         return asyncio.run(run_command(args))
+    except BrokenPipeError:  # `tritterctl events | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 0
     except (UserError, DaemonUnavailable, RequestFailed, ProtocolError, ValueError, OSError) as error:
         print(f"tritterctl: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `tritterctl events | head`
-        return 0
 
 
 if __name__ == "__main__":

@@ -460,11 +460,6 @@ def main(argv: list[str] | None = None) -> int:
         print("tritter-upload: error: --attempts must be >= 1, --backoff >= 0, --request-timeout > 0", file=sys.stderr)
         return 2
     try:
-        import huggingface_hub  # noqa: F401
-    except ImportError:
-        print("tritter-upload: error: huggingface_hub is not installed (pip install 'tritter[upload]')", file=sys.stderr)
-        return 2
-    try:
         source = target_from_args(args)
         layout = Layout(source.home or resolve_home(args.runs_home))
         configure_hub_client(args.request_timeout)

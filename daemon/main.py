@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
 import zmq
 import zmq.asyncio

@@ -9,6 +9,7 @@ daemon (PR_SET_PDEATHSIG), so a ``kill -9`` of tritterd never leaves an orphan t
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -130,10 +131,15 @@ def train(
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = pick_device(config.cuda, ranks.local_rank)
     distributed.init(ranks, device)
+    trainer = None
     try:
         trainer = Trainer(args.run_id, config, args.run_dir, emit, controls, args.cache_dir, device, ranks=ranks)
         return trainer.run()
     finally:
+        # DDP's reducer must be freed while its process group still exists: freed after
+        # destroy_process_group, its gloo destructor deadlocks and the worker never exits.
+        del trainer
+        gc.collect()
         distributed.shutdown()
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,6 +91,20 @@ class Daemon:
                 self.process.wait(timeout=10)
 
 
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
 def ctl(home: Path, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     if "--timeout" in args:  # `wait --timeout S` bounds itself; give it room to say so
         timeout = max(timeout, float(args[args.index("--timeout") + 1]) + 30)
@@ -110,32 +125,67 @@ def events(home: Path, since: int = 1) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def follow_until(home: Path, predicate: Callable[[dict], bool], timeout: float = 120.0, since: int = 1) -> dict:
-    """Read the live event stream until an event matches; fail after ``timeout`` seconds."""
-    proc = subprocess.Popen(
-        [tool("tritterctl"), "--home", str(home), "events", "--follow", "--json", "--since", str(since)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            line = proc.stdout.readline()
-            if not line:
-                raise AssertionError(f"event stream ended: {proc.stderr.read() if proc.stderr else ''}")
-            event = json.loads(line)
+class EventStream:
+    """``tritterctl events --follow --json`` in a subprocess, read line by line by a thread.
+
+    A thread and a queue rather than select() on the pipe: lines that readline has already
+    buffered are invisible to select, so a matching event could sit unread until the timeout.
+    """
+
+    def __init__(self, home: Path, since: int = 1) -> None:
+        self.proc = subprocess.Popen(
+            [tool("tritterctl"), "--home", str(home), "events", "--follow", "--json", "--since", str(since)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        self.seen: list[dict] = []
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # end of stream
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def next(self, timeout: float) -> dict | None:
+        """The next event, or None when none came within ``timeout`` seconds."""
+        try:
+            line = self._lines.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+        if not line:
+            raise AssertionError(f"event stream ended: {self.proc.stderr.read() if self.proc.stderr else ''}")
+        event = json.loads(line)
+        self.seen.append(event)
+        return event
+
+    def until(self, predicate: Callable[[dict], bool], timeout: float = 120.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while (event := self.next(deadline - time.monotonic())) is not None:
             if predicate(event):
                 return event
         raise AssertionError(f"no matching event within {timeout} s")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def follow_until(home: Path, predicate: Callable[[dict], bool], timeout: float = 120.0, since: int = 1) -> dict:
+    """Read the live event stream until an event matches; fail after ``timeout`` seconds."""
+    stream = EventStream(home, since)
+    try:
+        return stream.until(predicate, timeout)
     finally:
-        proc.kill()
-        proc.wait()
+        stream.close()
 
 
 def read_metrics(home: Path, run_id: str) -> list[dict]:

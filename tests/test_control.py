@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import msgspec
-import pytest
 import zmq
 
 from conftest import Daemon, ctl

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import Daemon, ctl, events, follow_until, wait_for_metrics
+import time
+
+from conftest import Daemon, children_of, cmdline, ctl, events, follow_until, wait_for_metrics
 
 RUN = ["start", "--start", "tiny", "--end", "tiny", "--steps", "8", "--checkpoint-every", "3", "--nproc", "2",
        "--no-hybrid", "--seed", "3"]
@@ -31,3 +33,8 @@ def test_two_ranks_train_and_resume_exactly_after_kill9(daemon: Daemon, home: Pa
     expected = [r["loss"] for r in wait_for_metrics(home, reference, 8)]
     got = [r["loss"] for r in wait_for_metrics(home, run_id, 8)]
     assert max(abs(a - b) for a, b in zip(expected, got)) <= 1e-5
+    # Every rank exits once the run is done (no DDP teardown hang left behind).
+    deadline = time.monotonic() + 60
+    while any("torch.distributed.run" in cmdline(p) for p in children_of(daemon.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any("torch.distributed.run" in cmdline(p) for p in children_of(daemon.pid))

@@ -6,16 +6,7 @@ import os
 import signal
 from pathlib import Path
 
-from conftest import Daemon, ctl, events, follow_until, wait_for_metrics
-
-
-def children_of(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()]
-
-
-def cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+from conftest import Daemon, children_of, cmdline, ctl, events, follow_until, wait_for_metrics
 
 
 def child_running(daemon: Daemon, module: str) -> int:

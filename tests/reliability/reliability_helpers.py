@@ -22,12 +22,11 @@ import os
 import random
 import shutil
 import struct
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from conftest import Daemon, ctl, events, read_metrics, tool
+from conftest import Daemon, EventStream, children_of, cmdline, ctl, events, read_metrics
 
 LONG = os.environ.get("TRITTER_RELIABILITY_LONG", "") not in ("", "0")
 MODE = "long" if LONG else "ci"
@@ -142,20 +141,6 @@ def wait_for_rows(home: Path, run_id: str, steps: int, timeout: float = 120.0) -
 
 
 # -- processes ---------------------------------------------------------------------------------
-def children_of(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except FileNotFoundError:
-        return ""
-
-
 def worker_pid(daemon: Daemon, timeout: float = 60.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -166,38 +151,7 @@ def worker_pid(daemon: Daemon, timeout: float = 60.0) -> int:
     raise AssertionError(f"no single worker child of tritterd {daemon.pid}")
 
 
-class Follower:
-    """One long-lived ``tritterctl events --follow --json`` reader (no respawn per wait)."""
-
-    def __init__(self, home: Path, since: int = 1) -> None:
-        self.proc = subprocess.Popen(
-            [tool("tritterctl"), "--home", str(home), "events", "--follow", "--json", "--since", str(since)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
-        )
-        self.seen: list[dict] = []
-
-    def until(self, predicate, timeout: float = 300.0) -> dict:  # type: ignore[no-untyped-def]
-        import select
-
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            line = self.proc.stdout.readline()
-            if not line:
-                raise AssertionError("event stream ended")
-            event = json.loads(line)
-            self.seen.append(event)
-            if predicate(event):
-                return event
-        raise AssertionError(f"no matching event within {timeout} s")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
+Follower = EventStream  # one long-lived reader for a whole scenario (no respawn per wait)
 
 
 # -- the event log file (docs/eventlog.md) -----------------------------------------------------

@@ -22,14 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, ctl, events, follow_until
+from conftest import Daemon, children_of, ctl, events, follow_until
 from reliability_helpers import (
     TEST_TIMEOUT_S,
     TINY_EVERY,
     TINY_RUN,
     Follower,
     assert_exact_run,
-    children_of,
     reference_losses,
     report,
     start_run,

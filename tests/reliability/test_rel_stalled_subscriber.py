@@ -3,18 +3,15 @@ and once it reads again it catches up by seq with no gap and no duplicate."""
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import signal
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, ctl, events, tool
+from conftest import Daemon, EventStream, ctl, events
 from reliability_helpers import TEST_TIMEOUT_S, LONG, Follower, report, start_run
 
 pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
@@ -46,12 +43,10 @@ def test_stalled_subscriber_neither_slows_training_nor_loses_events(daemon: Daem
     seqs: list[int] = []
     try:
         watcher.until(lambda e: e.get("run_id") == run_id and e["kind"] == "step" and e["step"] >= 2, timeout=300)
-        stalled = subprocess.Popen(
-            [tool("tritterctl"), "--home", str(home), "events", "--follow", "--json", "--since", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
-        )
-        assert stalled.stdout is not None
-        seqs.append(json.loads(stalled.stdout.readline())["seq"])  # it is subscribed and reading
+        stalled = EventStream(home, since=1)
+        first = stalled.next(timeout=60)
+        assert first is not None
+        seqs.append(first["seq"])  # it is subscribed and reading
         # Other jobs on a shared runner make step times jumpy: a real slowdown shows in every
         # attempt, noise does not, so up to ATTEMPTS (before, stalled, after) measurements.
         for _ in range(ATTEMPTS):
@@ -64,13 +59,8 @@ def test_stalled_subscriber_neither_slows_training_nor_loses_events(daemon: Daem
             os.kill(stalled.pid, signal.SIGCONT)
             base += steps_for(watcher, run_id, STALL_S / 2)  # baseline after, while it catches up
             deadline = time.monotonic() + 120
-            while seqs[-1] < head_at_stall_end and time.monotonic() < deadline:
-                ready, _, _ = select.select([stalled.stdout], [], [], max(0.0, deadline - time.monotonic()))
-                if not ready:
-                    break
-                line = stalled.stdout.readline()
-                assert line, "the stalled subscriber's stream ended"
-                seqs.append(json.loads(line)["seq"])
+            while seqs[-1] < head_at_stall_end and (event := stalled.next(deadline - time.monotonic())) is not None:
+                seqs.append(event["seq"])
             assert seqs[-1] >= head_at_stall_end, f"caught up only to seq {seqs[-1]} of {head_at_stall_end}"
             assert seqs == list(range(1, len(seqs) + 1)), "the subscriber saw a gap or a duplicate"
             base_ms = statistics.median(e["step_time_ms"] for e in base)
@@ -83,10 +73,9 @@ def test_stalled_subscriber_neither_slows_training_nor_loses_events(daemon: Daem
     finally:
         watcher.close()
         if stalled is not None:
-            if stalled.poll() is None:
+            if stalled.proc.poll() is None:
                 os.kill(stalled.pid, signal.SIGCONT)
-                stalled.kill()
-            stalled.wait(timeout=10)
+            stalled.close()
     ctl(home, "stop", run_id)
     ratio = min(a["ratio"] for a in attempts)
     report("e_stalled_subscriber", stall_s=STALL_S, speed_ratio=ratio, attempts=attempts,
