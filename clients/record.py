@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import msgspec
 
+from tritter.clients.sinks import hold_lock, load_cursor, save_cursor
 from tritter.clients.subscription import Subscription
 from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.protocol.events import StepEvent, metrics_record
@@ -78,27 +78,16 @@ class Recorder:
         self.layout = layout
         self.cursor_path = layout.home / "recorder.cursor"
         self.files: dict[str, MetricsFile] = {}
-        self.cursor = self._load_cursor()
+        self.cursor = load_cursor(self.cursor_path, "lines are still written once")
         self._saved_at = time.monotonic()
         self._saved_cursor = self.cursor
-
-    def _load_cursor(self) -> int:
-        try:
-            return int(self.cursor_path.read_text().strip() or 0)
-        except FileNotFoundError:
-            return 0
-        except ValueError:
-            log.warning("%s is unreadable; catching up from seq 1 (lines are still written once)", self.cursor_path)
-            return 0
 
     def save_cursor(self) -> None:
         if self.cursor == self._saved_cursor:
             return
         for metrics in self.files.values():
             metrics.sync()  # lines before the cursor must be on disk before the cursor is
-        tmp = self.cursor_path.with_suffix(".tmp")
-        tmp.write_text(f"{self.cursor}\n")
-        os.replace(tmp, self.cursor_path)
+        save_cursor(self.cursor_path, self.cursor)
         self._saved_cursor = self.cursor
         self._saved_at = time.monotonic()
 
@@ -129,20 +118,8 @@ def _on_state(state: str) -> None:
     log.info("bus: %s", state)
 
 
-async def hold_lock(layout: Layout) -> int:
-    """One recorder per home, or lines would be written twice: wait while another one runs."""
-    layout.home.mkdir(parents=True, exist_ok=True)
-    fd = os.open(layout.home / "recorder.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log.warning("another tritter-record is writing under %s; waiting for it to exit", layout.home)
-        await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
-    return fd
-
-
 async def record(layout: Layout, source: Target) -> None:
-    lock = await hold_lock(layout)
+    lock = await hold_lock(layout, "recorder.lock", "tritter-record")
     recorder = Recorder(layout)
     log.info("recording metrics of %s under %s from seq %d", source.where, layout.runs, recorder.cursor + 1)
     subscription = Subscription(source, since=recorder.cursor + 1, on_state=_on_state)

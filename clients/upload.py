@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -45,6 +44,7 @@ from pathlib import Path
 import msgspec
 
 from tritter.clients.connection import Connection, DaemonUnavailable, RequestFailed
+from tritter.clients.sinks import hold_lock
 from tritter.clients.subscription import LIVE, Subscription
 from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.protocol.control import Report
@@ -414,20 +414,8 @@ class Uploader:
             await self.connection.close()
 
 
-async def hold_lock(layout: Layout) -> int:
-    """One uploader per home, or stages would be pushed twice: wait while another one runs."""
-    layout.home.mkdir(parents=True, exist_ok=True)
-    fd = os.open(layout.home / "upload.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log.warning("another tritter-upload runs under %s; waiting for it to exit", layout.home)
-        await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
-    return fd
-
-
 async def serve(layout: Layout, source: Target, uploader_kwargs: dict[str, object]) -> None:
-    lock = await hold_lock(layout)
+    lock = await hold_lock(layout, "upload.lock", "tritter-upload")
     uploader = Uploader(layout, source, **uploader_kwargs)  # type: ignore[arg-type]
     log.info("uploading stages of %s from seq %d (state %s)", source.where, uploader.snapshot.cursor + 1, uploader.state_path)
     if find_token() is None:

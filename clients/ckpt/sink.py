@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tritter.clients.ckpt import codec
+from tritter.clients.sinks import hold_lock, load_cursor, save_cursor
 from tritter.clients.subscription import Subscription
 from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.protocol.events import CheckpointEvent
@@ -67,31 +67,17 @@ class Compressor:
         self.keyframe_every = keyframe_every
         self.threads = threads
         self.cursor_path = layout.home / "compress.cursor"
-        self.cursor = self._load_cursor()
+        self.cursor = load_cursor(self.cursor_path, "finished work is not redone")
         self._saved_cursor = self.cursor
         self._saved_at = time.monotonic()
         self._last: dict[str, _Original] = {}
         self.compressed = 0  # outputs written by this process (for logs and tests)
 
     # -- cursor ---------------------------------------------------------------------------------
-    def _load_cursor(self) -> int:
-        try:
-            return int(self.cursor_path.read_text().strip() or 0)
-        except FileNotFoundError:
-            return 0
-        except ValueError:
-            log.warning("%s is unreadable; catching up from seq 1 (finished work is not redone)", self.cursor_path)
-            return 0
-
     def save_cursor(self) -> None:
         if self.cursor == self._saved_cursor:
             return
-        tmp = self.cursor_path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(f"{self.cursor}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.cursor_path)
+        save_cursor(self.cursor_path, self.cursor)
         self._saved_cursor = self.cursor
         self._saved_at = time.monotonic()
 
@@ -267,20 +253,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-async def hold_lock(layout: Layout) -> int:
-    """One compressor per home: wait while another one runs."""
-    layout.home.mkdir(parents=True, exist_ok=True)
-    fd = os.open(layout.home / "compress.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log.warning("another tritter-compress is running on %s; waiting for it to exit", layout.home)
-        await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
-    return fd
-
-
 async def run(layout: Layout, source: Target, compressor_args: dict[str, Any]) -> None:
-    lock = await hold_lock(layout)
+    lock = await hold_lock(layout, "compress.lock", "tritter-compress")
     compressor = Compressor(layout, **compressor_args)
     compressor.sweep()
     log.info("compressing checkpoints of %s under %s from seq %d (keep last %d, keyframe every %d)",
