@@ -39,6 +39,7 @@ from tritter.clients.sinks import hold_lock, load_cursor, save_cursor
 from tritter.clients.subscription import Subscription
 from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.protocol.events import CheckpointEvent
+from tritter.protocol.files import fsync_dir
 from tritter.protocol.home import Layout, resolve_home
 from tritter.protocol.wire import ProtocolError
 
@@ -126,7 +127,7 @@ class Compressor:
                 # The raw file goes only if it is still that checkpoint (not a rewrite of the step).
                 if raw.exists() and _file_sha256(raw) == event.sha256:
                     raw.unlink()
-                    _fsync_dir(raw.parent)
+                    fsync_dir(raw.parent)
                     log.info("%s: already compressed; removed the raw file", out.name)
                 return "done"
         try:
@@ -150,7 +151,7 @@ class Compressor:
             log.info("%s was rewritten while being compressed; keeping it for its own event", raw.name)
             return "compressed"
         raw.unlink()
-        _fsync_dir(raw.parent)
+        fsync_dir(raw.parent)
         self._last[event.run_id] = _Original(raw.name, sha, data)
         packed = out.stat().st_size
         kind = f"delta of {header['base']['name']}, chain {header['chain']}" if header.get("base") else f"keyframe ({why})"
@@ -236,21 +237,13 @@ class Compressor:
             removed.append(path)
             log.info("retention: removed %s", path.name)
         if removed:
-            _fsync_dir(ckpt_dir)
+            fsync_dir(ckpt_dir)
         return removed
 
 
 def _file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 async def run(layout: Layout, source: Target, compressor_args: dict[str, Any]) -> None:

@@ -53,6 +53,7 @@ from tritter.clients.ckpt.codec import (
     safetensors_metadata,
 )
 from tritter.daemon.engine.presets import ModelShape
+from tritter.protocol.files import fsync_dir
 
 FORMAT = "tritter-checkpoint/1"
 _MODEL_PREFIXES = ("model.", "lm_head.")
@@ -163,14 +164,6 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON-serialisable in checkpoint metadata: {type(obj).__name__}")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # --- save / load -----------------------------------------------------------
 
 
@@ -228,7 +221,7 @@ def save_checkpoint(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
     with open(path, "rb") as f:
         sha256 = hashlib.file_digest(f, "sha256").hexdigest()

@@ -10,18 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import tokenizers
 import torch
 import zstandard
+
+from tritter.protocol.files import atomic_write
 
 DEFAULT_VOCAB_SIZE = 8192
 EOT = "<|endoftext|>"
@@ -231,26 +232,6 @@ def _sha256_array(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:  # persist the rename itself; best effort (not all filesystems allow it)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def _load_cache(npy: Path, meta_path: Path) -> tuple[np.ndarray, str] | None:
     if not npy.exists() or not meta_path.exists():
         return None
@@ -274,10 +255,10 @@ def _load_cache(npy: Path, meta_path: Path) -> tuple[np.ndarray, str] | None:
 
 def _write_cache(npy: Path, meta_path: Path, tokens: np.ndarray, sha: str, source: str) -> None:
     npy.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(npy, lambda f: np.save(f, tokens, allow_pickle=False))
+    atomic_write(npy, lambda f: np.save(f, tokens, allow_pickle=False))
     meta = {"version": _CACHE_VERSION, "length": int(len(tokens)), "dtype": tokens.dtype.str, "sha256": sha, "source": source}
     # Sidecar last: a crash in between leaves no sidecar, which reads as "rebuild".
-    _atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
+    atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
 
 
 # --------------------------------------------------------------------------- public loader

@@ -34,6 +34,7 @@ from torch import nn
 from tritter.daemon.engine.data import EOT, PAD
 from tritter.daemon.engine.model import count_parameters, hf_config
 from tritter.daemon.engine.presets import get_preset
+from tritter.protocol.files import fsync_dir
 
 EXPORT_DIR = "export"
 FILES: tuple[str, ...] = (
@@ -163,14 +164,6 @@ def _json(obj: object) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def export_stage(model: nn.Module, preset_name: str, run_dir: Path, card: StageCard) -> Path:
     """Write ``run_dir/export/<preset_name>/`` (atomically) and return that folder's path."""
     shape = get_preset(preset_name).shape
@@ -217,14 +210,14 @@ def export_stage(model: nn.Module, preset_name: str, run_dir: Path, card: StageC
             ),
         )
         _write(tmp / "README.md", model_card(card, params, config).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         old = None
         if target.exists():  # rename() cannot replace a non-empty folder: move it aside first
             old = target.parent / f".{preset_name}.old-{os.getpid()}"
             shutil.rmtree(old, ignore_errors=True)
             os.rename(target, old)
         os.rename(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
