@@ -164,6 +164,8 @@ class Api:
                 problem = f"--corpus must be an absolute path on the daemon's machine, got {config.corpus!r}"
             elif not corpus.exists():
                 problem = f"--corpus {config.corpus} does not exist on the daemon's machine"
+        if problem is None and not config.cuda and config.nproc > (os.cpu_count() or 1):
+            problem = f"--nproc {config.nproc} is more than the {os.cpu_count()} CPU cores of the daemon's machine"
         if problem is None and config.cuda and not cuda_present():
             problem = "--cuda was given but this machine has no NVIDIA GPU"
         if problem is None and self.daemon.stopping:

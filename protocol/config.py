@@ -6,6 +6,8 @@ import msgspec
 
 # Smallest first; a run trains every preset from --start to --end in turn.
 PRESET_NAMES: tuple[str, ...] = ("tiny", "small", "100m", "500m", "1b")
+MAX_NPROC = 1024
+MAX_SEED = 2**32 - 1
 
 
 class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -39,8 +41,10 @@ def validate_config(config: RunConfig) -> str | None:
         return f"--start {config.start} is bigger than --end {config.end}"
     if config.steps < 1:
         return f"--steps must be at least 1, got {config.steps}"
-    if config.nproc < 1:
-        return f"--nproc must be at least 1, got {config.nproc}"
+    if not 1 <= config.nproc <= MAX_NPROC:
+        return f"--nproc must be between 1 and {MAX_NPROC}, got {config.nproc}"
+    if not 0 <= config.seed <= MAX_SEED:
+        return f"--seed must be between 0 and {MAX_SEED}, got {config.seed}"
     if config.grad_ckpt_every is not None and config.grad_ckpt_every < 0:
         return f"--grad-ckpt-every must be 0 (off) or more, got {config.grad_ckpt_every}"
     if config.checkpoint_every is not None and config.checkpoint_every < 1:

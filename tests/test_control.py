@@ -42,6 +42,9 @@ def test_errors_with_a_daemon(daemon: Daemon, home: Path) -> None:
     assert "invalid int value" in one_line_error(ctl(home, "start", "--steps", "many", check=False))
     if not Path("/dev/nvidiactl").exists():
         assert "no NVIDIA GPU" in one_line_error(ctl(home, "start", "--cuda", check=False))
+    assert "--nproc must be between 1 and 1024" in one_line_error(ctl(home, "start", "--nproc", "4096", check=False))
+    assert "CPU cores" in one_line_error(ctl(home, "start", "--nproc", "1000", check=False))
+    assert "--seed must be between" in one_line_error(ctl(home, "start", "--seed", "-1", check=False))
     assert "no run 'ghost'" in one_line_error(ctl(home, "stop", "ghost", check=False))
     assert ctl(home, "runs").stdout.startswith("no runs yet")
 
