@@ -53,6 +53,8 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from tritter.protocol.files import fsync_dir
+
 MAGIC = b"TRTZCKPT"
 FORMAT = "tritter-ckpt-zst"
 VERSION = 1
@@ -658,11 +660,7 @@ def write_atomic(path: Path, chunks: Iterable[bytes | bytearray | memoryview]) -
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def compress_file(
@@ -709,9 +707,5 @@ def compress_file(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fd = os.open(dst.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(dst.parent)
     return json.loads(chunks[0][16:])
