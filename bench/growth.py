@@ -6,16 +6,21 @@ continues at the data position where its tiny stage stopped, as ``Trainer`` does
 held-out eval batches (``heldout_batches`` with small's batch/seq, ``EVAL_BATCHES`` = 8 as the
 trainer) and the same seeded init (``seed * 1000 + stage_index``, as ``Trainer._stage_generator``).
 Each stage uses its preset's ``TrainSettings``: AdamW (decay on matrices only, as
-``make_optimizer``), ``lr_at`` warmup + cosine restarted per stage, grad clipping.  Tokens of
-both stages count towards the budget (a tiny step is 16 x 128 tokens, a small step 8 x 128).
+``make_optimizer``), ``lr_at`` warmup per stage, grad clipping, and the trainer's
+warmup-stable-decay: tiny holds its peak LR, only small (the last stage) decays.  Growth is
+``grow(..., method="zero")`` as the trainer calls it (``--method clone`` to clone).  Tokens of both
+stages count towards the budget (a tiny step is 16 x 128 tokens, a small step 8 x 128).
 
 Figures:
 * ``tokens_to_target_ratio``: tokens the grown run needed to reach the from-scratch run's final
   eval loss (linear interpolation between eval points), divided by the budget.  Goal <= 0.70.
+* ``flops_to_target_ratio``: the same in training FLOPs (6 x params per token; tiny's tokens are ~3.7x
+  cheaper than small's).
 * ``growth_jump_rel``: (eval right after ``grow()`` - eval right before) / eval right before.
 
 ``--variants`` additionally runs the obvious levers on the same budget (tiny share, LR and warmup
-after growth, AdamW state carried over instead of reset) against the one scratch run.
+after growth, AdamW state carried over instead of reset, growth method, cloning noise, tiny's
+batch and LR decay) against the one scratch run.
 
     .venv/bin/python bench/growth.py --quick              # ~150k tokens, default variant only
     .venv/bin/python bench/growth.py                      # 600k tokens
@@ -38,8 +43,8 @@ from typing import Any
 import torch
 
 from tritter.daemon.engine.data import Batches, heldout_batches, load_token_data
-from tritter.daemon.engine.growth import grow, layer_mapping
-from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
+from tritter.daemon.engine.growth import METHODS, grow, layer_mapping
+from tritter.daemon.engine.model import LlamaForCausalLM, count_parameters, init_weights
 from tritter.daemon.engine.presets import Preset, get_preset
 from tritter.daemon.engine.schedule import lr_at
 
@@ -78,7 +83,10 @@ class Variant:
     lr_mult: float = 1.0  # small stage peak LR = preset LR x this
     warmup: int | None = None  # small stage warmup steps (None = preset's)
     carry_opt: bool = False  # carry tiny's AdamW moments into the grown model instead of a fresh AdamW
-    tiny_batch: int | None = None  # tiny-stage batch size (None = preset's 16; not a preset setting)
+    tiny_batch: int | None = None  # tiny-stage batch size (None = the preset's)
+    method: str = "zero"  # growth.grow's method: zero / clone
+    clone_noise: float | None = None  # None = growth.CLONE_NOISE
+    tiny_decay: bool = False  # True: tiny also decays (the trainer holds non-final stages at peak LR)
 
 
 class Run:
@@ -98,14 +106,17 @@ class Run:
         loss = evaluate(model, self.heldout)
         self.eval_s += time.perf_counter() - t0
         self.curve.append((self.tokens, loss))
+        log(f"  {self.tokens:>8} tokens: eval {loss:.4f}")
         return loss
 
-    def stage(self, model, preset: Preset, steps: int, batches: Batches, opt, peak_lr: float, warmup: int) -> None:
+    def stage(
+        self, model, preset: Preset, steps: int, batches: Batches, opt, peak_lr: float, warmup: int, decay: bool = True
+    ) -> None:
         s = preset.train
         model.train()
         for step in range(steps):
             t0 = time.perf_counter()
-            lr = lr_at(step, steps, peak_lr, warmup, s.min_lr_ratio)
+            lr = lr_at(step, steps, peak_lr, warmup, s.min_lr_ratio if decay else 1.0)
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y = batches.next()
@@ -187,10 +198,11 @@ def run_grown(data, heldout, budget: int, seed: int, eval_every: int, v: Variant
     tiny_bs = v.tiny_batch or tiny.train.batch_size
     batches = Batches(data.train, tiny_bs, tiny.train.seq_len, seed, 0)
     tiny_steps = max(1, round(budget * v.tiny_share / (tiny_bs * tiny.train.seq_len)))
-    run.stage(model, tiny, tiny_steps, batches, opt, tiny.train.lr, tiny.train.warmup_steps)
+    run.stage(model, tiny, tiny_steps, batches, opt, tiny.train.lr, tiny.train.warmup_steps, v.tiny_decay)
     before = run.eval_point(model) if run.curve[-1][0] != run.tokens else run.curve[-1][1]
 
-    grown = grow(model, small.shape, torch.Generator().manual_seed(seed * 1000 + 1))
+    noise = {} if v.clone_noise is None else {"clone_noise": v.clone_noise}
+    grown = grow(model, small.shape, torch.Generator().manual_seed(seed * 1000 + 1), v.method, **noise)
     after = evaluate(grown, heldout)
     new_opt = make_optimizer(grown, small)
     if v.carry_opt:
@@ -214,6 +226,17 @@ def run_grown(data, heldout, budget: int, seed: int, eval_every: int, v: Variant
     return run, info
 
 
+def train_flops(tokens: float, tokens_in_tiny: float) -> float:
+    """Training FLOPs of a run that spent ``tokens_in_tiny`` of its ``tokens`` in tiny, the rest in small.
+
+    6 x parameters per token (forward + backward; the tied embedding counted once, as the output
+    layer it also is); attention over 128 positions adds < 5% to either model and is left out.
+    """
+    n_tiny, n_small = (count_parameters(LlamaForCausalLM(get_preset(p).shape)) for p in ("tiny", "small"))
+    in_tiny = min(tokens, tokens_in_tiny)
+    return 6 * (n_tiny * in_tiny + n_small * (tokens - in_tiny))
+
+
 def tokens_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
     """First token count where the curve reaches ``target`` (linear interpolation between points)."""
     prev = None
@@ -231,10 +254,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="150k-token budget (a few minutes on 2 quiet cores)")
     ap.add_argument("--tokens", type=int, default=None, help="token budget for each run (default 600k, quick 150k)")
-    ap.add_argument("--tiny-share", type=float, default=0.25, help="share of the budget spent in tiny (default 0.25)")
+    ap.add_argument("--tiny-share", type=float, default=0.05, help="share of the budget spent in tiny (default 0.05)")
     ap.add_argument("--lr-mult", type=float, default=1.0, help="small-stage peak LR multiplier after growth")
     ap.add_argument("--warmup", type=int, default=None, help="small-stage warmup steps after growth (default: preset's)")
     ap.add_argument("--carry-opt", action="store_true", help="carry AdamW state across growth instead of resetting")
+    ap.add_argument("--method", choices=METHODS, default="zero", help="growth method (default zero, as the trainer)")
+    ap.add_argument("--clone-noise", type=float, default=None, help="cloning's symmetry-breaking noise (default: growth's)")
+    ap.add_argument("--tiny-batch", type=int, default=None, help="tiny-stage batch size (default: the preset's)")
+    ap.add_argument("--tiny-decay", action="store_true", help="decay tiny's LR too (the trainer decays the last stage only)")
     ap.add_argument("--variants", action="store_true", help="also run the lever sweep against the same scratch run")
     ap.add_argument("--evals", type=int, default=24, help="eval points over the budget (default 24)")
     ap.add_argument("--seed", type=int, default=0)
@@ -258,7 +285,14 @@ def main() -> None:
     data = load_token_data(args.cache)
     small = get_preset("small")
     heldout = heldout_batches(data, small.train.batch_size, small.train.seq_len, EVAL_BATCHES)
-    base = Variant("base", args.tiny_share, args.lr_mult, args.warmup, args.carry_opt)
+    if args.carry_opt and args.method == "clone":
+        ap.error("--carry-opt maps AdamW state for zero-padding only; use --method zero")
+    if args.clone_noise is not None and args.method != "clone":
+        ap.error("--clone-noise applies to --method clone only")
+    base = Variant(
+        "base", args.tiny_share, args.lr_mult, args.warmup, args.carry_opt, args.tiny_batch,
+        args.method, args.clone_noise, args.tiny_decay,
+    )
     variants = [base]
     if args.variants or args.only_variants is not None:
         s = args.tiny_share
@@ -270,6 +304,10 @@ def main() -> None:
             Variant("carry_opt", s, carry_opt=True),
             Variant("carry_opt+warmup=0", s, warmup=0, carry_opt=True),
             Variant("tiny_batch=8", s, tiny_batch=8),
+            Variant("clone", s, method="clone"),
+            Variant("clone+noise=0", s, method="clone", clone_noise=0.0),
+            Variant("clone+noise=0.5", s, method="clone", clone_noise=0.5),
+            Variant("tiny_decay", s, tiny_decay=True),
         ]
 
     if args.only_variants is not None:
@@ -314,6 +352,7 @@ def main() -> None:
     pending, results = results, []
     for v, run, info, wall in pending:
         reach = tokens_to_reach(run.curve, target)
+        flops = None if reach is None else train_flops(reach, info["tokens_at_growth"])
         res = {
             "variant": v.name,
             **{k: val for k, val in asdict(v).items() if k != "name"},
@@ -322,6 +361,7 @@ def main() -> None:
             "final_eval": run.curve[-1][1],
             "tokens_to_target": reach,
             "tokens_to_target_ratio": None if reach is None else reach / budget,
+            "flops_to_target_ratio": None if flops is None else flops / train_flops(budget, 0),
             "wall_s": wall,
             "train_s": run.train_s,
             "curve": run.curve,
@@ -337,11 +377,13 @@ def main() -> None:
     if not args.json:
         print(f"\nbudget {budget} tokens, seed {args.seed}, eval every {eval_every} tokens")
         print(f"scratch small: final eval {target:.4f}, wall {scratch_wall:.0f} s")
-        print(f"{'variant':<22} {'tiny share':>10} {'final eval':>10} {'jump rel':>10} {'tok->target':>12} {'wall s':>7}")
+        print(f"{'variant':<22} {'tiny share':>10} {'final eval':>10} {'jump rel':>10} {'tok->target':>12} "
+              f"{'flops->target':>13} {'wall s':>7}")
         for r in results:
-            ratio = r["tokens_to_target_ratio"]
+            ratio, fratio = r["tokens_to_target_ratio"], r["flops_to_target_ratio"]
             print(f"{r['variant']:<22} {r['tiny_share']:>10.3g} {r['final_eval']:>10.4f} {r['growth_jump_rel']:>+10.1e} "
-                  f"{'n/a' if ratio is None else f'{ratio:.3f}':>12} {r['wall_s']:>7.0f}")
+                  f"{'n/a' if ratio is None else f'{ratio:.3f}':>12} {'n/a' if fratio is None else f'{fratio:.3f}':>13} "
+                  f"{r['wall_s']:>7.0f}")
         print("eval curves (tokens: scratch / grown[base]):")
         grown_at = dict(b["curve"])
         for tok, loss in scratch_curve:
@@ -353,6 +395,7 @@ def main() -> None:
         "seed": args.seed,
         "tiny_share": b["tiny_share"],
         "tokens_to_target_ratio": b["tokens_to_target_ratio"],
+        "flops_to_target_ratio": b["flops_to_target_ratio"],
         "goal_ratio": GOAL,
         "ok": b["tokens_to_target_ratio"] is not None and b["tokens_to_target_ratio"] <= GOAL,
         "growth_jump_rel": b["growth_jump_rel"],

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-import time
-
 from conftest import Daemon, children_of, cmdline, ctl, events, follow_until, wait_for_metrics
+
+from tritter.daemon.engine.presets import get_preset
 
 RUN = ["start", "--start", "tiny", "--end", "tiny", "--steps", "8", "--checkpoint-every", "3", "--nproc", "2",
        "--no-hybrid", "--seed", "3"]
@@ -20,7 +21,8 @@ def test_two_ranks_train_and_resume_exactly_after_kill9(daemon: Daemon, home: Pa
     assert [e["step"] for e in ref_events if e["kind"] == "step"] == list(range(1, 9))  # once, from rank 0 only
     assert ref_events[-1]["kind"] == "run" and ref_events[-1]["status"] == "completed"
     first = next(e for e in ref_events if e["kind"] == "step")
-    assert first["tokens"] == 2 * 16 * 128  # one global batch: the preset's batch on each of 2 ranks
+    tiny = get_preset("tiny").train
+    assert first["tokens"] == 2 * tiny.batch_size * tiny.seq_len  # one global batch: the preset's on each rank
 
     run_id = ctl(home, *RUN, "--name", "ddp-crash").stdout.strip()
     follow_until(home, lambda e: e["kind"] == "step" and e["run_id"] == run_id and e["step"] >= 4, timeout=300)

@@ -49,7 +49,8 @@ class HybridSettings:
     history: int = 4  # K: true updates kept per tensor (K extra copies of the parameters)
     order: int = 2  # AR order of the per-tensor fit (< history)
     full_steps: int = 10  # true steps after the LR warmup before the first Predict phase
-    predict_run: int = 1  # predicted steps between two probe (true) steps in Predict
+    predict_run: int = 1  # predicted steps in a row in Predict
+    true_run: int = 2  # true steps after each predicted run in Predict (the first is the probe)
     correct_steps: int = 4  # true steps in a Correct phase
     max_error: float = 0.6  # probe relative L2 error above which we fall back to Correct
     loss_tolerance: float = 0.10  # a loss above (1 + tol) * running mean falls back to Correct
@@ -60,8 +61,8 @@ class HybridSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.order < self.history:
             raise ValueError(f"order must be in [1, history), got order={self.order}, history={self.history}")
-        if self.predict_run < 1 or self.correct_steps < 1 or self.full_steps < 0:
-            raise ValueError("predict_run and correct_steps must be >= 1, full_steps >= 0")
+        if min(self.predict_run, self.true_run, self.correct_steps) < 1 or self.full_steps < 0:
+            raise ValueError("predict_run, true_run and correct_steps must be >= 1, full_steps >= 0")
 
 
 DEFAULT_SETTINGS = HybridSettings()
@@ -253,6 +254,7 @@ class HybridController:
         self.mode = "full"  # full | predict | correct (after the LR warmup)
         self.full_done = 0  # true steps since the LR warmup ended, in mode full
         self.correct_left = 0
+        self.true_left = 0  # true steps still due in Predict before the next predicted run
         self.loss_mean: float | None = None
         self.last_grad_norm = 0.0
         self.last_error: float | None = None
@@ -264,14 +266,15 @@ class HybridController:
             return StepPlan("warmup", False)
         reason, self.pending_reason = self.pending_reason, ""
         if self.mode == "full" and self.predictor.ready and self.full_done >= s.full_steps:
-            self.mode = "predict"
+            self.mode, self.true_left = "predict", 0
             reason = f"predictor fitted on the last {s.history} true updates"
         elif self.mode == "correct" and self.correct_left <= 0:
-            self.mode = "predict"
+            self.mode, self.true_left = "predict", 0
             reason = f"{s.correct_steps} true steps refreshed the predictor"
         if self.mode == "predict":
-            # predict_run predicted steps, then one probe (true) step, and again.
-            return StepPlan("predict", self.predictor.ahead < s.predict_run, reason)
+            # predict_run predicted steps, then true_run true steps (the first probes), and again.
+            predicted = self.true_left <= 0 and self.predictor.ahead < s.predict_run
+            return StepPlan("predict", predicted, reason)
         return StepPlan(self.mode, False, reason or ("LR warmup done" if self.mode == "full" else ""))
 
     def _fall_back(self, reason: str) -> None:
@@ -295,6 +298,8 @@ class HybridController:
             self.full_done += 1
         elif plan.phase == "correct":
             self.correct_left -= 1
+        elif plan.phase == "predict":
+            self.true_left = self.settings.true_run - 1 if error is not None else self.true_left - 1
         self.last_error = error
         if plan.phase == "predict" and error is not None and error > self.settings.max_error:
             self._fall_back(f"prediction error {error:.2f} > {self.settings.max_error:.2f}")
@@ -306,6 +311,7 @@ class HybridController:
             "mode": self.mode,
             "full_done": self.full_done,
             "correct_left": self.correct_left,
+            "true_left": self.true_left,
             "loss_mean": self.loss_mean,
             "last_grad_norm": self.last_grad_norm,
             "last_error": self.last_error,
@@ -318,10 +324,12 @@ class HybridController:
 
     @classmethod
     def restore(cls, model: nn.Module, state: dict[str, Any], tensors: dict[str, Tensor]) -> HybridController:
-        controller = cls(model, HybridSettings(**state["settings"]))
+        # Checkpoints from before true_run existed ran with one true step per predicted run.
+        controller = cls(model, HybridSettings(**{"true_run": 1, **state["settings"]}))
         controller.mode = state["mode"]
         controller.full_done = int(state["full_done"])
         controller.correct_left = int(state["correct_left"])
+        controller.true_left = int(state.get("true_left", 0))
         controller.loss_mean = state["loss_mean"]
         controller.last_grad_norm = float(state["last_grad_norm"])
         controller.last_error = state["last_error"]

@@ -1,4 +1,4 @@
-"""Learning-rate schedule: linear warmup, then cosine decay to a floor, restarted at every stage."""
+"""Learning-rate schedule: linear warmup, then cosine decay to a floor (a floor of 1.0 x peak holds it)."""
 
 from __future__ import annotations
 

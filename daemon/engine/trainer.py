@@ -385,7 +385,11 @@ class Trainer:
         assert self.model is not None and self.optimizer is not None
         settings = self.preset.train
         started = time.perf_counter()
-        lr = lr_at(self.progress.stage_step, self.config.steps, settings.lr, settings.warmup_steps, settings.min_lr_ratio)
+        # Warmup-stable-decay across growth: earlier stages hold their peak LR and only the last one
+        # decays, because decay spent on a model about to be grown is thrown away (docs/growth.md).
+        last_stage = self.progress.stage_index == len(self.stages) - 1
+        min_ratio = settings.min_lr_ratio if last_stage else 1.0
+        lr = lr_at(self.progress.stage_step, self.config.steps, settings.lr, settings.warmup_steps, min_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         hybrid = self.hybrid

@@ -62,8 +62,9 @@ def test_layer_mapping_interleaves() -> None:
     assert layer_mapping(3, 3) == [0, 1, 2]
 
 
-def test_tiny_to_small_preserves_logits_and_loss(trained_tiny: LlamaForCausalLM) -> None:
-    small = grow(trained_tiny, get_preset("small").shape, torch.Generator().manual_seed(7))
+@pytest.mark.parametrize("method", ["clone", "zero"])
+def test_tiny_to_small_preserves_logits_and_loss(trained_tiny: LlamaForCausalLM, method: str) -> None:
+    small = grow(trained_tiny, get_preset("small").shape, torch.Generator().manual_seed(7), method)
     assert small.shape == get_preset("small").shape and not small.training
     ids = eval_ids()
     assert_same_logits(trained_tiny, small, ids)
@@ -72,10 +73,11 @@ def test_tiny_to_small_preserves_logits_and_loss(trained_tiny: LlamaForCausalLM)
     assert abs(after - before) / before < 1e-3, (before, after)
 
 
-def test_small_to_100m_preserves_logits(trained_tiny: LlamaForCausalLM) -> None:
+@pytest.mark.parametrize("method", ["clone", "zero"])
+def test_small_to_100m_preserves_logits(trained_tiny: LlamaForCausalLM, method: str) -> None:
     gen = torch.Generator().manual_seed(8)
-    small = grow(trained_tiny, get_preset("small").shape, gen)
-    big = grow(small, get_preset("100m").shape, gen)
+    small = grow(trained_tiny, get_preset("small").shape, gen, method)
+    big = grow(small, get_preset("100m").shape, gen, method)  # 3x hidden, 4 -> 12 layers, 704 -> 2304 FFN
     ids = eval_ids()[:2]
     assert_same_logits(small, big, ids)
     assert_same_logits(trained_tiny, big, ids)
@@ -87,6 +89,47 @@ def test_growth_is_seeded(trained_tiny: LlamaForCausalLM) -> None:
     b = grow(trained_tiny, target, torch.Generator().manual_seed(3))
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
+
+
+def test_cloning_needs_an_integer_width_ratio_and_zero_padding_does_not() -> None:
+    src = ModelShape(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=352)
+    odd = ModelShape(hidden_size=192, num_layers=3, num_heads=3, intermediate_size=512)  # 1.5x; 500m -> 1b is 4/3x
+    model = LlamaForCausalLM(src)
+    init_weights(model, torch.Generator().manual_seed(4))
+    with pytest.raises(ValueError, match="not an integer multiple"):
+        grow(model, odd, torch.Generator(), "clone")
+    with pytest.raises(ValueError, match="unknown growth method"):
+        grow(model, odd, torch.Generator(), "auto")
+    ids = eval_ids()[:2]
+    assert_same_logits(model, grow(model, odd, torch.Generator().manual_seed(5)), ids)
+
+
+def _clone_gap(model: LlamaForCausalLM, d: int) -> float:
+    """How far the two copies of the old residual dims have drifted apart in layer 0's q_proj."""
+    w = model.model.layers[0].self_attn.q_proj.weight
+    return (w[:, :d] - w[:, d : 2 * d]).abs().max().item()
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+def test_cloning_noise_is_what_lets_copies_diverge(trained_tiny: LlamaForCausalLM, noise: float) -> None:
+    d = trained_tiny.shape.hidden_size
+    small = grow(trained_tiny, get_preset("small").shape, torch.Generator().manual_seed(9), "clone", noise).train()
+    assert_same_logits(trained_tiny, small, eval_ids())
+    gap = _clone_gap(small, d)
+    assert (gap > 0) == (noise > 0)  # without noise the copies start identical...
+    opt = torch.optim.AdamW(small.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(10)
+    grads = []
+    for _ in range(2):
+        loss_of(small, markov_batch(gen, 4, 33)).backward()
+        g = small.model.layers[0].self_attn.q_proj.weight.grad
+        grads.append((g[:, :d] - g[:, d : 2 * d]).abs().max().item())
+        opt.step()
+        opt.zero_grad()
+    if noise:  # ...get different gradients (from step 2: step 1 moves the residual copies apart) and drift
+        assert grads[1] > 0 and _clone_gap(small, d) != gap
+    else:  # ...and with no noise they would stay copies forever (the symmetry never breaks)
+        assert grads == [0.0, 0.0] and _clone_gap(small, d) == 0.0
 
 
 def test_rejects_shrinking_and_mismatched_shapes(trained_tiny: LlamaForCausalLM) -> None:
@@ -115,9 +158,9 @@ def _zero_blocks(model: LlamaForCausalLM, old: ModelShape, of: Callable[[torch.T
         yield f"layer {j} down_proj new-dim rows", down[d:]
 
 
-def test_zero_initialised_parts_get_gradients(trained_tiny: LlamaForCausalLM) -> None:
+def test_zero_padded_parts_get_gradients(trained_tiny: LlamaForCausalLM) -> None:
     old = trained_tiny.shape
-    small = grow(trained_tiny, get_preset("small").shape, torch.Generator().manual_seed(11)).train()
+    small = grow(trained_tiny, get_preset("small").shape, torch.Generator().manual_seed(11), "zero").train()
     for label, block in _zero_blocks(small, old, lambda p: p.detach()):
         assert block.abs().sum() == 0, label  # sanity: these really start at zero
 
@@ -141,7 +184,7 @@ def test_zero_initialised_parts_get_gradients(trained_tiny: LlamaForCausalLM) ->
 
 
 def test_grown_model_keeps_training(trained_tiny: LlamaForCausalLM) -> None:
-    small = grow(trained_tiny, get_preset("small").shape, torch.Generator().manual_seed(13)).train()
+    small = grow(trained_tiny, get_preset("small").shape, torch.Generator().manual_seed(13)).train()  # cloned
     opt = torch.optim.AdamW(small.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     ids = eval_ids()
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""Hybrid training: the update predictor, the phase machine, exact resume mid-Predict."""
+"""Hybrid training: the update predictor, the phase machine, exact resume mid-Predict; the LR schedule
+across stages, which this in-process trainer harness also covers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from safetensors import safe_open
 
 from tritter.daemon.engine import trainer as trainer_module
 from tritter.daemon.engine.checkpoint import checkpoint_path, list_checkpoints
-from tritter.daemon.engine.hybrid import HybridSettings, UpdatePredictor, fit_ar, rollout
+from tritter.daemon.engine.hybrid import HybridController, HybridSettings, UpdatePredictor, fit_ar, rollout
 from tritter.daemon.engine.presets import ModelShape, Preset, TrainSettings
 from tritter.daemon.engine.trainer import Trainer
 from tritter.protocol.config import RunConfig
@@ -31,7 +32,9 @@ MICRO = {
         TrainSettings(batch_size=2, seq_len=16, lr=2e-3, warmup_steps=3, eval_every=10, checkpoint_every=1000),
     ),
 }
-FAST = HybridSettings(history=4, order=2, full_steps=2, predict_run=2, correct_steps=3, max_error=10.0, loss_tolerance=10.0)
+FAST = HybridSettings(
+    history=4, order=2, full_steps=2, predict_run=2, true_run=2, correct_steps=3, max_error=10.0, loss_tolerance=10.0
+)
 
 
 @pytest.fixture(autouse=True)
@@ -162,6 +165,13 @@ def test_unstable_fit_falls_back_to_a_bounded_order_one() -> None:
     assert abs(coeffs[0]) <= 1.0 and coeffs[1] == 0.0
 
 
+def test_checkpoint_from_before_true_run_keeps_its_schedule() -> None:
+    state = HybridController(Vector(3), FAST).state()
+    del state["settings"]["true_run"], state["true_left"]  # what an older build wrote
+    restored = HybridController.restore(Vector(3), state, {})
+    assert restored.settings == dataclasses.replace(FAST, true_run=1) and restored.true_left == 0
+
+
 # --- the phase machine in the trainer ------------------------------------------------------
 
 
@@ -172,9 +182,11 @@ def test_phases_predicted_steps_and_probes(tmp_path: Path, cache: Path) -> None:
     # warmup (3 steps) -> full (until 4 updates are recorded and 2 full steps done) -> predict.
     assert phases == [("warmup", 1), ("full", 4), ("predict", 6)]
     predict = [s for s in steps if s.phase == "predict"]
-    assert [s.was_predicted for s in predict[:6]] == [True, True, False, True, True, False]
-    assert all(s.prediction_error is None for s in predict if s.was_predicted)
-    assert all(s.prediction_error is not None and s.prediction_error > 0 for s in predict if not s.was_predicted)
+    # predict_run = 2 predicted steps, then true_run = 2 true ones: a probe and a plain true step.
+    assert [s.was_predicted for s in predict[:8]] == [True, True, False, False] * 2
+    probes = [s for prev, s in zip(predict, predict[1:]) if prev.was_predicted and not s.was_predicted]
+    assert len(probes) >= 4 and all(s.prediction_error is not None and s.prediction_error > 0 for s in probes)
+    assert all(s.prediction_error is None for s in predict if s not in probes)
     assert all(not s.was_predicted for s in steps if s.phase != "predict")
 
 
@@ -218,6 +230,17 @@ def test_growth_resets_the_predictor(tmp_path: Path, cache: Path) -> None:
     ]
     assert trainer.hybrid is not None
     assert trainer.hybrid.predictor.params[0].shape[1] == 128  # built on the grown model
+
+
+def test_only_the_last_stage_decays_its_lr(tmp_path: Path, cache: Path) -> None:
+    """Warmup-stable-decay across growth: tiny holds its peak after warmup, small warms up and decays."""
+    events, _ = run_trainer(tmp_path, cache, steps=12, end="small", hybrid=False)
+    lrs = {stage: [s.lr for s in steps_of(events) if s.stage == stage] for stage in ("tiny", "small")}
+    tiny, small = MICRO["tiny"].train, MICRO["small"].train
+    assert lrs["tiny"][0] < tiny.lr and lrs["tiny"][tiny.warmup_steps:] == [tiny.lr] * (12 - tiny.warmup_steps)
+    assert lrs["small"][0] < small.lr and lrs["small"][small.warmup_steps] == small.lr
+    decay = lrs["small"][small.warmup_steps:]
+    assert decay == sorted(decay, reverse=True) and decay[-1] < 0.2 * small.lr
 
 
 # --- exact resume --------------------------------------------------------------------------
