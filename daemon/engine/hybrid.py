@@ -50,7 +50,7 @@ class HybridSettings:
     order: int = 2  # AR order of the per-tensor fit (< history)
     full_steps: int = 10  # true steps after the LR warmup before the first Predict phase
     predict_run: int = 1  # predicted steps in a row in Predict
-    true_run: int = 2  # true steps after each predicted run in Predict (the first is the probe)
+    true_run: int = 4  # true steps after each predicted run in Predict (the first is the probe)
     correct_steps: int = 4  # true steps in a Correct phase
     max_error: float = 0.6  # probe relative L2 error above which we fall back to Correct
     loss_tolerance: float = 0.10  # a loss above (1 + tol) * running mean falls back to Correct
