@@ -32,6 +32,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -226,13 +227,18 @@ def run_grown(data, heldout, budget: int, seed: int, eval_every: int, v: Variant
     return run, info
 
 
+@functools.cache
+def preset_parameters(name: str) -> int:
+    return count_parameters(LlamaForCausalLM(get_preset(name).shape))
+
+
 def train_flops(tokens: float, tokens_in_tiny: float) -> float:
     """Training FLOPs of a run that spent ``tokens_in_tiny`` of its ``tokens`` in tiny, the rest in small.
 
     6 x parameters per token (forward + backward; the tied embedding counted once, as the output
     layer it also is); attention over 128 positions adds < 5% to either model and is left out.
     """
-    n_tiny, n_small = (count_parameters(LlamaForCausalLM(get_preset(p).shape)) for p in ("tiny", "small"))
+    n_tiny, n_small = preset_parameters("tiny"), preset_parameters("small")
     in_tiny = min(tokens, tokens_in_tiny)
     return 6 * (n_tiny * in_tiny + n_small * (tokens - in_tiny))
 

@@ -102,15 +102,15 @@ def _grow_layer(old: DecoderLayer, new: DecoderLayer, c: float) -> None:
     _grow_norm(old.post_attention_layernorm.weight, new.post_attention_layernorm.weight, 1 / c)
 
 
-def _zero_pad_width(model: LlamaForCausalLM, grown: LlamaForCausalLM) -> None:
-    """Copy ``model`` into the old layers' slots of ``grown``, new widths zero-padded (see the docstring)."""
+def _zero_pad_width(model: LlamaForCausalLM, grown: LlamaForCausalLM, mapping: list[int]) -> None:
+    """Copy ``model`` into its layers' slots (``mapping``) of ``grown``, new widths zero-padded."""
     src, target = model.shape, grown.shape
     c = math.sqrt(target.hidden_size / src.hidden_size)
     d = src.hidden_size
     emb = grown.model.embed_tokens.weight
     emb[:, :d] = model.model.embed_tokens.weight * c
     emb[:, d:] = 0
-    for i, j in enumerate(layer_mapping(src.num_layers, target.num_layers)):
+    for i, j in enumerate(mapping):
         _grow_layer(model.model.layers[i], grown.model.layers[j], c)
     if target.tie_word_embeddings:
         _grow_norm(model.model.norm.weight, grown.model.norm.weight, 1 / c**2)
@@ -153,16 +153,19 @@ def _clone_matrix(
     Rows are plain copies (a copied output unit); columns read copied inputs, so their weights are
     split between the copies.
     """
-    count = torch.bincount(col_map).to(old.dtype)
-    base = old[row_map.to(old.device)][:, col_map.to(old.device)] / count.to(old.device)[col_map.to(old.device)]
+    rows, cols = row_map.to(old.device), col_map.to(old.device)
+    count = torch.bincount(cols).to(old.dtype)
+    base = old[rows][:, cols] / count[cols]
     if noise > 0 and count.max() > 1:
         std = noise * float(old.std())
         base += _zero_sum_noise((new.shape[0], new.shape[1]), col_map, std, generator).to(old.device)
     new.copy_(base)
 
 
-def _clone_width(model: LlamaForCausalLM, grown: LlamaForCausalLM, noise: float, generator: torch.Generator) -> None:
-    """Copy ``model`` into the old layers' slots of ``grown`` with every width grown by cloning."""
+def _clone_width(
+    model: LlamaForCausalLM, grown: LlamaForCausalLM, mapping: list[int], noise: float, generator: torch.Generator
+) -> None:
+    """Copy ``model`` into its layers' slots (``mapping``) of ``grown``, every width grown by cloning."""
     src, dst = model.shape, grown.shape
     k = dst.hidden_size // src.hidden_size
     resid = unit_map(src.hidden_size, dst.hidden_size)  # residual dim j of the new model = old dim j % d
@@ -175,7 +178,7 @@ def _clone_width(model: LlamaForCausalLM, grown: LlamaForCausalLM, noise: float,
     # The residual stream becomes k copies of the old one: mean squares, hence RMSNorm outputs, are
     # unchanged (eps included), so norm weights are plain copies.
     grown.model.embed_tokens.weight.copy_(model.model.embed_tokens.weight[:, resid])
-    for i, j in enumerate(layer_mapping(src.num_layers, dst.num_layers)):
+    for i, j in enumerate(mapping):
         o, n = model.model.layers[i], grown.model.layers[j]
         for name in ("q_proj", "k_proj", "v_proj"):
             clone(getattr(o.self_attn, name).weight, getattr(n.self_attn, name).weight, heads, resid)
@@ -230,8 +233,8 @@ def grow(
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
     if method == "clone":
-        _clone_width(model, grown, clone_noise, generator)
+        _clone_width(model, grown, mapping, clone_noise, generator)
     else:
-        _zero_pad_width(model, grown)
+        _zero_pad_width(model, grown, mapping)
     grown.train(model.training)
     return grown

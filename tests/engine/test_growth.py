@@ -184,7 +184,7 @@ def test_zero_padded_parts_get_gradients(trained_tiny: LlamaForCausalLM) -> None
 
 
 def test_grown_model_keeps_training(trained_tiny: LlamaForCausalLM) -> None:
-    small = grow(trained_tiny, get_preset("small").shape, torch.Generator().manual_seed(13)).train()  # cloned
+    small = grow(trained_tiny, get_preset("small").shape, torch.Generator().manual_seed(13)).train()
     opt = torch.optim.AdamW(small.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     ids = eval_ids()
     with torch.no_grad():
