@@ -36,7 +36,7 @@ from typing import Any
 
 import zstandard
 
-from tritter.clients.ckpt import codec
+from tritter.formats import codec
 
 BIN = Path(sys.executable).parent
 

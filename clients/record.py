@@ -20,7 +20,8 @@ from pathlib import Path
 
 import msgspec
 
-from tritter.clients.sinks import hold_lock, load_cursor, save_cursor
+from tritter.clients.sink_base import hold_lock
+from tritter.formats.files import load_cursor, save_cursor
 from tritter.clients.subscription import Subscription
 from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.protocol.events import StepEvent, metrics_record

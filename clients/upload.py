@@ -44,9 +44,10 @@ from pathlib import Path
 import msgspec
 
 from tritter.clients.connection import Connection, DaemonUnavailable, RequestFailed
-from tritter.clients.sinks import hold_lock
+from tritter.clients.sink_base import hold_lock
 from tritter.clients.subscription import LIVE, Subscription
 from tritter.clients.target import Target, add_target_arguments, target_from_args
+from tritter.formats.export_layout import export_is_complete, export_relpath
 from tritter.protocol.control import Report
 from tritter.protocol.events import AnyEvent, PhaseEvent, StepEvent, UploadEvent
 from tritter.protocol.home import Layout, resolve_home
@@ -61,8 +62,6 @@ BACKOFF_CAP_S = 60.0
 REQUEST_TIMEOUT_S = 60.0
 STATE_SAVE_INTERVAL_S = 1.0
 REPORT_RETRY_S = 1.0
-# What an export folder must hold before it is pushed (daemon/engine/export.py writes them all).
-EXPORT_FILES: tuple[str, ...] = ("config.json", "model.safetensors", "tokenizer.json", "README.md")
 
 
 class UploadFailure(Exception):
@@ -207,7 +206,7 @@ class Snapshot(msgspec.Struct):
 
 def export_path(stage: StageState) -> str:
     """The stage's export folder, relative to its run folder (the stage event's, else the convention)."""
-    return stage.export_path or f"export/{stage.stage}"
+    return stage.export_path or export_relpath(stage.stage)
 
 
 def wants_upload(run: RunState, stage: StageState) -> bool:
@@ -365,7 +364,7 @@ class Uploader:
                 log.info("uploading %s/%s (%s) to %s@%s, attempt %d", run.run_id, stage.stage, folder, repo, stage.stage, attempt)
                 token = self.token()
                 try:
-                    if not all((folder / name).is_file() for name in EXPORT_FILES):
+                    if not export_is_complete(folder):
                         raise UploadFailure(f"export folder {folder} is missing or incomplete", retry=False)
                     if not token:
                         raise UploadFailure(

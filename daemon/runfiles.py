@@ -6,7 +6,7 @@ from pathlib import Path
 
 import msgspec
 
-from tritter.protocol.files import atomic_write
+from tritter.formats.files import atomic_write
 from tritter.protocol.state import RunState
 
 _encoder = msgspec.json.Encoder()

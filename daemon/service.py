@@ -20,7 +20,7 @@ import zmq.asyncio
 from tritter.daemon.bus import Bus
 from tritter.daemon.eventlog import EventLog
 from tritter.daemon.runfiles import write_run_json
-from tritter.daemon.workers import WorkerProcess
+from tritter.daemon.worker_handle import WorkerProcess
 from tritter.protocol.config import RunConfig
 from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, RunEvent, StageEvent, StepEvent
 from tritter.protocol.home import Layout

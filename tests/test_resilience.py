@@ -61,7 +61,7 @@ def test_worker_killed_fails_the_run_and_resume_continues(daemon: Daemon, home: 
     daemon.start()
     run_id = start_tiny(home, 16)
     follow_until(home, step_reached(run_id, 6))
-    os.kill(child_running(daemon, "tritter.daemon.worker"), signal.SIGKILL)
+    os.kill(child_running(daemon, "tritter.daemon.worker_main"), signal.SIGKILL)
     failed = follow_until(home, lambda e: e["kind"] == "run" and e["status"] == "failed")
     assert "SIGKILL" in failed["reason"]
     assert ctl(home, "wait", run_id, "--timeout", "30", check=False).returncode == 1

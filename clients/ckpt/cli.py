@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tritter.clients.ckpt import codec
+from tritter.formats import codec
 
 EXIT_BAD_INPUT = 2
 

@@ -44,16 +44,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-# The compressed-checkpoint format belongs to the compressor sink; resume reads it transparently.
-from tritter.clients.ckpt.codec import (
-    CodecError,
-    is_compressed,
-    list_checkpoint_files,
-    read_safetensors_bytes,
-    safetensors_metadata,
-)
+# Resume reads compressed checkpoints (formats/codec.py) transparently.
+from tritter.formats.checkpoints import checkpoint_path, is_compressed, list_checkpoint_files
+from tritter.formats.codec import CodecError, read_safetensors_bytes, safetensors_metadata
 from tritter.daemon.engine.presets import ModelShape
-from tritter.protocol.files import fsync_dir
+from tritter.formats.files import fsync_dir
 
 FORMAT = "tritter-checkpoint/1"
 _MODEL_PREFIXES = ("model.", "lm_head.")
@@ -80,10 +75,6 @@ class LoadedCheckpoint:
     rng: dict  # for restore_rng
     shape: ModelShape | None = None  # shape of the saved model, when it had one
     extra: dict[str, Tensor] = dataclasses.field(default_factory=dict)  # save_checkpoint(extra_tensors=...)
-
-
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:08d}.safetensors"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

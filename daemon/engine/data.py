@@ -22,7 +22,7 @@ import tokenizers
 import torch
 import zstandard
 
-from tritter.protocol.files import atomic_write
+from tritter.formats.files import atomic_write
 
 DEFAULT_VOCAB_SIZE = 8192
 EOT = "<|endoftext|>"

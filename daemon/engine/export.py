@@ -34,19 +34,8 @@ from torch import nn
 from tritter.daemon.engine.data import EOT, PAD
 from tritter.daemon.engine.model import count_parameters, hf_config
 from tritter.daemon.engine.presets import get_preset
-from tritter.protocol.files import fsync_dir
-
-EXPORT_DIR = "export"
-FILES: tuple[str, ...] = (
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-    "README.md",
-)
-
+from tritter.formats.export_layout import export_dir
+from tritter.formats.files import fsync_dir
 
 @dataclass(frozen=True, kw_only=True)
 class StageCard:
@@ -68,10 +57,6 @@ class StageCard:
     license: str = "mit"
     language: tuple[str, ...] = ("en",)
     datasets: tuple[str, ...] = field(default=())
-
-
-def export_dir(run_dir: Path, preset_name: str) -> Path:
-    return run_dir / EXPORT_DIR / preset_name
 
 
 def _tokenizer_json() -> bytes:
@@ -224,8 +209,3 @@ def export_stage(model: nn.Module, preset_name: str, run_dir: Path, card: StageC
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
-
-
-def export_is_complete(folder: Path) -> bool:
-    """Whether ``folder`` holds every file an export has (what the uploader checks before pushing)."""
-    return folder.is_dir() and all((folder / name).is_file() for name in FILES)

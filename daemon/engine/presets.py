@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PRESET_NAMES: tuple[str, ...] = ("tiny", "small", "100m", "500m", "1b")
+from tritter.protocol.config import PRESET_NAMES  # one definition: the protocol validates preset names
 
 
 @dataclass(frozen=True)

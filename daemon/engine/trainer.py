@@ -36,6 +36,7 @@ from tritter.daemon.engine import distributed
 from tritter.daemon.engine.device import autocast
 from tritter.daemon.engine.distributed import Ranks
 from tritter.daemon.engine.export import StageCard, export_stage
+from tritter.formats.export_layout import export_dir, export_is_complete, export_relpath
 from tritter.daemon.engine.data import Batches, TokenData, heldout_batches, load_token_data
 from tritter.daemon.engine.growth import grow
 from tritter.daemon.engine.hybrid import DEFAULT_SETTINGS, HybridController, HybridSettings, StepPlan
@@ -340,8 +341,8 @@ class Trainer:
         before the event left (the daemon drops it when the log already has it)."""
         assert self.model is not None
         eval_loss = evaluate(self.model, self._heldout(), self.device)
-        folder = self.run_dir / "export" / self.preset.name
-        export_path = str(folder.relative_to(self.run_dir)) if (folder / "config.json").exists() else self._export(eval_loss)
+        done = export_is_complete(export_dir(self.run_dir, self.preset.name))
+        export_path = export_relpath(self.preset.name) if done else self._export(eval_loss)
         self._stage_completed(eval_loss, export_path)
 
     def _set_phase(self, phase: Phase, reason: str = "") -> None:

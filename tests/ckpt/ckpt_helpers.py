@@ -37,7 +37,7 @@ def real_checkpoints() -> list[Path]:
 
 
 def to_bf16(data: bytes) -> bytes:
-    from tritter.clients.ckpt.codec import safetensors_metadata
+    from tritter.formats.codec import safetensors_metadata
 
     tensors = load(data)
     return save({k: (v.to(torch.bfloat16) if v.dtype == torch.float32 else v) for k, v in tensors.items()}, metadata=safetensors_metadata(data))

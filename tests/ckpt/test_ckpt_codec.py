@@ -10,7 +10,7 @@ import pytest
 import zstandard
 
 from ckpt_helpers import flip_byte, real_checkpoints, synthetic, to_bf16
-from tritter.clients.ckpt import codec
+from tritter.formats import codec
 
 
 def roundtrip(data: bytes, base: bytes | None = None) -> tuple[bytes, bytes]:
@@ -140,7 +140,7 @@ def test_engine_resumes_from_a_compressed_delta_checkpoint(tmp_path: Path) -> No
     """The trainer's loader reads .safetensors.tzst (full and delta) as if it were the raw file."""
     import torch
 
-    from tritter.clients.ckpt.codec import compress_file
+    from tritter.formats.codec import compress_file
     from tritter.daemon.engine.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
     from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
     from tritter.daemon.engine.presets import get_preset

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ckpt_helpers import synthetic
 from conftest import Daemon, ctl, events, tool
-from tritter.clients.ckpt import codec
-from tritter.clients.ckpt.sink import Compressor
+from tritter.formats import codec
+from tritter.clients.ckpt.compressor import Compressor
 from tritter.protocol.events import CheckpointEvent, RunEvent
 from tritter.protocol.home import Layout
 

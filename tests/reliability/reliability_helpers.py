@@ -144,7 +144,7 @@ def wait_for_rows(home: Path, run_id: str, steps: int, timeout: float = 120.0) -
 def worker_pid(daemon: Daemon, timeout: float = 60.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [p for p in children_of(daemon.pid) if "tritter.daemon.worker" in cmdline(p)]
+        found = [p for p in children_of(daemon.pid) if "tritter.daemon.worker_main" in cmdline(p)]
         if len(found) == 1:
             return found[0]
         time.sleep(0.1)

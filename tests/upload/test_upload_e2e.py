@@ -14,7 +14,8 @@ from hub_double import HubDouble
 from test_uploader import TOKEN, UploaderProcess, final, uploads, wait_for
 
 from tritter.daemon.engine.checkpoint import list_checkpoints, load_checkpoint
-from tritter.daemon.engine.export import StageCard, export_is_complete, export_stage
+from tritter.daemon.engine.export import StageCard, export_stage
+from tritter.formats.export_layout import export_is_complete
 from tritter.daemon.engine.model import LlamaForCausalLM
 from tritter.daemon.engine.presets import get_preset
 

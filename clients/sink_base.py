@@ -11,7 +11,6 @@ import asyncio
 import fcntl
 import logging
 import os
-from pathlib import Path
 
 from tritter.protocol.home import Layout
 
@@ -28,24 +27,3 @@ async def hold_lock(layout: Layout, lock_name: str, sink: str) -> int:
         log.warning("another %s is running on %s; waiting for it to exit", sink, layout.home)
         await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
     return fd
-
-
-def load_cursor(path: Path, on_unreadable: str) -> int:
-    """The saved cursor, 0 when there is none; an unreadable one restarts from seq 1 (with a warning)."""
-    try:
-        return int(path.read_text().strip() or 0)
-    except FileNotFoundError:
-        return 0
-    except ValueError:
-        log.warning("%s is unreadable; catching up from seq 1 (%s)", path, on_unreadable)
-        return 0
-
-
-def save_cursor(path: Path, seq: int) -> None:
-    """Atomically and durably replace the cursor file."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as out:
-        out.write(f"{seq}\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)

@@ -53,13 +53,20 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from tritter.protocol.files import fsync_dir
+from tritter.formats.checkpoints import (
+    RAW_SUFFIX,
+    SUFFIX,
+    checkpoint_step,
+    is_checkpoint_file,
+    is_compressed,
+    list_checkpoint_files,
+    raw_name,
+)
+from tritter.formats.files import file_sha256, fsync_dir
 
 MAGIC = b"TRTZCKPT"
 FORMAT = "tritter-ckpt-zst"
 VERSION = 1
-SUFFIX = ".tzst"  # appended to the original name: step-00000050.safetensors.tzst
-RAW_SUFFIX = ".safetensors"
 MAX_CHAIN = 1000  # a delta chain longer than this is refused as corrupt (a loop)
 
 # Tuning (see docs/compression.md for how these were chosen).
@@ -73,7 +80,6 @@ RAW_IF_SAVES_LESS = 0.01  # store a stream raw unless compression saves at least
 RAW_PROBE = 1 << 16  # bytes sampled to skip compressing a stream that will be stored raw anyway
 SMALL_TENSOR = 4096  # bytes; below this, a tensor is one plain zstd stream
 
-_STEP_RE = re.compile(r"^step-(\d+)\.safetensors(\.tzst)?$")
 _WIDTH = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 _ROTATE = {"F32", "BF16"}  # exponent fits a byte after moving the sign to bit 0
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -532,45 +538,6 @@ def _decompress(blob: bytes | memoryview, base: bytes | memoryview | None, what:
 # --- files ---------------------------------------------------------------------------------
 
 
-def is_compressed(path: Path) -> bool:
-    return Path(path).name.endswith(RAW_SUFFIX + SUFFIX)
-
-
-def is_checkpoint_file(path: Path) -> bool:
-    """True for a checkpoint file ``read_safetensors_bytes`` reads: ``*.safetensors`` or ``*.safetensors.tzst``.
-
-    Temp files (``*.tmp``) are not checkpoint files.
-    """
-    name = Path(path).name
-    return name.endswith(RAW_SUFFIX) or name.endswith(RAW_SUFFIX + SUFFIX)
-
-
-def raw_name(path: Path | str) -> str:
-    """``step-00000050.safetensors`` for either form of the name."""
-    name = Path(path).name
-    return name[: -len(SUFFIX)] if name.endswith(RAW_SUFFIX + SUFFIX) else name
-
-
-def checkpoint_step(path: Path | str) -> int | None:
-    m = _STEP_RE.match(Path(path).name)
-    return int(m.group(1)) if m else None
-
-
-def list_checkpoint_files(run_dir: Path) -> list[Path]:
-    """A run's checkpoints oldest step first, one file per step: the raw file if present, else the .tzst."""
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    if not ckpt_dir.is_dir():
-        return []
-    by_step: dict[int, Path] = {}
-    for p in ckpt_dir.iterdir():
-        step = checkpoint_step(p)
-        if step is None or not p.is_file():
-            continue
-        if step not in by_step or not p.name.endswith(SUFFIX):
-            by_step[step] = p
-    return [by_step[s] for s in sorted(by_step)]
-
-
 def _read(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -603,8 +570,7 @@ def find_base(path: Path, header: dict[str, Any]) -> Path:
 
 def _file_sha256(path: Path) -> str:
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return file_sha256(path)
     except OSError as exc:
         raise CodecError(f"{path}: {exc.strerror or exc}") from None
 

@@ -34,12 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tritter.clients.ckpt import codec
-from tritter.clients.sinks import hold_lock, load_cursor, save_cursor
+from tritter.formats import codec
+from tritter.clients.sink_base import hold_lock
+from tritter.formats.files import load_cursor, save_cursor
 from tritter.clients.subscription import Subscription
 from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.protocol.events import CheckpointEvent
-from tritter.protocol.files import fsync_dir
+from tritter.formats.files import fsync_dir
 from tritter.protocol.home import Layout, resolve_home
 from tritter.protocol.wire import ProtocolError
 

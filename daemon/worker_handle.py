@@ -42,7 +42,7 @@ class WorkerProcess:
         process = await asyncio.create_subprocess_exec(
             *launcher,
             "-m",
-            "tritter.daemon.worker",
+            "tritter.daemon.worker_main",
             "--run-id",
             run_id,
             "--run-dir",
