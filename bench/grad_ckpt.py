@@ -71,7 +71,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
-    from tritter.daemon.engine.presets import get_preset
+    from tritter.recipe.presets import get_preset
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -215,7 +215,7 @@ def main() -> None:
     if args.steps is None:
         args.steps = 2 if args.quick else 5
     if args.preset:
-        from tritter.daemon.engine.presets import get_preset
+        from tritter.recipe.presets import get_preset
 
         t = get_preset(args.preset).train
         cases = [(args.preset, args.batch or (t.batch_size if args.cuda else min(t.batch_size, 2)), args.seq or (t.seq_len if args.cuda else min(t.seq_len, 256)))]

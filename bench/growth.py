@@ -46,7 +46,7 @@ import torch
 from tritter.daemon.engine.data import Batches, heldout_batches, load_token_data
 from tritter.daemon.engine.growth import METHODS, grow, layer_mapping
 from tritter.daemon.engine.model import LlamaForCausalLM, count_parameters, init_weights
-from tritter.daemon.engine.presets import Preset, get_preset
+from tritter.recipe.presets import Preset, get_preset
 from tritter.daemon.engine.schedule import lr_at
 
 EVAL_BATCHES = 8  # as trainer.EVAL_BATCHES

@@ -76,7 +76,7 @@ def plain_child(preset_name: str, steps: int, seed: int, cache_dir: Path) -> Non
 
     from tritter.daemon.engine.data import Batches, load_token_data
     from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
-    from tritter.daemon.engine.presets import get_preset
+    from tritter.recipe.presets import get_preset
     from tritter.daemon.engine.schedule import lr_at
     from tritter.daemon.engine.trainer import make_optimizer
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import Daemon, children_of, cmdline, ctl, events, follow_until, wait_for_metrics
 
-from tritter.daemon.engine.presets import get_preset
+from tritter.recipe.presets import get_preset
 
 RUN = ["start", "--start", "tiny", "--end", "tiny", "--steps", "8", "--checkpoint-every", "3", "--nproc", "2",
        "--no-hybrid", "--seed", "3"]

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 # Resume reads compressed checkpoints (formats/codec.py) transparently.
 from tritter.formats.checkpoints import checkpoint_path, is_compressed, list_checkpoint_files
 from tritter.formats.codec import CodecError, read_safetensors_bytes, safetensors_metadata
-from tritter.daemon.engine.presets import ModelShape
+from tritter.recipe.presets import ModelShape
 from tritter.formats.files import fsync_dir
 
 FORMAT = "tritter-checkpoint/1"

@@ -33,7 +33,7 @@ from torch import nn
 
 from tritter.daemon.engine.data import EOT, PAD
 from tritter.daemon.engine.model import count_parameters, hf_config
-from tritter.daemon.engine.presets import get_preset
+from tritter.recipe.presets import get_preset
 from tritter.formats.export_layout import export_dir
 from tritter.formats.files import fsync_dir
 

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from tritter.daemon.engine.model import DecoderLayer, LlamaForCausalLM, init_weights
-from tritter.daemon.engine.presets import ModelShape
+from tritter.recipe.presets import ModelShape
 
 METHODS = ("zero", "clone")
 # Symmetry-breaking noise on cloned weights, relative to each weight's std (exact either way).

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from tritter.daemon.engine.presets import ModelShape
+from tritter.recipe.presets import ModelShape
 
 
 class _Linear(nn.Linear):

@@ -41,7 +41,7 @@ from tritter.daemon.engine.data import Batches, TokenData, heldout_batches, load
 from tritter.daemon.engine.growth import grow
 from tritter.daemon.engine.hybrid import DEFAULT_SETTINGS, HybridController, HybridSettings, StepPlan
 from tritter.daemon.engine.model import LlamaForCausalLM, count_parameters, init_weights
-from tritter.daemon.engine.presets import Preset, get_preset
+from tritter.recipe.presets import Preset, get_preset
 from tritter.daemon.engine.schedule import lr_at
 from tritter.protocol.config import RunConfig
 from tritter.protocol.events import AnyEvent, CheckpointEvent, Phase, PhaseEvent, RunEvent, StageEvent, StepEvent

@@ -143,7 +143,7 @@ def test_engine_resumes_from_a_compressed_delta_checkpoint(tmp_path: Path) -> No
     from tritter.formats.codec import compress_file
     from tritter.daemon.engine.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
     from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
-    from tritter.daemon.engine.presets import get_preset
+    from tritter.recipe.presets import get_preset
 
     model = LlamaForCausalLM(get_preset("tiny").shape)
     init_weights(model, torch.Generator().manual_seed(0))

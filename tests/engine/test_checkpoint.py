@@ -22,7 +22,7 @@ from tritter.daemon.engine.checkpoint import (
     save_checkpoint,
 )
 from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
-from tritter.daemon.engine.presets import get_preset
+from tritter.recipe.presets import get_preset
 
 
 def new_run(seed: int) -> tuple[LlamaForCausalLM, torch.optim.Optimizer]:

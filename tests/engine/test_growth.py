@@ -9,7 +9,7 @@ import torch
 
 from tritter.daemon.engine.growth import grow, layer_mapping
 from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
-from tritter.daemon.engine.presets import ModelShape, get_preset
+from tritter.recipe.presets import ModelShape, get_preset
 
 
 def markov_batch(gen: torch.Generator, batch: int, seq: int) -> torch.Tensor:

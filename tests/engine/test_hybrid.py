@@ -13,7 +13,7 @@ from safetensors import safe_open
 from tritter.daemon.engine import trainer as trainer_module
 from tritter.daemon.engine.checkpoint import checkpoint_path, list_checkpoints
 from tritter.daemon.engine.hybrid import HybridController, HybridSettings, UpdatePredictor, fit_ar, rollout
-from tritter.daemon.engine.presets import ModelShape, Preset, TrainSettings
+from tritter.recipe.presets import ModelShape, Preset, TrainSettings
 from tritter.daemon.engine.trainer import Trainer
 from tritter.protocol.config import RunConfig
 from tritter.protocol.events import PhaseEvent, StepEvent

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from tritter.daemon.engine.model import LlamaForCausalLM, count_parameters, hf_config, init_weights
-from tritter.daemon.engine.presets import PRESET_NAMES, ModelShape, get_preset, stage_names
+from tritter.recipe.presets import PRESET_NAMES, ModelShape, get_preset, stage_names
 
 transformers = pytest.importorskip("transformers")
 

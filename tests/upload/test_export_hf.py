@@ -13,7 +13,7 @@ from tritter.daemon.engine.data import load_tokenizer
 from tritter.daemon.engine.export import StageCard, export_stage
 from tritter.formats.export_layout import EXPORT_FILES as FILES, export_is_complete
 from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
-from tritter.daemon.engine.presets import get_preset
+from tritter.recipe.presets import get_preset
 
 transformers = pytest.importorskip("transformers")
 

@@ -17,7 +17,7 @@ from tritter.daemon.engine.checkpoint import list_checkpoints, load_checkpoint
 from tritter.daemon.engine.export import StageCard, export_stage
 from tritter.formats.export_layout import export_is_complete
 from tritter.daemon.engine.model import LlamaForCausalLM
-from tritter.daemon.engine.presets import get_preset
+from tritter.recipe.presets import get_preset
 
 transformers = pytest.importorskip("transformers")
 

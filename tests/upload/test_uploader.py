@@ -20,7 +20,7 @@ from hub_double import HubDouble
 
 from tritter.daemon.engine.export import StageCard, export_stage
 from tritter.daemon.engine.model import LlamaForCausalLM, count_parameters, init_weights
-from tritter.daemon.engine.presets import get_preset
+from tritter.recipe.presets import get_preset
 from tritter.daemon.eventlog import EventLog
 from tritter.protocol.config import RunConfig
 from tritter.protocol.events import RunEvent, StageEvent

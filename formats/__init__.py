@@ -1,0 +1,7 @@
+"""tritter.formats: the on-disk formats that the daemon and the clients both read or write.
+
+``checkpoints`` (checkpoint file names and listing), ``codec`` (the ``.safetensors.tzst``
+compressed checkpoint), ``export_layout`` (a stage's Hugging Face folder), ``files`` (atomic
+writes, file digests, sink cursor files).  Depends on ``tritter.protocol`` at most, never on
+the daemon or the clients.
+"""
