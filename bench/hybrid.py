@@ -10,6 +10,7 @@ held-out eval loss (the stage's ``completed`` StageEvent), and the ratios hybrid
     .venv/bin/python bench/hybrid.py --quick     # tiny, 120 steps: about a minute on 2 cores
     .venv/bin/python bench/hybrid.py             # tiny 300 steps + small 200 steps
     .venv/bin/python bench/hybrid.py --json      # only the JSON line
+    .venv/bin/python bench/hybrid.py --syncs --quick   # host syncs per step + true-step time ratio (tiny, 60 steps)
 
 The last line printed is one JSON object: ``{"runs": [...], "ok": bool}`` where each run has
 ``preset``, ``steps``, ``skipped``, ``skip_share``, ``loss_full``, ``loss_hybrid``,
@@ -124,6 +125,94 @@ def compare(preset: str, steps: int, seed: int, cache: Path, settings: Any, quie
     }
 
 
+class SyncCounter:
+    """Counts host syncs: every ``Tensor.item``, ``tolist``, ``float()``, ``int()`` and ``bool()`` of a
+    tensor (each waits for the device on CUDA; on CPU it is the same call count).  A CPU stand-in for
+    ``torch.cuda.set_sync_debug_mode``, which only sees CUDA syncs."""
+
+    NAMES = ("item", "tolist", "__float__", "__int__", "__bool__")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._saved: dict[str, Any] = {}
+
+    def __enter__(self) -> SyncCounter:
+        import torch
+
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+            self._saved[name] = original
+
+            def counted(tensor: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                self.count += 1
+                return _original(tensor, *args, **kwargs)
+
+            setattr(torch.Tensor, name, counted)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        for name, original in self._saved.items():
+            setattr(torch.Tensor, name, original)
+
+
+def syncs(preset: str, steps: int, seed: int, hybrid: bool, cache: Path, settings: Any) -> dict[str, Any]:
+    """Host syncs and wall time per step, by step kind (warmup/full, predict-phase true, predicted)."""
+    from tritter.daemon.engine.trainer import Trainer
+    from tritter.protocol.config import RunConfig
+    from tritter.protocol.events import StepEvent
+
+    per_kind: dict[str, list[int]] = {"full": [], "true_in_predict": [], "predicted": [], "correct": []}
+    times: dict[str, list[float]] = {k: [] for k in per_kind}
+    counter = SyncCounter()
+    last = [0]
+
+    def emit(event: Any) -> None:
+        if isinstance(event, StepEvent):
+            kind = "predicted" if event.was_predicted else {"predict": "true_in_predict", "correct": "correct"}.get(event.phase, "full")
+            per_kind[kind].append(counter.count - last[0])
+            times[kind].append(event.step_time_ms)
+            last[0] = counter.count
+
+    config = RunConfig(start=preset, end=preset, steps=steps, seed=seed, hybrid=hybrid, checkpoint_every=10**9)
+    with tempfile.TemporaryDirectory(prefix="tritter-hybrid-bench-") as run_dir:
+        trainer = Trainer("bench", config, Path(run_dir), emit, NoControls(), cache, hybrid_settings=settings)
+        with counter:
+            trainer.run()
+    tensors = sum(1 for _ in trainer.model.parameters()) if trainer.model is not None else 0
+    return {
+        "param_tensors": tensors,
+        # The first step of each kind pays one-off costs (first eval, allocations): medians.
+        "syncs_per_step": {k: statistics.median(v) for k, v in per_kind.items() if v},
+        "max_syncs_per_step": {k: max(v) for k, v in per_kind.items() if v},
+        "step_ms": {k: round(statistics.median(v), 2) for k, v in times.items() if v},
+    }
+
+
+def sync_report(preset: str, steps: int, seed: int, cache: Path, settings: Any, quiet: bool) -> dict[str, Any]:
+    """Hybrid vs --no-hybrid side by side: syncs per step and the true-step time ratio."""
+    full = syncs(preset, steps, seed, False, cache, settings)
+    hyb = syncs(preset, steps, seed, True, cache, settings)
+    true_ms = statistics.median(
+        [hyb["step_ms"][k] for k in ("full", "true_in_predict", "correct") if k in hyb["step_ms"]]
+    )
+    result = {
+        "preset": preset,
+        "steps": steps,
+        "param_tensors": hyb["param_tensors"],
+        "syncs_no_hybrid": full["syncs_per_step"],
+        "syncs_hybrid": hyb["syncs_per_step"],
+        "max_syncs_hybrid": hyb["max_syncs_per_step"],
+        "step_ms_no_hybrid": full["step_ms"],
+        "step_ms_hybrid": hyb["step_ms"],
+        # A true step of the hybrid run (its predictor bookkeeping included) over a --no-hybrid step.
+        "true_step_ratio": round(true_ms / full["step_ms"]["full"], 4),
+    }
+    log(f"{preset}: syncs/step no-hybrid {full['syncs_per_step']}, hybrid {hyb['syncs_per_step']}", quiet)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny only, 120 steps (about a minute)")
@@ -133,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default tiny 300, small 200; --quick 120)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a HybridSettings field")
     parser.add_argument("--cache", type=Path, default=None, help="token cache folder (default: a temporary one)")
+    parser.add_argument("--syncs", action="store_true", help="count host syncs per step and time true steps, hybrid vs --no-hybrid")
     args = parser.parse_args(argv)
 
     import torch
@@ -148,6 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = dataclasses.replace(DEFAULT_SETTINGS, **overrides)
     presets = args.presets.split(",") if args.presets else (["tiny"] if args.quick else ["tiny", "small"])
     default_steps = {"tiny": 300, "small": 200}
+    if args.syncs:
+        with tempfile.TemporaryDirectory(prefix="tritter-hybrid-cache-") as tmp:
+            reports = [
+                sync_report(p, args.steps or (60 if args.quick else 100), args.seed, args.cache or Path(tmp), settings, args.json)
+                for p in (args.presets.split(",") if args.presets else ["tiny"] if args.quick else ["tiny", "small"])
+            ]
+        print(json.dumps({"syncs": reports}))
+        return 0
     runs = []
     with tempfile.TemporaryDirectory(prefix="tritter-hybrid-cache-") as tmp:
         cache = args.cache or Path(tmp)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import shlex
 import socket
 from pathlib import Path
 
@@ -94,12 +95,12 @@ class Connection:
         where = self.target.where
         if why == "missing":
             raise DaemonUnavailable(
-                f"tritterd is not running on {where} (no socket at {path}); start it with: tritterd --home {where}"
+                f"tritterd is not running on {where} (no socket at {path}); start it with: tritterd --home {shlex.quote(where)}"
             )
         if why == "refused":
             raise DaemonUnavailable(
                 f"tritterd is not running on {where} (stale socket {path}, nothing listening); "
-                f"start it with: tritterd --home {where}"
+                f"start it with: tritterd --home {shlex.quote(where)}"
             )
         if why:
             raise DaemonUnavailable(f"cannot reach tritterd on {where}: {why} ({path})")

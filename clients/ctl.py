@@ -1,8 +1,9 @@
 """``tritterctl``: drive the daemon (start, runs, status, wait, stop, pause, resume, checkpoint, upload, events).
 
-Exit codes: 0 success (for ``wait``: the run completed); 1 the run failed or was stopped
-(``wait``); 2 an error (bad flag, daemon not running, unknown run, refused request);
-124 ``wait --timeout`` ran out.
+Exit codes (the convention of every tritter command, docs/operations.md): 0 success (for
+``wait``: the run completed); 1 ``wait``: the run failed, was stopped, or paused itself (a full
+disk) and will not complete by itself; 2 an error (bad flag or value, daemon not running,
+unknown run, refused request); 124 ``wait --timeout`` ran out; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import zmq.auth
 
+from tritter.clients.cli_args import MAX_COUNT, bounded_float, bounded_int
+from tritter.clients.plan_cmd import add_plan_parser, run_plan
 from tritter.clients.connection import Connection, DaemonUnavailable, RequestFailed
-from tritter.clients.subscription import Subscription
+from tritter.clients.subscription import DISCONNECTED, LIVE, SILENCE_BEATS, Subscription
 from tritter.clients.target import Target, add_target_arguments, target_from_args
-from tritter.protocol.config import PRESET_NAMES, RunConfig, validate_config
+from tritter.protocol.config import MAX_GRAD_CKPT_EVERY, MAX_NPROC, MAX_SEED, MAX_STEPS, PRESET_NAMES, RunConfig, validate_config
+from tritter.recipe.budget import BudgetError, parse_size, parse_steps, parse_tokens
+from tritter.recipe.budget import check_config as check_budgets
 from tritter.protocol.control import Checkpoint, Pause, Reply, Request, Resume, Runs, Start, Status, Stop, Upload
 from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, RunEvent, StageEvent, StepEvent, UploadEvent
 from tritter.protocol.state import TERMINAL, RunState
@@ -31,6 +36,20 @@ from tritter.protocol.wire import ProtocolError, encode_json
 EXIT_ERROR = 2
 EXIT_RUN_FAILED = 1
 EXIT_TIMEOUT = 124
+MAX_TIMEOUT_S = 10 * 365 * 86400.0  # ten years: longer is a typo, and asyncio cannot wait for inf
+
+
+def _budget_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse ``type`` from a ``recipe.budget`` parser: its BudgetError becomes one usage line."""
+
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except BudgetError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = "size"
+    return convert
 
 
 class UserError(Exception):
@@ -50,19 +69,38 @@ def build_parser() -> Parser:
     start = sub.add_parser("start", help="start a progressive run; prints its id")
     start.add_argument("--start", default="tiny", metavar="PRESET", help=f"first stage ({', '.join(PRESET_NAMES)}; default tiny)")
     start.add_argument("--end", default="small", metavar="PRESET", help="last stage (default small)")
-    start.add_argument("--steps", type=int, default=200, help="optimizer steps per stage (default 200)")
+    budget = start.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=_budget_type(parse_steps), metavar="N[,N...]",
+                        help="optimizer steps per stage, one value or one per stage (default 200)")
+    budget.add_argument("--tokens", type=_budget_type(parse_tokens), metavar="N[,N...]",
+                        help="tokens per stage instead of --steps (suffixes k, M, B), one value or one per stage")
+    start.add_argument("--batch-tokens", type=_budget_type(lambda t: parse_size(t, "--batch-tokens")), metavar="N",
+                       help="global batch per optimizer step in tokens, by gradient accumulation (k/M suffixes; default: the preset's)")
+    start.add_argument("--micro-batch", type=bounded_int(1, 1 << 20, "a sequence count"), metavar="N",
+                       help="sequences per forward/backward on each process (default: the preset's; probed on CUDA)")
+    start.add_argument("--lr", type=bounded_float(0.0, 1.0, "a learning rate", low_open=True), metavar="X",
+                       help="peak learning rate of every stage (default: each preset's)")
+    start.add_argument("--keep-checkpoints", type=bounded_int(1, 1 << 20, "a checkpoint count"), metavar="N",
+                       help="keep the latest N checkpoints, plus each stage's last and the best eval (default 3)")
     start.add_argument("--corpus", type=Path, help="text file, folder of text files, or JSONL with a text field")
     start.add_argument("--cuda", action="store_true", help="train on the GPU (bf16)")
     start.add_argument("--upload", action="store_true", help="upload each completed stage to the Hugging Face hub")
     start.add_argument("--hf-user", metavar="USER", help="hub user or organisation for --upload")
     start.add_argument("--name", default="", help="a name for the run (default tritter-START-END)")
-    start.add_argument("--seed", type=int, default=0)
+    start.add_argument("--seed", type=bounded_int(0, MAX_SEED, "a seed"), default=0)
     hybrid = start.add_mutually_exclusive_group()
     hybrid.add_argument("--hybrid", dest="hybrid", action="store_true", default=True, help="Warmup/Full/Predict/Correct (default)")
     hybrid.add_argument("--no-hybrid", dest="hybrid", action="store_false", help="train every step fully")
-    start.add_argument("--grad-ckpt-every", type=int, metavar="N", help="gradient checkpointing on every N-th block (0 = off)")
-    start.add_argument("--nproc", type=int, default=1, metavar="N", help="data-parallel processes")
-    start.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between checkpoints (default: preset's)")
+    start.add_argument("--grad-ckpt-every", type=bounded_int(0, MAX_GRAD_CKPT_EVERY), metavar="N", help="gradient checkpointing on every N-th block (0 = off)")
+    start.add_argument("--nproc", type=bounded_int(1, MAX_NPROC, "a process count"), default=1, metavar="N", help="data-parallel processes")
+    start.add_argument("--checkpoint-every", type=bounded_int(1, MAX_STEPS, "a step count"), metavar="N", help="steps between checkpoints (default: preset's)")
+    determinism = start.add_mutually_exclusive_group()
+    determinism.add_argument("--deterministic", dest="deterministic", action="store_true", default=None,
+                             help="deterministic kernels: bit-identical resume (default on CPU, off with --cuda)")
+    determinism.add_argument("--no-deterministic", dest="deterministic", action="store_false", help="faster kernels, resume within tolerance")
+    compiling = start.add_mutually_exclusive_group()
+    compiling.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the model (default with --cuda)")
+    compiling.add_argument("--no-compile", dest="compile", action="store_false", help="train eagerly")
 
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--json", action="store_true")
@@ -71,7 +109,7 @@ def build_parser() -> Parser:
     status.add_argument("--json", action="store_true")
     wait = sub.add_parser("wait", help="block until a run ends; exit 0 if it completed")
     wait.add_argument("run")
-    wait.add_argument("--timeout", type=float, metavar="S")
+    wait.add_argument("--timeout", type=bounded_float(0, MAX_TIMEOUT_S, "seconds"), metavar="S")
     for name, text in (("stop", "checkpoint and stop a run"), ("pause", "checkpoint and pause a run"),
                        ("resume", "resume a paused, stopped or failed run from its last checkpoint"),
                        ("checkpoint", "write a checkpoint now")):
@@ -80,9 +118,10 @@ def build_parser() -> Parser:
     upload.add_argument("run")
     upload.add_argument("--stage", metavar="PRESET", choices=PRESET_NAMES, help="only this stage (default: every completed stage)")
     events = sub.add_parser("events", help="print the event stream")
-    events.add_argument("--since", type=int, default=1, metavar="SEQ")
+    events.add_argument("--since", type=bounded_int(0, MAX_COUNT, "a sequence number"), default=1, metavar="SEQ")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing live events")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_plan_parser(sub)
     keygen = sub.add_parser("keygen", help="make a CURVE key pair for a remote client")
     keygen.add_argument("dir", type=Path, help="folder for NAME.key (public) and NAME.key_secret")
     keygen.add_argument("name")
@@ -178,11 +217,15 @@ def config_from_args(args: argparse.Namespace, remote: bool) -> RunConfig:
         else:
             corpus = str(args.corpus.resolve())
     config = RunConfig(
-        name=args.name, start=args.start, end=args.end, steps=args.steps, seed=args.seed, corpus=corpus,
+        name=args.name, start=args.start, end=args.end, seed=args.seed, corpus=corpus,
+        steps=args.steps[0] if args.steps else 200, stage_steps=args.steps if args.steps and len(args.steps) > 1 else None,
+        tokens=args.tokens, batch_tokens=args.batch_tokens, micro_batch=args.micro_batch, lr=args.lr,
+        keep_checkpoints=args.keep_checkpoints,
         cuda=args.cuda, hybrid=args.hybrid, grad_ckpt_every=args.grad_ckpt_every, nproc=args.nproc,
         upload=args.upload, hf_user=args.hf_user, checkpoint_every=args.checkpoint_every,
+        deterministic=args.deterministic, compile=args.compile,
     )
-    problem = validate_config(config)
+    problem = validate_config(config) or check_budgets(config)
     if problem:
         raise UserError(problem)
     return config
@@ -192,15 +235,47 @@ async def ask(connection: Connection, request: Request) -> Reply:
     return await connection.request(request)
 
 
+def self_paused(state: RunState) -> bool:
+    """Paused by the run itself (a full disk: it says why), not by ``tritterctl pause``."""
+    return state.status == "paused" and bool(state.error)
+
+
+def link_reporter(subscription_ref: list[Subscription]) -> Callable[[str], None]:
+    """An ``on_state`` callback: one stderr line when tritterd stops answering, one when it is back.
+
+    ``subscription_ref`` holds the subscription once made (the callback is needed to make it),
+    so the lines can say where the stream stands: continuing after the last seq printed, with
+    no gap and no duplicate (the subscription catches up from the daemon's log).
+    """
+    down = False
+
+    def on_state(state: str) -> None:
+        nonlocal down
+        last = subscription_ref[0].last_seq if subscription_ref else 0
+        if state == DISCONNECTED and not down:
+            down = True
+            print(f"tritterctl: tritterd stopped answering (no heartbeat for {SILENCE_BEATS} s) after seq {last}; "
+                  "waiting for it to come back", file=sys.stderr, flush=True)
+        elif state == LIVE and down:
+            down = False
+            print(f"tritterctl: tritterd is back; continuing after seq {last}", file=sys.stderr, flush=True)
+
+    return on_state
+
+
 async def wait_for_run(target: Target, connection: Connection, run: str, timeout: float | None) -> int:
     reply = await ask(connection, Status(run=run))
     state = reply.runs[0]
-    if state.status not in TERMINAL:
-        subscription = Subscription(target, since=reply.head + 1)
+    if state.status not in TERMINAL and not self_paused(state):
+        holder: list[Subscription] = []
+        subscription = Subscription(target, since=reply.head + 1, on_state=link_reporter(holder))
+        holder.append(subscription)
 
         async def until_done() -> RunState:
             async for event in subscription:
-                if isinstance(event, RunEvent) and event.run_id == state.run_id and event.status in TERMINAL:
+                if isinstance(event, RunEvent) and event.run_id == state.run_id and (
+                    event.status in TERMINAL or (event.status == "paused" and event.reason)
+                ):
                     break
             return (await ask(connection, Status(run=state.run_id))).runs[0]
 
@@ -211,12 +286,17 @@ async def wait_for_run(target: Target, connection: Connection, run: str, timeout
             return EXIT_TIMEOUT
         finally:
             await subscription.close()
+    if self_paused(state):  # it will not complete by itself: say why, and how to go on
+        print(f"{state.run_id} paused itself: {state.error}")
+        return EXIT_RUN_FAILED
     print(f"{state.run_id} {state.status}" + (f": {state.error}" if state.error else ""))
     return 0 if state.status == "completed" else EXIT_RUN_FAILED
 
 
 async def print_events(target: Target, since: int, follow: bool, as_json: bool) -> int:
-    subscription = Subscription(target, since=max(since, 1), follow=follow)
+    holder: list[Subscription] = []
+    subscription = Subscription(target, since=max(since, 1), follow=follow, on_state=link_reporter(holder))
+    holder.append(subscription)
     try:
         async for event in subscription:
             line = encode_json(event).decode() if as_json else format_event(event)
@@ -276,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "keygen":
             return keygen(args.dir, args.name)
+        if args.command == "plan":  # arithmetic only: no daemon needed
+            return run_plan(args)
         return asyncio.run(run_command(args))
     except BrokenPipeError:  # `tritterctl events | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit

@@ -4,150 +4,150 @@ It is an ordinary subscriber.  Its cursor (the last seq it has handled) lives in
 ``HOME/recorder.cursor``; on start it catches up from there.  Each metrics file's own last
 line is the final word on what was written, so a recorder killed between writing a line and
 saving its cursor never writes that line twice, and a torn last line is cut away.
+
+Built on ``clients/sink_base.py`` (lock, cursor, subscription, signals).  Lines are written
+through ``aiofiles`` and fsynced in a worker thread, so a slow disk never stalls the bus.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sys
-import time
 from pathlib import Path
 
+import aiofiles
 import msgspec
+from aiofiles.threadpool.binary import AsyncFileIO
 
-from tritter.clients.sink_base import hold_lock
-from tritter.formats.files import load_cursor, save_cursor
-from tritter.clients.subscription import Subscription
-from tritter.clients.target import Target, add_target_arguments, target_from_args
-from tritter.protocol.events import StepEvent, metrics_record
-from tritter.protocol.home import Layout, resolve_home
+from tritter.clients.sink_base import Sink, SinkSettings, sink_main, sink_parser
+from tritter.clients.target import Target
+from tritter.protocol.events import AnyEvent, StepEvent, metrics_record
+from tritter.protocol.home import Layout
 from tritter.protocol.wire import ProtocolError
 
 log = logging.getLogger("tritter-record")
 
-CURSOR_SAVE_INTERVAL_S = 1.0
 _encoder = msgspec.json.Encoder()
 
 
 class MetricsFile:
-    """An append-only metrics.jsonl that knows the last step it holds."""
+    """An append-only ``metrics.jsonl`` that knows the last step it holds.
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    Open it with ``await MetricsFile.open(path)`` (creates the file and its folder; cuts a torn
+    last line).  Raises ProtocolError when the last whole line is not a metrics record (we
+    would not know which steps it already holds) and OSError when the file cannot be opened.
+    """
+
+    def __init__(self, path: Path, fd: int, last_step: int, file: AsyncFileIO) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        self.last_step = self._recover()
+        self.fd = fd
+        self.last_step = last_step  # global optimizer step of the last line (0 = empty file)
+        self._file = file
 
-    def _recover(self) -> int:
-        size = os.fstat(self.fd).st_size
+    @classmethod
+    async def open(cls, path: Path) -> MetricsFile:
+        """Open (or create) ``path`` for appending and read its last step (file I/O in a thread)."""
+        fd, last_step = await asyncio.to_thread(cls._open_and_recover, path)
+        try:
+            file = await aiofiles.open(fd, "ab", buffering=0)  # the fd is O_APPEND: one write = one line
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, last_step, file)
+
+    @staticmethod
+    def _open_and_recover(path: Path) -> tuple[int, int]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            return fd, MetricsFile._recover(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @staticmethod
+    def _recover(fd: int, path: Path) -> int:
+        size = os.fstat(fd).st_size
         if size == 0:
             return 0
-        tail = os.pread(self.fd, min(size, 1 << 16), max(0, size - (1 << 16)))
+        tail = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16)))
         cut = tail.rfind(b"\n") + 1
         if cut < len(tail):  # a torn last line from a kill mid-write: drop it, it is rewritten
             keep = size - (len(tail) - cut)
-            log.warning("%s: cutting a torn last line (%d bytes)", self.path, size - keep)
-            os.ftruncate(self.fd, keep)
+            log.warning("%s: cutting a torn last line (%d bytes)", path, size - keep)
+            os.ftruncate(fd, keep)
             tail = tail[:cut]
         lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
         try:
             return int(msgspec.json.decode(lines[-1])["step"]) if lines[-1] else 0
         except (msgspec.DecodeError, KeyError, TypeError, ValueError):
-            raise ProtocolError(f"{self.path}: last line is not a metrics record; refusing to append") from None
+            raise ProtocolError(f"{path}: last line is not a metrics record; refusing to append") from None
 
-    def append(self, event: StepEvent) -> bool:
+    async def append(self, event: StepEvent) -> bool:
+        """Append ``event``'s line unless the file already holds its step; True when written."""
         if event.step <= self.last_step:
             return False
-        os.write(self.fd, _encoder.encode(metrics_record(event)) + b"\n")  # one write: one whole line
+        await self._file.write(_encoder.encode(metrics_record(event)) + b"\n")  # one write: one whole line
         self.last_step = event.step
         return True
 
     def sync(self) -> None:
+        """fsync the file (blocking: call it from a worker thread)."""
         os.fsync(self.fd)
 
-    def close(self) -> None:
-        os.close(self.fd)
+    async def close(self) -> None:
+        """Close the file (also closes ``fd``)."""
+        await self._file.close()
 
 
-class Recorder:
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
-        self.cursor_path = layout.home / "recorder.cursor"
-        self.files: dict[str, MetricsFile] = {}
-        self.cursor = load_cursor(self.cursor_path, "lines are still written once")
-        self._saved_at = time.monotonic()
-        self._saved_cursor = self.cursor
+class Recorder(Sink[SinkSettings]):
+    """The metrics recorder sink: one ``metrics.jsonl`` line per ``step`` event, exactly once."""
 
-    def save_cursor(self) -> None:
-        if self.cursor == self._saved_cursor:
-            return
-        for metrics in self.files.values():
-            metrics.sync()  # lines before the cursor must be on disk before the cursor is
-        save_cursor(self.cursor_path, self.cursor)
-        self._saved_cursor = self.cursor
-        self._saved_at = time.monotonic()
+    name = "tritter-record"
+    lock_file = "recorder.lock"
+    cursor_file = "recorder.cursor"
+    redo_note = "lines are still written once"
 
-    def handle(self, event: object) -> None:
+    def __init__(self, layout: Layout, settings: SinkSettings | None = None, source: Target | None = None) -> None:
+        super().__init__(layout, settings, source)
+        self.files: dict[str, MetricsFile] = {}  # run id -> its open metrics.jsonl
+
+    def describe(self) -> str:
+        return f"recording metrics under {self.layout.runs}"
+
+    # -- events: what the recorder writes --------------------------------------------------------
+    async def on_event(self, event: AnyEvent) -> None:
+        """A ``step`` event becomes one line of ``runs/<run_id>/metrics.jsonl``; others are skipped."""
         if isinstance(event, StepEvent):
-            metrics = self.files.get(event.run_id)
-            if metrics is None:
-                metrics = self.files[event.run_id] = MetricsFile(self.layout.run_dir(event.run_id) / "metrics.jsonl")
-            metrics.append(event)
-        self.cursor = event.seq  # type: ignore[attr-defined]
-        if time.monotonic() - self._saved_at >= CURSOR_SAVE_INTERVAL_S:
-            self.save_cursor()
+            metrics = await self.metrics_file(event.run_id)
+            await metrics.append(event)
 
-    async def run(self, subscription: Subscription) -> None:
-        try:
-            async for event in subscription:
-                self.handle(event)
-        finally:
-            self.save_cursor()
-            await subscription.close()
+    async def metrics_file(self, run_id: str) -> MetricsFile:
+        """The open ``metrics.jsonl`` of ``run_id`` (opened, and recovered, on first use)."""
+        metrics = self.files.get(run_id)
+        if metrics is None:
+            metrics = self.files[run_id] = await MetricsFile.open(self.layout.run_dir(run_id) / "metrics.jsonl")
+        return metrics
 
-    def close(self) -> None:
+    # -- durability ------------------------------------------------------------------------------
+    def save_progress(self) -> None:
+        for metrics in list(self.files.values()):
+            metrics.sync()  # lines before the cursor must be on disk before the cursor is
+        super().save_progress()
+
+    async def close(self) -> None:
         for metrics in self.files.values():
-            metrics.close()
-
-
-def _on_state(state: str) -> None:
-    log.info("bus: %s", state)
-
-
-async def record(layout: Layout, source: Target) -> None:
-    lock = await hold_lock(layout, "recorder.lock", "tritter-record")
-    recorder = Recorder(layout)
-    log.info("recording metrics of %s under %s from seq %d", source.where, layout.runs, recorder.cursor + 1)
-    subscription = Subscription(source, since=recorder.cursor + 1, on_state=_on_state)
-    task = asyncio.ensure_future(recorder.run(subscription))
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    recorder.close()
-    os.close(lock)
+            await metrics.close()
+        self.files.clear()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tritter-record", description="Write metrics.jsonl for every run from the event bus.")
-    add_target_arguments(parser)
-    parser.add_argument("--runs-home", metavar="DIR", help="with --connect: where to write runs/<id>/metrics.jsonl (default: $TRITTER_HOME or ~/.local/share/tritter)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s tritter-record %(levelname)s %(message)s")
-    try:
-        source = target_from_args(args)
-        layout = Layout(source.home or resolve_home(args.runs_home))
-        asyncio.run(record(layout, source))
-    except (ProtocolError, OSError, ValueError) as error:
-        print(f"tritter-record: error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    """``tritter-record [--home DIR | --connect URL ...] [--runs-home DIR]``; returns the exit status."""
+    parser = sink_parser(Recorder, "Write metrics.jsonl for every run from the event bus.",
+                         "where to write runs/<id>/metrics.jsonl")
+    return sink_main(Recorder, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -27,32 +27,30 @@ and is never printed, logged or put in an event.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
-from typing import Any, TypeVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
 
+from tritter.clients.cli_args import bounded_float, bounded_int
 from tritter.clients.connection import Connection, DaemonUnavailable, RequestFailed
-from tritter.clients.sink_base import hold_lock
-from tritter.clients.subscription import LIVE, Subscription
-from tritter.clients.target import Target, add_target_arguments, target_from_args
+from tritter.clients.sink_base import Sink, SinkSettings, sink_main, sink_parser
+from tritter.clients.subscription import LIVE
+from tritter.clients.target import Target
 from tritter.formats.export_layout import export_is_complete, export_relpath
+from tritter.formats.files import atomic_write
 from tritter.protocol.control import Report
 from tritter.protocol.events import AnyEvent, PhaseEvent, StepEvent, UploadEvent
-from tritter.protocol.home import Layout, resolve_home
+from tritter.protocol.home import Layout
 from tritter.protocol.state import RunState, StageState, fold
-from tritter.protocol.wire import ProtocolError
 
 log = logging.getLogger("tritter-upload")
 
@@ -60,8 +58,28 @@ MAX_ATTEMPTS = 5
 BACKOFF_S = 2.0
 BACKOFF_CAP_S = 60.0
 REQUEST_TIMEOUT_S = 60.0
-STATE_SAVE_INTERVAL_S = 1.0
 REPORT_RETRY_S = 1.0
+
+
+@dataclass(frozen=True)
+class UploadSettings(SinkSettings):
+    """``tritter-upload`` options.
+
+    ``attempts``: tries per stage upload (>= 1); ``backoff_s``: first retry delay in seconds
+    (>= 0, doubling, capped at ``backoff_cap_s``); ``request_timeout_s``: per hub request
+    (> 0); ``public``: create new hub repos public.  ValueError (one line) otherwise.
+    """
+
+    attempts: int = MAX_ATTEMPTS
+    backoff_s: float = BACKOFF_S
+    backoff_cap_s: float = BACKOFF_CAP_S
+    request_timeout_s: float = REQUEST_TIMEOUT_S
+    public: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.attempts < 1 or not self.backoff_s >= 0 or not self.request_timeout_s > 0:
+            raise ValueError("--attempts must be >= 1, --backoff >= 0, --request-timeout > 0")
 
 
 class UploadFailure(Exception):
@@ -221,29 +239,31 @@ def wants_upload(run: RunState, stage: StageState) -> bool:
     return status == "failed" and stage.upload_will_retry
 
 
-class Uploader:
+class Uploader(Sink[UploadSettings]):
+    """The uploader sink (see the module docstring).
+
+    ``source`` (the daemon it reports to) is required; ``hub`` and ``token`` replace the real
+    hub client and token lookup (tests).
+    """
+
+    name = "tritter-upload"
+    lock_file = "upload.lock"
+    cursor_file = None  # the cursor lives in HOME/upload.state, with the fold
+
     def __init__(
         self,
         layout: Layout,
-        source: Target,
-        hub: Hub | None = None,
+        settings: UploadSettings | None = None,
+        source: Target | None = None,
         *,
-        attempts: int = MAX_ATTEMPTS,
-        backoff_s: float = BACKOFF_S,
-        backoff_cap_s: float = BACKOFF_CAP_S,
+        hub: Hub | None = None,
         token: Callable[[], str | None] = find_token,
     ) -> None:
-        self.layout = layout
-        self.source = source
-        self.hub = hub or Hub()
-        self.attempts = max(1, attempts)
-        self.backoff_s = backoff_s
-        self.backoff_cap_s = backoff_cap_s
+        if source is None:
+            raise ValueError("the uploader needs a daemon to report to")
+        super().__init__(layout, settings, source)
+        self.hub = hub or Hub(private=not self.settings.public)
         self.token = token
-        self.state_path = layout.home / "upload.state"
-        self.snapshot = self._load()
-        self._saved_cursor = self.snapshot.cursor
-        self._saved_at = time.monotonic()
         self.active: set[Job] = set()  # jobs being worked on (uploading or waiting to retry)
         self.reported: dict[Job, int] = {}  # job -> log head after our final report for it
         self.live = False
@@ -251,36 +271,47 @@ class Uploader:
         self.tasks: set[asyncio.Task[None]] = set()
         self.slot = asyncio.Semaphore(1)
 
-    # -- the snapshot ------------------------------------------------------------------------
-    def _load(self) -> Snapshot:
+    def default_settings(self) -> UploadSettings:
+        return UploadSettings()
+
+    def describe(self) -> str:
+        return f"uploading stages (state {self.state_path})"
+
+    # -- the snapshot (the fold and the cursor, in HOME/upload.state) ------------------------
+    @property
+    def state_path(self) -> Path:
+        """``HOME/upload.state``: the snapshot of the fold and its cursor (JSON)."""
+        return self.layout.home / "upload.state"
+
+    def load_cursor(self) -> int:
         try:
-            return msgspec.json.decode(self.state_path.read_bytes(), type=Snapshot)
+            self.snapshot = msgspec.json.decode(self.state_path.read_bytes(), type=Snapshot)
         except FileNotFoundError:
-            return Snapshot()
+            self.snapshot = Snapshot()
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             log.warning("%s is unreadable (%s); folding the log from seq 1", self.state_path, error)
-            return Snapshot()
+            self.snapshot = Snapshot()
+        return self.snapshot.cursor
 
-    def save(self, force: bool = False) -> None:
-        if self.snapshot.cursor == self._saved_cursor and not force:
-            return
-        tmp = self.state_path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(msgspec.json.encode(self.snapshot))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_path)
-        self._saved_cursor = self.snapshot.cursor
-        self._saved_at = time.monotonic()
+    def save_progress(self) -> None:
+        self.snapshot.cursor = self.cursor
+        atomic_write(self.state_path, msgspec.json.encode(self.snapshot))
 
     # -- events ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        configure_hub_client(self.settings.request_timeout_s)
+        if find_token() is None:
+            log.warning("no Hugging Face token (HF_TOKEN or `hf auth login`): uploads will fail until there is one")
+
+    async def on_event(self, event: AnyEvent) -> None:
+        """Fold ``event`` (in memory); once live, a stage or upload change may start an upload."""
+        self.handle(event)
+
     def handle(self, event: AnyEvent) -> None:
+        """Fold one event into the snapshot; when live, schedule what it made due."""
         fold(self.snapshot.runs, event)
-        self.snapshot.cursor = event.seq
         if self.live and not isinstance(event, StepEvent | PhaseEvent):
             self.schedule()
-        if time.monotonic() - self._saved_at >= STATE_SAVE_INTERVAL_S:
-            self.save()
 
     def on_state(self, state: str) -> None:
         log.info("bus: %s", state)
@@ -356,7 +387,8 @@ class Uploader:
             return UploadEvent(run_id=run.run_id, stage=stage.stage, status=status, repo=repo,  # type: ignore[arg-type]
                                revision=stage.stage, attempt=attempt, **fields)  # type: ignore[arg-type]
 
-        for attempt in range(1, self.attempts + 1):
+        attempts = self.settings.attempts
+        for attempt in range(1, attempts + 1):
             outcome: UploadFailure | None = None
             done: Uploaded | None = None
             async with self.slot:  # one stage at a time: bandwidth, and stages go up in order
@@ -381,9 +413,9 @@ class Uploader:
                 log.info("uploaded %s/%s: %s", run.run_id, stage.stage, done.url)
                 self.reported[job] = await self.report(event("completed", attempt, url=done.url, commit=done.commit))
                 return
-            retry = outcome.retry and attempt < self.attempts
+            retry = outcome.retry and attempt < attempts
             if retry:
-                delay = backoff_delay(attempt, self.backoff_s, self.backoff_cap_s)
+                delay = backoff_delay(attempt, self.settings.backoff_s, self.settings.backoff_cap_s)
                 log.warning("upload of %s/%s failed (attempt %d): %s; retrying in %.1f s",
                             run.run_id, stage.stage, attempt, outcome.reason, delay)
                 await self.report(event("failed", attempt, error=outcome.reason, will_retry=True))
@@ -397,65 +429,32 @@ class Uploader:
             self.reported[job] = await self.report(event("failed", attempt, error=reason, will_retry=False))
             return
 
-    # -- the loop ----------------------------------------------------------------------------
-    async def run(self, subscription: Subscription) -> None:
-        try:
-            async for event in subscription:
-                self.handle(event)
-        finally:
-            for task in list(self.tasks):
-                task.cancel()
-            for task in list(self.tasks):
-                with contextlib.suppress(BaseException):
-                    await task
-            self.save(force=True)
-            await subscription.close()
-            await self.connection.close()
+    # -- shutdown ----------------------------------------------------------------------------
+    async def stop(self) -> None:
+        """Cancel the uploads in flight (a stage still ``started`` is uploaded again on the next start)."""
+        for task in list(self.tasks):
+            task.cancel()
+        for task in list(self.tasks):
+            with contextlib.suppress(BaseException):
+                await task
 
-
-async def serve(layout: Layout, source: Target, uploader_kwargs: dict[str, object]) -> None:
-    lock = await hold_lock(layout, "upload.lock", "tritter-upload")
-    uploader = Uploader(layout, source, **uploader_kwargs)  # type: ignore[arg-type]
-    log.info("uploading stages of %s from seq %d (state %s)", source.where, uploader.snapshot.cursor + 1, uploader.state_path)
-    if find_token() is None:
-        log.warning("no Hugging Face token (HF_TOKEN or `hf auth login`): uploads will fail until there is one")
-    subscription = Subscription(source, since=uploader.snapshot.cursor + 1, on_state=uploader.on_state)
-    task = asyncio.ensure_future(uploader.run(subscription))
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    os.close(lock)
+    async def close(self) -> None:
+        await self.connection.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="tritter-upload", description="Upload each completed stage of --upload runs to the Hugging Face hub."
-    )
-    add_target_arguments(parser)
-    parser.add_argument("--runs-home", metavar="DIR", help="with --connect: the home whose runs/<id>/export/ folders to read (default: $TRITTER_HOME or ~/.local/share/tritter)")
+    """``tritter-upload [--home DIR | --connect URL ...] [--public] [--attempts N] [--backoff S] [--request-timeout S]``."""
+    parser = sink_parser(Uploader, "Upload each completed stage of --upload runs to the Hugging Face hub.",
+                         "the home whose runs/<id>/export/ folders to read")
     parser.add_argument("--public", action="store_true", help="create new hub repos public (default: private)")
-    parser.add_argument("--attempts", type=int, default=MAX_ATTEMPTS, metavar="N", help=f"tries per upload (default {MAX_ATTEMPTS})")
-    parser.add_argument("--backoff", type=float, default=BACKOFF_S, metavar="S", help=f"first retry delay, doubling, capped at {BACKOFF_CAP_S:g} s (default {BACKOFF_S:g})")
-    parser.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S, metavar="S", help=f"per hub request (default {REQUEST_TIMEOUT_S:g})")
+    parser.add_argument("--attempts", type=bounded_int(1, 1000), default=MAX_ATTEMPTS, metavar="N", help=f"tries per upload (default {MAX_ATTEMPTS})")
+    parser.add_argument("--backoff", type=bounded_float(0, 3600, "seconds"), default=BACKOFF_S, metavar="S", help=f"first retry delay, doubling, capped at {BACKOFF_CAP_S:g} s (default {BACKOFF_S:g})")
+    parser.add_argument("--request-timeout", type=bounded_float(0, 3600, "seconds", low_open=True), default=REQUEST_TIMEOUT_S, metavar="S", help=f"per hub request (default {REQUEST_TIMEOUT_S:g})")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s tritter-upload %(levelname)s %(message)s")
     for noisy in ("httpx", "httpx2", "httpcore"):  # request lines are not ours to log
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.attempts < 1 or args.backoff < 0 or args.request_timeout <= 0:
-        print("tritter-upload: error: --attempts must be >= 1, --backoff >= 0, --request-timeout > 0", file=sys.stderr)
-        return 2
-    try:
-        source = target_from_args(args)
-        layout = Layout(source.home or resolve_home(args.runs_home))
-        configure_hub_client(args.request_timeout)
-        kwargs = {"hub": Hub(private=not args.public), "attempts": args.attempts, "backoff_s": args.backoff}
-        asyncio.run(serve(layout, source, kwargs))
-    except (ProtocolError, OSError, ValueError) as error:
-        print(f"tritter-upload: error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return sink_main(Uploader, args, lambda: UploadSettings(attempts=args.attempts, backoff_s=args.backoff,
+                                                            request_timeout_s=args.request_timeout, public=args.public))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import msgspec
@@ -17,8 +16,10 @@ import zmq
 import zmq.asyncio
 
 from tritter.daemon.remote import ServerKeys, bind
-from tritter.daemon.service import Tritterd
+from tritter.daemon.service import CommandFailed, Tritterd
+from tritter.daemon.gpus import visible_gpu_count
 from tritter.protocol.config import validate_config
+from tritter.recipe.budget import check_config as check_budgets
 from tritter.protocol.control import (
     AnyRequest,
     Catchup,
@@ -41,11 +42,7 @@ log = logging.getLogger("tritterd.api")
 
 MAX_REQUEST_BYTES = 1 << 20
 WORKER_EXIT_WAIT_S = 10.0
-
-
-def cuda_present() -> bool:
-    # Cheap check without importing torch into the daemon: the driver's device node or tool.
-    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
+MAX_ATTEMPT = 1_000_000  # upload attempts a report may carry
 
 
 class Api:
@@ -90,8 +87,12 @@ class Api:
             return Reply(ok=False, error=f"bad request: {error}", head=head)
         try:
             reply = await self.handle(request)
-        except LookupError as error:
+        except (LookupError, CommandFailed) as error:
             reply = Reply(ok=False, error=str(error.args[0]))
+        except OSError as error:  # the home is not writable (disk full, permissions): one clear line
+            log.error("request %s failed: %s", type(request).__name__, error)
+            where = f" ({error.filename})" if error.filename else ""
+            reply = Reply(ok=False, error=f"tritterd cannot write to its home: {error.strerror or error}{where}")
         except Exception as error:  # a bug must not take the daemon down; say what happened
             log.exception("request %r failed", request)
             reply = Reply(ok=False, error=f"internal error: {type(error).__name__}: {error}")
@@ -136,8 +137,9 @@ class Api:
         if isinstance(request, Resume):
             if state.status == "completed":
                 return Reply(ok=False, error=f"run {state.run_id} already completed")
-            if state.status == "running":
+            if state.status == "running" and worker is not None:
                 return Reply(ok=False, error=f"run {state.run_id} is already running")
+            # "running" with no worker (its start could not be completed) or "interrupted": respawn.
             if worker and state.status == "paused":
                 daemon.command_worker(state.run_id, "resume")  # it holds the model: go on at once
                 return Reply(ok=True, run_id=state.run_id, message="resuming")
@@ -149,6 +151,8 @@ class Api:
             await daemon.spawn_worker(state.run_id, resume=True)  # from its last checkpoint
             return Reply(ok=True, run_id=state.run_id, message="resuming")
         if isinstance(request, Checkpoint):
+            if worker is None and state.status in ("running", "interrupted"):
+                return Reply(ok=False, error=f"run {state.run_id} has no worker; start one with: tritterctl resume {state.run_id}")
             if worker is None or not state.active:
                 return Reply(ok=False, error=f"run {state.run_id} is {state.status}, nothing to checkpoint")
             daemon.command_worker(state.run_id, "checkpoint")
@@ -157,7 +161,7 @@ class Api:
 
     async def _start(self, request: Start) -> Reply:
         config = request.config
-        problem = validate_config(config)
+        problem = validate_config(config) or check_budgets(config)  # the client checked too; a remote one may not
         if problem is None and config.corpus is not None:
             corpus = Path(config.corpus)
             if not corpus.is_absolute():
@@ -166,8 +170,11 @@ class Api:
                 problem = f"--corpus {config.corpus} does not exist on the daemon's machine"
         if problem is None and not config.cuda and config.nproc > (os.cpu_count() or 1):
             problem = f"--nproc {config.nproc} is more than the {os.cpu_count()} CPU cores of the daemon's machine"
-        if problem is None and config.cuda and not cuda_present():
+        gpus = visible_gpu_count() if config.cuda else 0
+        if problem is None and config.cuda and gpus == 0:
             problem = "--cuda was given but this machine has no NVIDIA GPU"
+        elif problem is None and config.cuda and config.nproc > gpus:
+            problem = f"--nproc {config.nproc} is more than the {gpus} GPU(s) the daemon's machine shows (one rank per GPU)"
         if problem is None and self.daemon.stopping:
             problem = "tritterd is shutting down"
         if problem:
@@ -212,6 +219,8 @@ class Api:
             return Reply(ok=False, error=f"stage {event.stage!r} of run {event.run_id} has not completed")
         if event.status == "requested":
             return Reply(ok=False, error="a report cannot request an upload (use tritterctl upload)")
+        if not 0 <= event.attempt <= MAX_ATTEMPT:
+            return Reply(ok=False, error=f"report attempt {event.attempt} is out of range (0 to {MAX_ATTEMPT})")
         if event.v > PROTOCOL_VERSION:
             return Reply(ok=False, error=f"report uses protocol v{event.v}; this tritterd understands v{PROTOCOL_VERSION}")
         event.seq, event.ts, event.v = 0, 0.0, PROTOCOL_VERSION  # the log numbers and stamps it

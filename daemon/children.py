@@ -34,7 +34,8 @@ class SupervisedChild:
             log.info("%s started (pid %d)", self.name, self.process.pid)
             started = asyncio.get_running_loop().time()
             code = await self.process.wait()
-            if self._stopping:
+            if self._stopping:  # shutdown has begun: it ended with us (or on our word), once
+                log.info("%s exited with code %s during shutdown", self.name, code)
                 return
             if asyncio.get_running_loop().time() - started > 60:
                 backoff = 0.5  # it ran fine for a while: this is a fresh failure, not a crash loop
@@ -42,8 +43,15 @@ class SupervisedChild:
             self.restarts += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
+        if self._stopping:
+            log.info("%s not restarted: tritterd is shutting down", self.name)
+
+    def begin_shutdown(self) -> None:
+        """From now on an exit is final: no restart (the child keeps running until ``stop``)."""
+        self._stopping = True
 
     async def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask the child to finish (SIGTERM: the recorder flushes), kill it after ``timeout_s``."""
         self._stopping = True
         process = self.process
         if process is None or process.returncode is not None:

@@ -19,6 +19,7 @@ from tritter.daemon.children import SupervisedChild
 from tritter.daemon.notify import Notifier
 from tritter.daemon.remote import Gatekeeper, server_keys
 from tritter.daemon.service import Tritterd
+from tritter.protocol.exitcodes import EXIT_ERROR, OneLineParser
 from tritter.protocol.home import Layout, remote_endpoints, resolve_home
 from tritter.protocol.wire import ProtocolError
 
@@ -45,8 +46,11 @@ def take_lock(layout: Layout) -> int:
 
 def prepare_sockets(layout: Layout) -> None:
     # Only the daemon's user may reach the local sockets.
-    layout.sockets.mkdir(parents=True, exist_ok=True)
-    os.chmod(layout.sockets, 0o700)
+    if layout.sockets.parent == layout.home:
+        layout.sockets.mkdir(parents=True, exist_ok=True)
+        os.chmod(layout.sockets, 0o700)
+    else:  # a home too long for socket paths: a private runtime folder (protocol/home.py)
+        layout.make_sockets_dir()
     for stale in layout.sockets.glob("*.ipc"):  # left by a crashed daemon; we hold the lock now
         stale.unlink()
 
@@ -90,6 +94,8 @@ async def serve(layout: Layout, recorder: bool, bind: str | None) -> int:
     if notifier.enabled:
         tasks.append(loop.create_task(keep_systemd_informed()))
     await stop.wait()
+    if child:  # a child that exits from here on (a signal to the whole group) stays down
+        child.begin_shutdown()
     log.info("stopping: checkpointing running runs")
     notifier.stopping()
     await daemon.shutdown()
@@ -109,7 +115,7 @@ async def serve(layout: Layout, recorder: bool, bind: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tritterd", description="The tritter training daemon (runs in the foreground).")
+    parser = OneLineParser(prog="tritterd", description="The tritter training daemon (runs in the foreground).")
     parser.add_argument("--home", help="home directory (default: $TRITTER_HOME or ~/.local/share/tritter)")
     parser.add_argument("--bind", metavar="tcp://HOST:PORT", help="also serve remote clients over tcp with CURVE")
     parser.add_argument("--no-recorder", action="store_true", help="do not supervise a tritter-record child")
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         code = asyncio.run(serve(layout, recorder=not args.no_recorder, bind=args.bind))
     except (AlreadyRunning, ProtocolError, ValueError, OSError, zmq.ZMQError) as error:
         print(f"tritterd: error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     with contextlib.suppress(OSError):
         os.close(lock)
     return code

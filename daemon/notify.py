@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
+log = logging.getLogger("tritterd.notify")
+
 
 class Notifier:
+    """sd_notify(3) for ``Type=notify`` + ``WatchdogSec``: READY, STATUS, WATCHDOG, STOPPING.
+
+    Every send is one non-blocking datagram; ``dropped`` counts the ones the manager's full
+    queue refused (logged at the first and every 100th).
+    """
+
     def __init__(self) -> None:
+        self.dropped = 0
         self.address = os.environ.get("NOTIFY_SOCKET") or None
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", "")
@@ -25,12 +35,21 @@ class Notifier:
         address = self.address
         if address.startswith("@"):  # abstract namespace socket
             address = "\0" + address[1:]
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # Non-blocking: this runs in tritterd's event loop, and a reader that stalls (its queue
+        # holds net.unix.max_dgram_qlen = 10 datagrams) must never stall control and catch-up.
+        # A dropped notification costs little: STATUS is resent every few seconds, and a
+        # manager that misses WATCHDOG=1 pings is the one that is stuck.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             try:
                 sock.connect(address)
-                sock.sendall("\n".join(fields).encode())
-            except OSError:
-                pass  # the manager went away; nothing useful to do about it
+                sock.send("\n".join(fields).encode())
+            except BlockingIOError:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 100 == 0:
+                    log.warning("systemd notify socket %s is full; dropped %s (%d dropped so far)",
+                                self.address, fields[0], self.dropped)
+            except OSError as error:  # the manager went away; nothing useful to do about it
+                log.debug("sd_notify to %s failed: %s", self.address, error)
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")

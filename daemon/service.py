@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import secrets
 import time
@@ -24,6 +25,7 @@ from tritter.daemon.worker_handle import WorkerProcess
 from tritter.protocol.config import RunConfig
 from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, RunEvent, StageEvent, StepEvent
 from tritter.protocol.home import Layout
+from tritter.protocol.runref import resolve_run_ref
 from tritter.protocol.state import RunState, fold
 from tritter.protocol.wire import ProtocolError, decode_event
 
@@ -31,6 +33,17 @@ log = logging.getLogger("tritterd")
 
 RUN_JSON_INTERVAL_S = 0.5
 SHUTDOWN_GRACE_S = 120.0
+
+
+class CommandFailed(Exception):
+    """A command could not be carried out; ``str()`` is one line for the user (state is consistent)."""
+
+
+def _why(error: OSError) -> str:
+    """``No space left on device (ENOSPC)``: the reason without the exception's name."""
+    code = errno.errorcode.get(error.errno or 0, "")
+    text = error.strerror or str(error)
+    return f"{text} ({code})" if code else text
 
 
 def new_run_id() -> str:
@@ -83,6 +96,9 @@ class Tritterd:
 
     # -- the one path for events ------------------------------------------------------------
     def record(self, event: AnyEvent) -> None:
+        """Log, fold, publish, refresh run.json.  OSError only when the log append failed, and
+        then nothing was recorded (the append is all or nothing); a run.json that cannot be
+        written is retried by ``housekeeping`` (it is a view of the log, never the truth)."""
         payload = self.log.append(event)
         state = fold(self.runs, event)
         self.bus.publish(event.kind, event.seq, payload)
@@ -90,8 +106,33 @@ class Tritterd:
             if isinstance(event, StepEvent):
                 self._dirty.add(state.run_id)  # steps are many: run.json follows them every 0.5 s
             else:
-                write_run_json(self.layout.run_dir(state.run_id), state)
-                self._dirty.discard(state.run_id)
+                self._write_run_json(state)
+
+    def _write_run_json(self, state: RunState) -> None:
+        try:
+            write_run_json(self.layout.run_dir(state.run_id), state)
+            self._dirty.discard(state.run_id)
+        except OSError as error:
+            self._dirty.add(state.run_id)  # housekeeping retries once there is room
+            log.warning("run %s: cannot write run.json (%s); will retry", state.run_id, error.strerror or error)
+
+    def fail_run(self, run_id: str, reason: str) -> None:
+        """Mark a run failed with ``reason`` (a command could not be carried out).
+
+        Recorded as a ``run`` event when the log can take it; when even that fails (the disk
+        is full), the daemon's own state still says failed with the reason (so ``status``,
+        ``wait`` and ``resume`` see a run they can move) and the log, which still says running,
+        makes the next daemon start resume it.
+        """
+        log.error("run %s failed: %s", run_id, reason)
+        try:
+            self.record(RunEvent(run_id=run_id, status="failed", reason=reason))
+        except OSError as error:
+            log.error("run %s: cannot record the failure in the event log either: %s", run_id, error)
+            state = self.runs.get(run_id)
+            if state is not None:
+                state.status, state.error = "failed", f"{reason} (not in the event log: {error.strerror or error})"
+                self._write_run_json(state)
 
     def _spawn_task(self, coro: object) -> None:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
@@ -100,7 +141,7 @@ class Tritterd:
 
     # -- runs -------------------------------------------------------------------------------
     def find_run(self, ref: str | None) -> RunState:
-        """A run by id, unique id prefix or name; None = the newest run."""
+        """A run by id, unique id prefix or suffix, or name; None = the newest run (LookupError if none)."""
         if ref is None:
             if not self.runs:
                 raise LookupError("there are no runs yet (start one with: tritterctl start)")
@@ -109,15 +150,7 @@ class Tritterd:
             raise LookupError("an empty run reference matches nothing (give a run id, id prefix or name)")
         if ref in self.runs:
             return self.runs[ref]
-        matches = [r for r in self.runs.values() if r.run_id.startswith(ref)] or [
-            r for r in self.runs.values() if r.run_name == ref
-        ]
-        if len(matches) == 1:
-            return matches[0]
-        if matches:
-            ids = ", ".join(sorted(r.run_id for r in matches))
-            raise LookupError(f"run {ref!r} is ambiguous: {ids}")
-        raise LookupError(f"no run {ref!r} (see: tritterctl runs)")
+        return resolve_run_ref(self.runs.values(), ref)
 
     async def start_run(self, config: RunConfig) -> str:
         run_id = new_run_id()
@@ -125,18 +158,35 @@ class Tritterd:
             run_id = new_run_id()
         if not config.name:
             config.name = f"tritter-{config.start}-{config.end}"
-        self.record(RunEvent(run_id=run_id, status="started", run_name=config.name, config=config))
+        try:
+            self.record(RunEvent(run_id=run_id, status="started", run_name=config.name, config=config))
+        except OSError as error:  # nothing was recorded: there is no run
+            raise CommandFailed(f"cannot record the new run in {self.layout.log}: {_why(error)}") from None
         await self.spawn_worker(run_id)
         return run_id
 
     async def spawn_worker(self, run_id: str, resume: bool = False) -> None:
+        """Start the run's worker (after a ``resumed`` event when ``resume``).
+
+        Raises CommandFailed (one line) when the ``resumed`` event cannot be logged (nothing
+        changed) or the worker cannot be started (the run is then failed with that reason: it
+        never stays "running" with no worker).
+        """
         state = self.runs[run_id]
         if resume:
             step = state.last_checkpoint.step if state.last_checkpoint else 0
-            self.record(RunEvent(run_id=run_id, status="resumed", resume_step=step))
-        worker = await WorkerProcess.spawn(
-            run_id, state.config, self.layout.run_dir(run_id), self.layout.cache, self.layout.worker_endpoint
-        )
+            try:
+                self.record(RunEvent(run_id=run_id, status="resumed", resume_step=step))
+            except OSError as error:
+                raise CommandFailed(f"cannot record the resume in {self.layout.log}: {_why(error)}") from None
+        try:
+            worker = await WorkerProcess.spawn(
+                run_id, state.config, self.layout.run_dir(run_id), self.layout.cache, self.layout.worker_endpoint
+            )
+        except OSError as error:
+            reason = f"cannot start its worker: {_why(error)}"
+            self.fail_run(run_id, reason)
+            raise CommandFailed(f"run {run_id} failed: {reason}") from None
         self.workers[run_id] = worker
         self._spawn_task(worker.watch(self._worker_exited))
 
@@ -160,9 +210,12 @@ class Tritterd:
     async def resume_active_runs(self) -> None:
         """After a restart, every run that was running continues from its last checkpoint."""
         for state in list(self.runs.values()):
-            if state.status == "running" and state.run_id not in self.workers:
-                log.info("run %s was running at shutdown/crash: resuming", state.run_id)
-                await self.spawn_worker(state.run_id, resume=True)
+            if state.status in ("running", "interrupted") and state.run_id not in self.workers:
+                log.info("run %s was %s at shutdown/crash: resuming", state.run_id, state.status)
+                try:
+                    await self.spawn_worker(state.run_id, resume=True)
+                except CommandFailed as error:  # recorded (or marked) failed; the daemon serves on
+                    log.error("%s", error)
 
     # -- worker messages --------------------------------------------------------------------
     async def serve_workers(self) -> None:
@@ -173,7 +226,10 @@ class Tritterd:
             identity, kind, body = frames
             run_id = identity.decode(errors="replace")
             if kind == b"event":
-                self._worker_event(run_id, body)
+                try:
+                    self._worker_event(run_id, body)
+                except OSError as error:  # the log cannot take it: stop the run, keep serving
+                    self._log_full(run_id, error)
             elif kind == b"exit" and run_id in self.workers:
                 self.workers[run_id].goodbye(body.decode(errors="replace"))
 
@@ -197,10 +253,12 @@ class Tritterd:
     async def housekeeping(self) -> None:
         while True:
             await asyncio.sleep(RUN_JSON_INTERVAL_S)
-            self.log.sync_if_due()
+            try:
+                self.log.sync_if_due()
+            except OSError as error:  # keep housekeeping alive; the next sync retries
+                log.error("cannot fsync the event log: %s", error)
             for run_id in list(self._dirty):
-                write_run_json(self.layout.run_dir(run_id), self.runs[run_id])
-            self._dirty.clear()
+                self._write_run_json(self.runs[run_id])
 
     def status_line(self) -> str:
         active = [r for r in self.runs.values() if r.status == "running"]
@@ -225,16 +283,46 @@ class Tritterd:
         # Let the worker socket drain the last events the workers sent before exiting.
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._drain_workers(), timeout=1.0)
-        for run_id in self._dirty:
-            write_run_json(self.layout.run_dir(run_id), self.runs[run_id])
+        self._record_interrupted()
+        for run_id in list(self._dirty):
+            self._write_run_json(self.runs[run_id])
         for task in list(self._tasks):
             task.cancel()
         self.log.close()
         self.bus.close()
         self._worker_sock.close(linger=0)
 
+    def _record_interrupted(self) -> None:
+        """Runs still "running" when the daemon stops cleanly: say so in the log (and run.json),
+        with the checkpoint they resume from on the next start, for readers without a daemon."""
+        for state in list(self.runs.values()):
+            if state.status != "running":
+                continue
+            step = state.last_checkpoint.step if state.last_checkpoint else 0
+            try:
+                self.record(RunEvent(run_id=state.run_id, status="interrupted", resume_step=step,
+                                     reason=f"tritterd stopped; resumes from step {step} on its next start"))
+            except OSError as error:
+                log.error("run %s: cannot record the interruption: %s", state.run_id, error)
+
+    def _log_full(self, run_id: str, error: OSError) -> None:
+        """A worker event could not be logged: end that worker and fail the run with the reason.
+
+        The log is the truth: ``tritterctl resume`` re-trains from the last logged checkpoint,
+        and steps already logged are dropped as replays, so no step is lost or doubled.
+        """
+        worker = self.workers.get(run_id)
+        state = self.runs.get(run_id)
+        if worker is None or state is None or not state.active:
+            log.error("run %s: dropped an event the log could not take: %s", run_id, error)
+            return
+        worker.kill()
+        self.fail_run(run_id, f"tritterd cannot write its event log: {_why(error)}; "
+                              f"free space, then: tritterctl resume {run_id}")
+
     async def _drain_workers(self) -> None:
         while await self._worker_sock.poll(100, zmq.POLLIN):
             frames = await self._worker_sock.recv_multipart()
             if len(frames) == 3 and frames[1] == b"event":
-                self._worker_event(frames[0].decode(errors="replace"), frames[2])
+                with contextlib.suppress(OSError):  # shutting down: a full log loses only this tail
+                    self._worker_event(frames[0].decode(errors="replace"), frames[2])

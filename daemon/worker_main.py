@@ -125,10 +125,11 @@ def train(
     import torch
 
     from tritter.daemon.engine import distributed
-    from tritter.daemon.engine.device import pick_device
+    from tritter.daemon.engine.device import default_deterministic, pick_device, set_determinism
     from tritter.daemon.engine.trainer import Trainer
 
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic = config.deterministic if config.deterministic is not None else default_deterministic(config.cuda)
+    set_determinism(deterministic)
     device = pick_device(config.cuda, ranks.local_rank)
     distributed.init(ranks, device)
     trainer = None

@@ -44,7 +44,6 @@ import json
 import os
 import re
 import struct
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,18 +52,10 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from tritter.formats.checkpoints import (
-    RAW_SUFFIX,
-    SUFFIX,
-    checkpoint_step,
-    is_checkpoint_file,
-    is_compressed,
-    list_checkpoint_files,
-    raw_name,
-)
-from tritter.formats.files import file_sha256, fsync_dir
+from tritter.formats.checkpoints import SUFFIX, is_compressed, raw_name
+from tritter.formats.files import atomic_write, file_sha256
 
-MAGIC = b"TRTZCKPT"
+MAGIC = TZST_MAGIC  # b"TRTZCKPT"
 FORMAT = "tritter-ckpt-zst"
 VERSION = 1
 MAX_CHAIN = 1000  # a delta chain longer than this is refused as corrupt (a loop)
@@ -560,7 +551,7 @@ def find_base(path: Path, header: dict[str, Any]) -> Path:
     if not existing:
         raise BaseMismatchError(f"{path}: delta base {name} not found next to it (looked for {name} and {name}{SUFFIX})")
     for c in existing:
-        sha = read_header(c)["original"]["sha256"] if is_compressed(c) else _file_sha256(c)
+        sha = read_header(c)["original"]["sha256"] if is_tzst_file(c) else _file_sha256(c)
         if sha == want["sha256"]:
             return c
     raise BaseMismatchError(
@@ -579,7 +570,7 @@ def base_chain(path: Path) -> list[Path]:
     """[keyframe or raw file, ..., path]: the files decoding ``path`` reads, oldest first."""
     chain = [Path(path)]
     seen = {Path(path).resolve()}
-    while is_compressed(chain[-1]):
+    while is_tzst_file(chain[-1]):
         header = read_header(chain[-1])
         if not header.get("base"):
             break
@@ -600,11 +591,11 @@ def read_safetensors_bytes(path: Path, *, check_tensors: bool = False) -> bytes:
     missing, corrupt, truncated or mismatched file.
     """
     path = Path(path)
-    if not is_compressed(path):
+    if not is_tzst_file(path):  # by content: a renamed .tzst is still one
         return _read(path)
     data: bytes | bytearray | None = None
     for link in base_chain(path):  # oldest first: each decoded file is the next one's base
-        if not is_compressed(link):
+        if not is_tzst_file(link):
             data = _read(link)
             continue
         data = decompress_bytes(_read(link), data, what=str(link), check_tensors=check_tensors and link == path)
@@ -612,21 +603,12 @@ def read_safetensors_bytes(path: Path, *, check_tensors: bool = False) -> bytes:
     return data if isinstance(data, bytes) else bytes(data)  # safetensors.torch.load wants bytes
 
 
-def write_atomic(path: Path, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
-    """Write ``path`` via a ``.tmp`` sibling: fsync, rename, fsync the folder. Never a partial file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for c in chunks:
-                f.write(c)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+TMP_SUFFIX = ".tmp"  # a half-written output is <name>.tzst.tmp: the compressor sweeps these after a crash
+
+
+def tmp_path(out: Path) -> Path:
+    """The temp file ``compress_file`` writes before renaming it to ``out`` (``out`` + ``.tmp``)."""
+    return out.with_name(out.name + TMP_SUFFIX)
 
 
 def compress_file(
@@ -642,9 +624,11 @@ def compress_file(
 ) -> dict[str, Any]:
     """Compress ``src`` to ``dst`` (default ``src`` + ``.tzst``), as a delta of ``base`` if given.
 
-    ``base_data`` (and ``data``, for ``src``) may pass original bytes the caller has already.  With
-    ``verify`` the written file is read back and decoded before it is renamed into place.
-    Returns the header written.
+    ``base_data`` (and ``data``, for ``src``) may pass original bytes the caller has already.  The
+    output is written as ``tmp_path(dst)``, fsynced and, with ``verify``, read back and decoded
+    before it is renamed into place (``formats.files.atomic_write``).  Returns the header
+    written.  Raises CodecError for an unusable input or a failed verification, OSError from
+    the file system; ``dst`` is then untouched.
     """
     src = Path(src)
     dst = Path(dst) if dst is not None else src.with_name(src.name + SUFFIX)
@@ -657,21 +641,12 @@ def compress_file(
         base_name = raw_name(base)
         if base_data is None:
             base_data = read_safetensors_bytes(base)
-        if is_compressed(base):
+        if is_tzst_file(base):
             chain = int(read_header(base).get("chain", 0))
     chunks = compress_bytes(data, name=raw_name(src), base=base_data, base_name=base_name, base_chain=chain, meta=meta, threads=threads)
-    tmp = dst.with_name(dst.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for c in chunks:
-                f.write(c)
-            f.flush()
-            os.fsync(f.fileno())
-        if verify:
-            decompress_bytes(tmp.read_bytes(), base_data, what=str(tmp), threads=threads)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(dst.parent)
+
+    def check(tmp: Path) -> None:
+        decompress_bytes(tmp.read_bytes(), base_data, what=str(tmp), threads=threads)
+
+    atomic_write(dst, chunks, tmp=tmp_path(dst), check=check if verify else None)
     return json.loads(chunks[0][16:])

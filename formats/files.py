@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,22 +24,44 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, content: bytes | Callable[[BinaryIO], object], durable: bool = True) -> None:
-    """Replace ``path`` so readers see the old or the new file, never a mix (temp file + rename).
+Chunks = Iterable[bytes | bytearray | memoryview]
 
-    ``durable`` also fsyncs the data and the directory, so the new file survives a power loss.
+
+def default_tmp_path(path: Path) -> Path:
+    """The temp sibling ``atomic_write`` uses unless told otherwise: ``.<name>.<pid>.tmp`` (hidden)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def atomic_write_with(
+    path: Path,
+    write: Callable[[Path], object],
+    durable: bool = True,
+    *,
+    tmp: Path | None = None,
+    check: Callable[[Path], object] | None = None,
+) -> None:
+    """Replace ``path`` by a file that ``write(tmp_path)`` creates, so readers see the old or the new
+    file, never a mix: write the temp sibling, (fsync,) ``check`` it, rename, (fsync the folder).
+
+    ``write`` gets the temp path (for writers that want a file name, e.g. safetensors' ``save_file``).
+    ``durable`` fsyncs the data and the folder, so the new file survives a power loss.
+    ``tmp`` fixes the temp name (default ``default_tmp_path``), for callers whose crash recovery
+    looks for it.  ``check(tmp_path)`` runs on the finished temp file; whatever it raises aborts
+    the write.  On any error the temp file is removed and the error propagates (``path`` is untouched).
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = Path(tmp) if tmp is not None else default_tmp_path(path)
     try:
-        with open(tmp, "wb") as out:
-            if isinstance(content, bytes):
-                out.write(content)
-            else:
-                content(out)
-            if durable:
-                out.flush()
-                os.fsync(out.fileno())
+        write(tmp)
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -45,6 +70,69 @@ def atomic_write(path: Path, content: bytes | Callable[[BinaryIO], object], dura
             fsync_dir(path.parent)
         except OSError:  # not every filesystem lets a directory be fsynced; the rename happened
             pass
+
+
+def atomic_write(
+    path: Path,
+    content: bytes | bytearray | memoryview | Chunks | Callable[[BinaryIO], object],
+    durable: bool = True,
+    *,
+    tmp: Path | None = None,
+    check: Callable[[Path], object] | None = None,
+) -> None:
+    """Replace ``path`` with ``content`` atomically (see ``atomic_write_with`` for ``durable``, ``tmp``, ``check``).
+
+    ``content``: the bytes, an iterable of byte chunks (written in order, never joined), or a
+    callable that writes to the open binary file.  Raises OSError from the file system.
+    """
+
+    def write(target: Path) -> None:
+        with open(target, "wb") as out:
+            if isinstance(content, (bytes, bytearray, memoryview)):
+                out.write(content)
+            elif callable(content):
+                content(out)
+            else:
+                for chunk in content:
+                    out.write(chunk)
+
+    atomic_write_with(path, write, durable, tmp=tmp, check=check)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """A folder that appears at ``target`` whole or not at all: fill the yielded temp folder.
+
+    On a clean exit every file in it and the folder itself are fsynced, an existing ``target``
+    is moved aside, the temp folder renamed to ``target``, the parent fsynced and the old one
+    removed.  On an error the temp folder is removed and the error propagates (``target`` is
+    untouched).  Raises OSError from the file system.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        for item in tmp.rglob("*"):
+            if item.is_file():
+                fd = os.open(item, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fsync_dir(tmp)
+        old = None
+        if target.exists():  # rename() cannot replace a non-empty folder: move it aside first
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(target, old)
+        os.rename(tmp, target)
+        fsync_dir(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def file_sha256(path: Path) -> str:

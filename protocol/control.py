@@ -7,7 +7,7 @@ and gets one encoded ``Reply`` back.  Catch-up replies carry already-encoded eve
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Annotated, Union
 
 import msgspec
 
@@ -68,9 +68,14 @@ class Report(Request, tag="report"):
     event: UploadEvent
 
 
+# Out-of-range numbers are refused when a request is decoded ("bad request: ..."), not met
+# later as an OverflowError; 2**53 keeps every seq exact as a JSON number.
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+
+
 class Catchup(Request, tag="catchup"):
-    since: int = 1  # first seq wanted
-    limit: int = CATCHUP_BATCH
+    since: Seq = 1  # first seq wanted
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = CATCHUP_BATCH
 
 
 AnyRequest = Union[Ping, Start, Runs, Status, Stop, Pause, Resume, Checkpoint, Upload, Report, Catchup]

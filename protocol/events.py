@@ -16,7 +16,9 @@ from tritter.protocol.config import RunConfig
 
 PROTOCOL_VERSION = 1
 
-RunStatus = Literal["started", "paused", "resumed", "completed", "failed", "stopped"]
+# interrupted: the daemon stopped cleanly (SIGTERM) while the run trained; it resumes from
+# ``resume_step`` (its last checkpoint) on the next start, with a ``resumed`` event.
+RunStatus = Literal["started", "paused", "resumed", "completed", "failed", "stopped", "interrupted"]
 StageStatus = Literal["started", "completed"]
 Phase = Literal["warmup", "full", "predict", "correct"]
 UploadStatus = Literal["requested", "started", "completed", "failed"]
@@ -58,6 +60,10 @@ class StageEvent(Event, tag="stage"):
     eval_loss: float | None = None
     grown_from: str | None = None
     export_path: str | None = None
+    # Whether the training model runs through torch.compile (on ``started``: as configured; on
+    # ``completed``: what actually ran, False after a fallback to eager, with ``note`` saying why).
+    compiled: bool | None = None
+    note: str = ""
 
 
 class PhaseEvent(Event, tag="phase"):
@@ -110,8 +116,114 @@ class UploadEvent(Event, tag="upload"):
     reason: str = ""  # who asked (requested): "tritterctl upload", ...
 
 
-AnyEvent = Union[RunEvent, StageEvent, PhaseEvent, StepEvent, CheckpointEvent, UploadEvent]
-EVENT_KINDS: tuple[str, ...] = ("run", "stage", "phase", "step", "checkpoint", "upload")
+# -- monitoring (issue 16): periodic eval, samples, system stats, alerts ----------------------
+AlertLevel = Literal["info", "warning", "critical"]
+
+
+class EvalEvent(Event, tag="eval"):
+    """Periodic held-out evaluation after optimizer step ``step`` (every ``--eval-every`` steps).
+
+    ``loss`` is the mean next-token cross-entropy in nats/token over the run's fixed held-out set
+    (the same windows as the stage events' ``eval_loss``); ``perplexity`` = exp(loss).
+    ``tokens`` counts the held-out tokens scored; ``elapsed_ms`` is the eval's wall time."""
+
+    step: int
+    stage: str
+    loss: float
+    perplexity: float
+    tokens: int = 0
+    elapsed_ms: float = 0.0
+
+
+class Sample(msgspec.Struct, kw_only=True):
+    """Continuations of one fixed prompt: ``greedy`` (argmax) and ``sampled`` (temperature
+    ``temperature``, top-k ``top_k``, seeded with ``seed`` so a re-run draws the same text)."""
+
+    prompt: str
+    greedy: str
+    sampled: str
+    seed: int = 0
+    temperature: float = 1.0
+    top_k: int = 0
+
+
+class SampleEvent(Event, tag="sample"):
+    """Generated text for the run's fixed prompts after step ``step`` (at most ``max_new_tokens`` each)."""
+
+    step: int
+    stage: str
+    samples: list[Sample] = []
+    max_new_tokens: int = 0
+    elapsed_ms: float = 0.0
+
+
+class GpuStats(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """One of the run's GPUs (NVML).  A field NVML cannot read is None."""
+
+    index: int
+    name: str = ""
+    utilization_pct: float | None = None
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+
+class SystemEvent(Event, tag="system"):
+    """Resource use of the run's worker, about every 10 s: process CPU % (100 = one core busy),
+    resident memory, host memory; ``gpus`` is empty on CPU."""
+
+    step: int
+    cpu_percent: float
+    rss_bytes: int
+    host_memory_used_bytes: int
+    host_memory_total_bytes: int
+    gpus: list[GpuStats] = []
+
+
+class AlertEvent(Event, tag="alert"):
+    """Something a person should look at.  ``reason``: nonfinite_loss, loss_spike, divergence,
+    grad_norm_explosion (from the worker), stall, lost_worker (from the daemon); ``value`` is the
+    measurement that tripped it and ``threshold`` the bound it crossed (both None when not a number)."""
+
+    level: AlertLevel
+    reason: str
+    step: int
+    value: float | None = None
+    threshold: float | None = None
+    message: str = ""
+    source: str = "worker"  # worker | daemon
+
+
+MONITORING_KINDS: tuple[str, ...] = ("eval", "sample", "system", "alert")
+
+
+class PrepareEvent(Event, tag="prepare"):
+    """Corpus preparation before training (issue 13, docs/data.md), at least every few seconds
+    while it works.  ``stage``: hashing (corpus digest), checking (pre-tokenized ids),
+    tokenizing (into shards), done (this build finished), ready (the token stream is open:
+    ``tokens``, ``corpus_digest`` and ``tokenizer_digest`` identify the data the run trains on).
+    ``bytes_done``/``bytes_total``: input bytes; ``mb_per_s``: input MB/s of this build;
+    ``eta_s``: seconds left (None: unknown); ``replaced``: invalid UTF-8 bytes / lone surrogates
+    replaced by U+FFFD, the first at ``replaced_at`` ("FILE: line N")."""
+
+    stage: Literal["hashing", "checking", "tokenizing", "done", "ready"]
+    bytes_done: int = 0
+    bytes_total: int = 0
+    tokens: int = 0
+    mb_per_s: float = 0.0
+    eta_s: float | None = None
+    documents: int = 0
+    replaced: int = 0
+    replaced_at: str = ""
+    corpus_digest: str = ""
+    tokenizer_digest: str = ""
+    vocab_size: int = 0
+
+
+AnyEvent = Union[RunEvent, StageEvent, PhaseEvent, StepEvent, CheckpointEvent, UploadEvent,
+                 EvalEvent, SampleEvent, SystemEvent, AlertEvent, PrepareEvent]
+EVENT_KINDS: tuple[str, ...] = ("run", "stage", "phase", "step", "checkpoint", "upload", *MONITORING_KINDS, "prepare")
 
 # Fields of a metrics.jsonl line, in order (the seed's StepMetrics plus stage/lr/tokens/ts).
 METRICS_FIELDS: tuple[str, ...] = (

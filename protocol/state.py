@@ -12,16 +12,20 @@ import msgspec
 
 from tritter.protocol.config import RunConfig
 from tritter.protocol.events import (
+    AlertEvent,
     AnyEvent,
     CheckpointEvent,
+    EvalEvent,
+    SampleEvent,
     PhaseEvent,
+    PrepareEvent,
     RunEvent,
     StageEvent,
     StepEvent,
     UploadEvent,
 )
 
-RunLifecycle = Literal["running", "paused", "completed", "failed", "stopped"]
+RunLifecycle = Literal["running", "paused", "completed", "failed", "stopped", "interrupted"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "stopped"})
 
 
@@ -58,6 +62,41 @@ class CheckpointRef(msgspec.Struct, kw_only=True):
     reason: str = ""
 
 
+class AlertRef(msgspec.Struct, kw_only=True):
+    """One alert as run state keeps it (the newest ``MAX_ALERTS`` per run)."""
+
+    seq: int
+    ts: float
+    level: str
+    reason: str
+    step: int
+    value: float | None = None
+    threshold: float | None = None
+    message: str = ""
+    source: str = "worker"
+
+
+MAX_ALERTS = 20
+
+
+class PrepareState(msgspec.Struct, kw_only=True):
+    """The latest ``prepare`` event of a run (corpus hashing/tokenizing progress, then the
+    identity of the data it trains on); see PrepareEvent for the fields."""
+
+    stage: str
+    bytes_done: int = 0
+    bytes_total: int = 0
+    tokens: int = 0
+    mb_per_s: float = 0.0
+    eta_s: float | None = None
+    documents: int = 0
+    replaced: int = 0
+    replaced_at: str = ""
+    corpus_digest: str = ""
+    tokenizer_digest: str = ""
+    vocab_size: int = 0
+
+
 class RunState(msgspec.Struct, kw_only=True):
     run_id: str
     run_name: str
@@ -82,6 +121,14 @@ class RunState(msgspec.Struct, kw_only=True):
     stages: list[StageState] = []
     last_checkpoint: CheckpointRef | None = None
     last_seq: int = 0
+    # Monitoring (eval/sample/alert events): the latest periodic eval, and alerts.
+    eval_loss: float | None = None  # held-out loss (nats/token) of the latest periodic eval
+    eval_perplexity: float | None = None
+    eval_step: int = 0  # step of the latest periodic eval (0: none yet)
+    sample_step: int = 0  # step of the latest sample event
+    alert_count: int = 0
+    alerts: list[AlertRef] = []  # the newest MAX_ALERTS, oldest first
+    prepare: PrepareState | None = None  # corpus preparation (prepare events)
 
     @property
     def active(self) -> bool:
@@ -175,6 +222,15 @@ def _apply_upload(state: RunState, event: UploadEvent) -> None:
         stage.upload_error = ""
 
 
+def _apply_alert(state: RunState, event: AlertEvent) -> None:
+    state.alert_count += 1
+    state.alerts.append(AlertRef(
+        seq=event.seq, ts=event.ts, level=event.level, reason=event.reason, step=event.step, value=event.value,
+        threshold=event.threshold, message=event.message, source=event.source,
+    ))
+    del state.alerts[:-MAX_ALERTS]
+
+
 def fold(runs: dict[str, RunState], event: AnyEvent) -> RunState | None:
     """Apply one event to ``runs`` (in place) and return the run it touched."""
     state = runs.get(event.run_id)
@@ -192,6 +248,14 @@ def fold(runs: dict[str, RunState], event: AnyEvent) -> RunState | None:
         state.current_phase = event.phase
     elif isinstance(event, UploadEvent):
         _apply_upload(state, event)
+    elif isinstance(event, EvalEvent):
+        state.eval_loss, state.eval_perplexity, state.eval_step = event.loss, event.perplexity, event.step
+    elif isinstance(event, SampleEvent):
+        state.sample_step = event.step
+    elif isinstance(event, AlertEvent):
+        _apply_alert(state, event)
+    elif isinstance(event, PrepareEvent):
+        state.prepare = PrepareState(**{f: getattr(event, f) for f in PrepareState.__struct_fields__})
     elif isinstance(event, CheckpointEvent):
         state.last_checkpoint = CheckpointRef(
             path=event.path, step=event.step, stage=event.stage, bytes=event.bytes, sha256=event.sha256,

@@ -7,7 +7,7 @@ same 8192-token vocabulary with tied input/output embeddings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tritter.protocol.config import PRESET_NAMES  # one definition: the protocol validates preset names
 
@@ -46,6 +46,9 @@ class TrainSettings:
     eval_every: int
     checkpoint_every: int
     grad_ckpt_every: int = 0  # checkpoint every N-th block, 0 = off
+    # Global batch per optimizer step in tokens, reached by gradient accumulation of batch_size-sequence
+    # micro-batches (recipe/budget.py); None = one micro-batch per process (tiny/small; docs/presets.md).
+    batch_tokens: int | None = None
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -77,7 +80,10 @@ _PRESETS: dict[str, Preset] = {
     "100m": Preset(
         "100m",
         ModelShape(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=2304),
-        TrainSettings(batch_size=32, seq_len=1024, lr=6e-4, warmup_steps=200, eval_every=100, checkpoint_every=200),
+        TrainSettings(
+            batch_size=32, seq_len=1024, lr=6e-4, warmup_steps=200, eval_every=100, checkpoint_every=200,
+            batch_tokens=524_288,  # 0.5M tokens: nanoGPT's GPT-2 124M
+        ),
     ),
     "500m": Preset(
         "500m",
@@ -90,6 +96,7 @@ _PRESETS: dict[str, Preset] = {
             eval_every=100,
             checkpoint_every=200,
             grad_ckpt_every=4,
+            batch_tokens=1_048_576,  # 1M tokens (GPT-3 paper: 0.5M-1M at 350M-1.3B)
         ),
     ),
     "1b": Preset(
@@ -103,6 +110,7 @@ _PRESETS: dict[str, Preset] = {
             eval_every=100,
             checkpoint_every=200,
             grad_ckpt_every=4,
+            batch_tokens=1_048_576,  # 1M tokens (GPT-3 paper: 0.5M-1M at 350M-1.3B)
         ),
     ),
 }
@@ -113,6 +121,14 @@ def get_preset(name: str) -> Preset:
         return _PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESET_NAMES)})") from None
+
+
+def with_vocab(preset: Preset, vocab_size: int) -> Preset:
+    """``preset`` with its model's vocabulary set to ``vocab_size`` (a run's tokenizer ids rounded
+    up to a multiple of 64, formats.tokenizer.model_vocab_size); the same object when unchanged."""
+    if vocab_size == preset.shape.vocab_size:
+        return preset
+    return replace(preset, shape=replace(preset.shape, vocab_size=vocab_size))
 
 
 def stage_names(start: str, end: str) -> list[str]:

@@ -7,7 +7,11 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -c "import torch, zmq, msgspec, tritter.daemon, tritter.clients, tritter.protocol" \
-    || { echo "setup: tritter did not install; see the pip output above" >&2; exit 1; }
+# pipefail: a failed pip install fails setup; only the noise line is filtered (grep finding
+# nothing to print is not an error).
+quiet() { { grep -v "is ignored" || true; }; }
+.venv/bin/python -m pip install -q torch==2.13.0 2>&1 | quiet
+.venv/bin/python -m pip install -q -e ".[test]" 2>&1 | quiet
+# Everything the tests import, test tools included: a missing one fails here, not as skips.
+.venv/bin/python -c "import torch, zmq, msgspec, tritter.daemon, tritter.clients, tritter.protocol, tritter.formats, tritter.recipe, pytest, pytest_timeout, hypothesis, transformers" \
+    || { echo "setup: tritter or a test dependency did not install; see the pip output above" >&2; exit 1; }

@@ -19,6 +19,49 @@ import pytest
 
 BIN = Path(sys.executable).parent
 
+# --------------------------------------------------------------------------- skips in CI
+# Under CI (CI=true) the only legitimate skip is the absent GPU: any other skip (a missing test
+# dependency, a missing tool, no right to mount) is turned into a failure, so a broken install
+# cannot make CI green by skipping tests.  A GPU test says so in its reason (``requires_gpu``).
+GPU_SKIP_REASON = "needs a CUDA GPU"
+ALLOWED_CI_SKIPS = (GPU_SKIP_REASON,)
+
+
+def in_ci() -> bool:
+    """Whether this is a CI run: ``CI`` set to anything but empty/0/false (GitHub, GitLab, .ci/run)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def requires_gpu(func: Callable) -> Callable:
+    """Mark a test that needs CUDA; the skip reason is the one CI accepts."""
+    import torch
+
+    return pytest.mark.skipif(not torch.cuda.is_available(), reason=GPU_SKIP_REASON)(func)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not (in_ci() and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+    if not any(allowed in reason for allowed in ALLOWED_CI_SKIPS):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which allows only {ALLOWED_CI_SKIPS}: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """A module-level skip (importorskip, allow_module_level) is a collection skip: same rule."""
+    outcome = yield
+    report = outcome.get_result()
+    if in_ci() and report.skipped:
+        reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+        if not any(allowed in reason for allowed in ALLOWED_CI_SKIPS):
+            report.outcome = "failed"
+            report.longrepr = f"module skipped in CI, which allows only {ALLOWED_CI_SKIPS}: {reason}"
+
 
 def tool(name: str) -> str:
     path = BIN / name

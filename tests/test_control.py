@@ -120,4 +120,4 @@ def test_bad_bind_is_one_clear_line(home: Path) -> None:
     from conftest import tool
 
     result = subprocess.run([tool("tritterd"), "--home", str(home), "--bind", "udp://nowhere"], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0 and "tcp://HOST:PORT" in result.stderr
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "tcp://HOST:PORT" in result.stderr  # EXIT_ERROR

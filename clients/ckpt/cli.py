@@ -5,9 +5,10 @@
     tritter-ckpt verify FILE
     tritter-ckpt info FILE [--json]
 
-Exit status: 0 on success, 2 when the input is corrupt, truncated, missing or a delta whose
-base is missing or different (one line on stderr; no output file is left behind), 1 for
-other failures (e.g. the output exists and --force was not given).
+Exit status (one convention for every tritter command, docs/operations.md): 0 on success;
+2 for any error, with one line on stderr and no output file left behind: the input is corrupt,
+truncated, missing, not a checkpoint, or a delta whose base is missing or different; the output
+exists and --force was not given; a file cannot be read or written; 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tritter.formats import codec
+from tritter.clients.cli_args import bounded_int
+from tritter.formats import codec, sniff
+from tritter.protocol.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, OneLineParser
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = EXIT_ERROR  # kept: the name other modules import
+MAX_THREADS = 256
 
 
 class _Refused(Exception):
-    """A refusal that is not about the input (exit 1)."""
+    """A refusal that is not about the input (the output exists): exit 2 like every error."""
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -33,10 +37,25 @@ def _check_out(out: Path, force: bool) -> None:
         raise _Refused(f"{out} exists (use --force to overwrite)")
 
 
+def _kind(path: Path, want: str | None = None) -> str:
+    """The file's format by content (``sniff.TZST`` or ``sniff.SAFETENSORS``), whatever its name.
+
+    Raises CodecError naming what the file is instead when it is neither checkpoint format
+    (or, with ``want``, not that one).
+    """
+    kind = sniff.kind(path)
+    if not kind:
+        raise codec.CodecError(f"{path}: not a checkpoint: {sniff.describe(path)}")
+    if want == sniff.SAFETENSORS and kind == sniff.TZST:
+        raise codec.CodecError(f"{path}: already compressed (a .safetensors.tzst file)")
+    if want == sniff.TZST and kind == sniff.SAFETENSORS:
+        raise codec.CodecError(f"{path}: not compressed (a plain .safetensors file); nothing to decompress")
+    return kind
+
+
 def _compress(args: argparse.Namespace) -> int:
     src = Path(args.file)
-    if codec.is_compressed(src):
-        raise codec.CodecError(f"{src}: already compressed")
+    _kind(src, sniff.SAFETENSORS)
     out = Path(args.output) if args.output else src.with_name(src.name + codec.SUFFIX)
     _check_out(out, args.force)
     base = Path(args.delta_from) if args.delta_from else None
@@ -52,9 +71,9 @@ def _compress(args: argparse.Namespace) -> int:
 
 def _decompress(args: argparse.Namespace) -> int:
     src = Path(args.file)
-    if not codec.is_compressed(src):
-        raise codec.CodecError(f"{src}: not a .safetensors.tzst file")
-    out = Path(args.output) if args.output else src.with_name(codec.raw_name(src))
+    _kind(src, sniff.TZST)
+    default = codec.raw_name(src) if codec.is_compressed(src) else src.name + ".safetensors"  # x.bin -> x.bin.safetensors
+    out = Path(args.output) if args.output else src.with_name(default)
     _check_out(out, args.force)
     data = codec.read_safetensors_bytes(src)  # checks every digest before anything is written
     codec.write_atomic(out, [data])
@@ -81,7 +100,8 @@ def _content_digest(data: bytes | bytearray) -> str:
 
 def _verify(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    if codec.is_compressed(path):
+    compressed = _kind(path) == sniff.TZST
+    if compressed:
         header = codec.read_header(path)
         data = codec.read_safetensors_bytes(path, check_tensors=True)
         n = sum(1 for s in header["segments"] if "dtype" in s)
@@ -102,7 +122,7 @@ def _verify(args: argparse.Namespace) -> int:
     sha = hashlib.sha256(data).hexdigest()
     # the content digest of a tritter checkpoint inside a .tzst is checked too, when present
     meta = codec.safetensors_metadata(data)
-    if codec.is_compressed(path) and "content.sha256" in meta and _content_digest(data) != meta["content.sha256"]:
+    if compressed and "content.sha256" in meta and _content_digest(data) != meta["content.sha256"]:
         raise codec.CodecError(f"{path}: content checksum mismatch (the original checkpoint was corrupt)")
     print(f"{path}: OK, {what}; sha256 {sha}")
     return 0
@@ -111,7 +131,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     path = Path(args.file)
     rows: list[dict[str, Any]] = []
-    if codec.is_compressed(path):
+    if _kind(path) == sniff.TZST:
         header = codec.read_header(path)
         packed_total = path.stat().st_size
         for s in header["segments"]:
@@ -161,14 +181,14 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tritter-ckpt", description="Lossless compression of safetensors checkpoints (.safetensors.tzst).")
+    parser = OneLineParser(prog="tritter-ckpt", description="Lossless compression of safetensors checkpoints (.safetensors.tzst).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("compress", help="FILE.safetensors -> FILE.safetensors.tzst (the input is kept)")
     p.add_argument("file", metavar="FILE")
     p.add_argument("-o", "--output", metavar="OUT", help="output file (default: FILE.tzst)")
     p.add_argument("--delta-from", metavar="PREV", help="store as a delta of PREV (.safetensors or .tzst; keep it next to OUT)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite OUT")
-    p.add_argument("--threads", type=int, help="worker threads (default: up to 4)")
+    p.add_argument("--threads", type=bounded_int(1, MAX_THREADS, "a thread count"), help="worker threads (default: up to 4)")
     p.set_defaults(func=_compress)
     p = sub.add_parser("decompress", help="FILE.safetensors.tzst -> FILE.safetensors, byte-identical to the original")
     p.add_argument("file", metavar="FILE")
@@ -197,14 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except _Refused as exc:
         print(f"tritter-ckpt: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
+    except BrokenPipeError:  # before OSError: `tritter-ckpt info F | head` is not an error
+        return 0
     except OSError as exc:
         print(f"tritter-ckpt: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT if isinstance(exc, FileNotFoundError) else 1
-    except BrokenPipeError:
-        return 0
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

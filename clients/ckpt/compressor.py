@@ -21,34 +21,50 @@ still there, is just removed).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tritter.clients.cli_args import bounded_int
+from tritter.clients.sink_base import Sink, SinkSettings, sink_main, sink_parser
+from tritter.clients.target import Target
 from tritter.formats import codec
-from tritter.clients.sink_base import hold_lock
-from tritter.formats.files import load_cursor, save_cursor
-from tritter.clients.subscription import Subscription
-from tritter.clients.target import Target, add_target_arguments, target_from_args
-from tritter.protocol.events import CheckpointEvent
-from tritter.formats.files import fsync_dir
-from tritter.protocol.home import Layout, resolve_home
-from tritter.protocol.wire import ProtocolError
+from tritter.formats.checkpoints import RAW_SUFFIX, SUFFIX, checkpoint_step, is_compressed, list_checkpoint_files, raw_name
+from tritter.formats.files import file_sha256, fsync_dir
+from tritter.protocol.events import AnyEvent, CheckpointEvent
+from tritter.protocol.home import Layout
 
 log = logging.getLogger("tritter-compress")
 
-CURSOR_SAVE_INTERVAL_S = 1.0
 DEFAULT_KEEP_LAST = 5
 DEFAULT_KEYFRAME_EVERY = 8
+
+
+@dataclass(frozen=True)
+class CompressSettings(SinkSettings):
+    """``tritter-compress`` options.
+
+    ``keep_last``: compressed checkpoints kept per run besides stage-final ones (>= 0);
+    ``keyframe_every``: a full keyframe at least every K checkpoints (>= 1; 1 = no deltas);
+    ``threads``: compression threads (None = up to 4).  ValueError (one line) otherwise.
+    """
+
+    keep_last: int = DEFAULT_KEEP_LAST
+    keyframe_every: int = DEFAULT_KEYFRAME_EVERY
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.keep_last < 0 or self.keyframe_every < 1:
+            raise ValueError("--keep-last must be >= 0 and --keyframe-every >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("--threads must be >= 1")
 
 
 @dataclass
@@ -60,31 +76,41 @@ class _Original:
     data: bytes
 
 
-class Compressor:
-    def __init__(self, layout: Layout, keep_last: int = DEFAULT_KEEP_LAST, keyframe_every: int = DEFAULT_KEYFRAME_EVERY, threads: int | None = None) -> None:
-        if keep_last < 0 or keyframe_every < 1:
-            raise ValueError("--keep-last must be >= 0 and --keyframe-every >= 1")
-        self.layout = layout
-        self.keep_last = keep_last
-        self.keyframe_every = keyframe_every
-        self.threads = threads
-        self.cursor_path = layout.home / "compress.cursor"
-        self.cursor = load_cursor(self.cursor_path, "finished work is not redone")
-        self._saved_cursor = self.cursor
-        self._saved_at = time.monotonic()
+class Compressor(Sink[CompressSettings]):
+    """The compressor sink (see the module docstring); ``handle`` also drives it by hand in tests."""
+
+    name = "tritter-compress"
+    lock_file = "compress.lock"
+    cursor_file = "compress.cursor"
+    redo_note = "finished work is not redone"
+
+    def __init__(self, layout: Layout, settings: CompressSettings | None = None, source: Target | None = None) -> None:
+        super().__init__(layout, settings, source)
         self._last: dict[str, _Original] = {}
         self.compressed = 0  # outputs written by this process (for logs and tests)
 
-    # -- cursor ---------------------------------------------------------------------------------
-    def save_cursor(self) -> None:
-        if self.cursor == self._saved_cursor:
-            return
-        save_cursor(self.cursor_path, self.cursor)
-        self._saved_cursor = self.cursor
-        self._saved_at = time.monotonic()
+    def default_settings(self) -> CompressSettings:
+        return CompressSettings()
+
+    def describe(self) -> str:
+        return (f"compressing checkpoints under {self.layout.runs} "
+                f"(keep last {self.settings.keep_last}, keyframe every {self.settings.keyframe_every})")
 
     # -- events ---------------------------------------------------------------------------------
-    def handle(self, event: Any) -> None:
+    async def start(self) -> None:
+        await asyncio.to_thread(self.sweep)
+
+    async def on_event(self, event: AnyEvent) -> None:
+        """A ``checkpoint`` event is compressed in a worker thread (the loop and signals stay responsive)."""
+        if isinstance(event, CheckpointEvent):
+            await asyncio.to_thread(self.handle, event)
+
+    def save_due(self, event: AnyEvent) -> bool:
+        return isinstance(event, CheckpointEvent) or super().save_due(event)
+
+    def handle(self, event: AnyEvent) -> None:
+        """Handle one event synchronously (blocking): compress and prune for a checkpoint, then
+        move the cursor and save it when due.  Errors are logged, never raised: the raw file stays."""
         if isinstance(event, CheckpointEvent):
             try:
                 self.process(event)
@@ -94,14 +120,14 @@ class Compressor:
             except Exception:  # a sink keeps going: the raw file stays, the next event is handled
                 log.exception("run %s step %d: unexpected error (raw file kept)", event.run_id, event.step)
         self.cursor = event.seq
-        if isinstance(event, CheckpointEvent) or time.monotonic() - self._saved_at >= CURSOR_SAVE_INTERVAL_S:
-            self.save_cursor()
+        if self.save_due(event):
+            self.save_if_moved()
 
     def sweep(self) -> None:
         """Remove temp outputs left by a killed compressor (they are redone from the raw files)."""
         if not self.layout.runs.is_dir():
             return
-        for tmp in self.layout.runs.glob(f"*/checkpoints/*{codec.SUFFIX}.tmp"):
+        for tmp in self.layout.runs.glob(f"*/checkpoints/*{SUFFIX}{codec.TMP_SUFFIX}"):
             log.info("discarding half-written %s", tmp)
             tmp.unlink(missing_ok=True)
 
@@ -109,14 +135,14 @@ class Compressor:
     def _paths(self, event: CheckpointEvent) -> tuple[Path, Path]:
         run_dir = self.layout.run_dir(event.run_id).resolve()
         raw = (run_dir / event.path).resolve()
-        if run_dir not in raw.parents or not raw.name.endswith(codec.RAW_SUFFIX):
+        if run_dir not in raw.parents or not raw.name.endswith(RAW_SUFFIX):
             raise codec.CodecError(f"checkpoint path {event.path!r} is not a .safetensors file inside the run folder")
-        return raw, raw.with_name(raw.name + codec.SUFFIX)
+        return raw, raw.with_name(raw.name + SUFFIX)
 
     def process(self, event: CheckpointEvent) -> str:
         """Compress one checkpoint; returns what happened: compressed, done, gone."""
         raw, out = self._paths(event)
-        out.with_name(out.name + ".tmp").unlink(missing_ok=True)
+        codec.tmp_path(out).unlink(missing_ok=True)
         if out.exists():
             try:
                 done = codec.read_header(out)["original"]["sha256"] == event.sha256
@@ -126,7 +152,7 @@ class Compressor:
             if done:
                 # Killed between the rename and the unlink: the output is whole and was verified.
                 # The raw file goes only if it is still that checkpoint (not a rewrite of the step).
-                if raw.exists() and _file_sha256(raw) == event.sha256:
+                if raw.exists() and file_sha256(raw) == event.sha256:
                     raw.unlink()
                     fsync_dir(raw.parent)
                     log.info("%s: already compressed; removed the raw file", out.name)
@@ -145,7 +171,7 @@ class Compressor:
         base, base_data, why = self._choose_base(event, raw)
         meta = {"run_id": event.run_id, "step": event.step, "stage": event.stage, "reason": event.reason, "seq": event.seq}
         t0 = time.monotonic()
-        header = codec.compress_file(raw, out, base=base, base_data=base_data, meta=meta, threads=self.threads, data=data)
+        header = codec.compress_file(raw, out, base=base, base_data=base_data, meta=meta, threads=self.settings.threads, data=data)
         self.compressed += 1
         after = os.stat(raw)
         if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
@@ -162,14 +188,14 @@ class Compressor:
     def _choose_base(self, event: CheckpointEvent, raw: Path) -> tuple[Path | None, bytes | None, str]:
         if event.reason == "stage":
             return None, None, "stage-final"
-        if self.keyframe_every <= 1:
+        if self.settings.keyframe_every <= 1:
             return None, None, "--keyframe-every 1"
-        prev = [p for p in codec.list_checkpoint_files(raw.parent.parent) if (codec.checkpoint_step(p) or 0) < event.step]
+        prev = [p for p in list_checkpoint_files(raw.parent.parent) if (checkpoint_step(p) or 0) < event.step]
         if not prev:
             return None, None, "first checkpoint"
         base = prev[-1]
-        if not codec.is_compressed(base):
-            compressed = base.with_name(base.name + codec.SUFFIX)
+        if not is_compressed(base):
+            compressed = base.with_name(base.name + SUFFIX)
             if not compressed.exists():
                 return None, None, f"previous checkpoint {base.name} is not compressed yet"
             base = compressed
@@ -180,11 +206,11 @@ class Compressor:
             return None, None, "previous checkpoint unreadable"
         if header.get("meta", {}).get("stage") != event.stage:
             return None, None, "new stage"
-        if int(header.get("chain", 0)) + 1 >= self.keyframe_every:
-            return None, None, f"every {self.keyframe_every}"
+        if int(header.get("chain", 0)) + 1 >= self.settings.keyframe_every:
+            return None, None, f"every {self.settings.keyframe_every}"
         last = self._last.get(event.run_id)
         sha = header["original"]["sha256"]
-        base_data = last.data if last is not None and last.name == codec.raw_name(base) and last.sha256 == sha else None
+        base_data = last.data if last is not None and last.name == raw_name(base) and last.sha256 == sha else None
         if base_data is None:
             try:
                 base_data = codec.read_safetensors_bytes(base)
@@ -201,7 +227,7 @@ class Compressor:
             return []
         steps: dict[int, list[Path]] = {}
         for p in ckpt_dir.iterdir():
-            step = codec.checkpoint_step(p)
+            step = checkpoint_step(p)
             if step is not None:
                 steps.setdefault(step, []).append(p)
         if not steps:
@@ -209,20 +235,21 @@ class Compressor:
         headers: dict[int, dict[str, Any]] = {}
         for step, paths in steps.items():
             for p in paths:
-                if codec.is_compressed(p):
+                if is_compressed(p):
                     try:
                         headers[step] = codec.read_header(p)
                     except codec.CodecError as exc:
                         log.warning("%s (left alone)", exc)
         ordered = sorted(headers)
-        keep = set(ordered[len(ordered) - self.keep_last :] if self.keep_last else [])
+        keep_last = self.settings.keep_last
+        keep = set(ordered[len(ordered) - keep_last :] if keep_last else [])
         keep.add(max(steps))  # the run's newest checkpoint, in whatever form
         keep.update(s for s, h in headers.items() if h.get("meta", {}).get("reason") == "stage")
         todo = list(keep)
         while todo:  # a kept delta keeps its base chain
             h = headers.get(todo.pop())
             if h and h.get("base"):
-                base_step = codec.checkpoint_step(h["base"]["name"])
+                base_step = checkpoint_step(h["base"]["name"])
                 if base_step is not None and base_step not in keep:
                     keep.add(base_step)
                     todo.append(base_step)
@@ -230,9 +257,9 @@ class Compressor:
         for step in ordered:
             if step in keep:
                 continue
-            path = ckpt_dir / (f"step-{step:08d}" + codec.RAW_SUFFIX + codec.SUFFIX)
+            path = ckpt_dir / (f"step-{step:08d}" + RAW_SUFFIX + SUFFIX)
             for p in steps[step]:
-                if codec.is_compressed(p):
+                if is_compressed(p):
                     path = p
             path.unlink(missing_ok=True)
             removed.append(path)
@@ -242,58 +269,15 @@ class Compressor:
         return removed
 
 
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-async def run(layout: Layout, source: Target, compressor_args: dict[str, Any]) -> None:
-    lock = await hold_lock(layout, "compress.lock", "tritter-compress")
-    compressor = Compressor(layout, **compressor_args)
-    compressor.sweep()
-    log.info("compressing checkpoints of %s under %s from seq %d (keep last %d, keyframe every %d)",
-             source.where, layout.runs, compressor.cursor + 1, compressor.keep_last, compressor.keyframe_every)
-    subscription = Subscription(source, since=compressor.cursor + 1, on_state=lambda s: log.info("bus: %s", s))
-
-    async def loop() -> None:
-        try:
-            async for event in subscription:
-                if isinstance(event, CheckpointEvent):
-                    await asyncio.to_thread(compressor.handle, event)  # keep the loop (and signals) responsive
-                else:
-                    compressor.handle(event)
-        finally:
-            compressor.save_cursor()
-            await subscription.close()
-
-    task = asyncio.ensure_future(loop())
-    event_loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        event_loop.add_signal_handler(signum, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    os.close(lock)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tritter-compress", description="Compress every new checkpoint to .safetensors.tzst and prune old ones.")
-    add_target_arguments(parser)
-    parser.add_argument("--runs-home", metavar="DIR", help="with --connect: the home whose runs/<id>/checkpoints to compress (default: $TRITTER_HOME or ~/.local/share/tritter)")
-    parser.add_argument("--keep-last", type=int, default=DEFAULT_KEEP_LAST, metavar="N", help=f"compressed checkpoints kept per run besides stage-final ones (default {DEFAULT_KEEP_LAST})")
-    parser.add_argument("--keyframe-every", type=int, default=DEFAULT_KEYFRAME_EVERY, metavar="K", help=f"a full keyframe at least every K checkpoints; 1 = no deltas (default {DEFAULT_KEYFRAME_EVERY})")
-    parser.add_argument("--threads", type=int, help="compression threads (default: up to 4)")
+    """``tritter-compress [--home DIR | --connect URL ...] [--keep-last N] [--keyframe-every K] [--threads T]``."""
+    parser = sink_parser(Compressor, "Compress every new checkpoint to .safetensors.tzst and prune old ones.",
+                         "the home whose runs/<id>/checkpoints to compress")
+    parser.add_argument("--keep-last", type=bounded_int(0, 10**6), default=DEFAULT_KEEP_LAST, metavar="N", help=f"compressed checkpoints kept per run besides stage-final ones (default {DEFAULT_KEEP_LAST})")
+    parser.add_argument("--keyframe-every", type=bounded_int(1, 10**6), default=DEFAULT_KEYFRAME_EVERY, metavar="K", help=f"a full keyframe at least every K checkpoints; 1 = no deltas (default {DEFAULT_KEYFRAME_EVERY})")
+    parser.add_argument("--threads", type=bounded_int(1, 256), help="compression threads (default: up to 4)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s tritter-compress %(levelname)s %(message)s")
-    try:
-        if args.keep_last < 0 or args.keyframe_every < 1:
-            raise ValueError("--keep-last must be >= 0 and --keyframe-every >= 1")
-        source = target_from_args(args)
-        layout = Layout(source.home or resolve_home(args.runs_home))
-        asyncio.run(run(layout, source, {"keep_last": args.keep_last, "keyframe_every": args.keyframe_every, "threads": args.threads}))
-    except (ProtocolError, OSError, ValueError) as error:
-        print(f"tritter-compress: error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return sink_main(Compressor, args, lambda: CompressSettings(keep_last=args.keep_last, keyframe_every=args.keyframe_every, threads=args.threads))
 
 
 if __name__ == "__main__":

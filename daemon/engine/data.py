@@ -1,47 +1,51 @@
-"""Training data: the embedded corpus, the tokenizer, a token cache and batch samplers.
+"""Training data: the corpus as a token stream on disk, the tokenizer, and batch samplers.
 
-The token stream is documents joined by ``<|endoftext|>``; its last few percent is a
-fixed held-out split that is never trained on. Sampling is a pure function of
-``(seed, position)`` so a checkpoint only needs to store ``Batches.position``.
+The token stream is the corpus's documents joined by the tokenizer's end-of-text token,
+tokenized once into fixed-size shards under the cache folder (daemon/engine/prepare.py,
+formats/shards.py) and read back through memory maps, so memory does not grow with the
+corpus.  Its last few percent is a fixed held-out split that is never trained on.  Sampling
+is a pure function of ``(seed, position)`` so a checkpoint only needs ``Batches.position``.
+
+Inputs (formats/corpus.py, docs/data.md): the embedded corpus (default), a text file, a
+folder, JSONL (plain/.gz/.zst), Parquet, or pre-tokenized ``.bin``/``.npy`` used as is.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import re
-import sys
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import tokenizers
 import torch
+import xxhash
 import zstandard
 
-from tritter.formats.files import atomic_write
+from tritter.daemon.engine.prepare import DocumentSource, PrepareStatus, cached_or_build
+from tritter.formats.corpus import CHUNK_CHARS, CorpusFile, CorpusReader, DataError, corpus_digest, list_corpus
+from tritter.formats.shards import DEFAULT_SHARD_TOKENS, TokenStream, stream_digest
+from tritter.formats.tokenizer import EOT, PAD, TokenizerSpec, load_tokenizer_spec, model_vocab_size, spec_from_json
 
 DEFAULT_VOCAB_SIZE = 8192
-EOT = "<|endoftext|>"
-PAD = "<|pad|>"
 EMBEDDED_SOURCE = "embedded corpus"
 # The embedded corpus file stores its books separated by this line.
 EMBEDDED_SEPARATOR = EOT + "\n"
 
-_CACHE_VERSION = 1  # bump when the token stream layout changes, to orphan old caches
-_CHUNK_CHARS = 1 << 16  # encode_batch work unit; small enough to parallelise well
-_BATCH_CHARS = 16 << 20  # text handed to one encode_batch call
-_PROGRESS_BYTES = 20 << 20  # corpora above this report tokenising progress
+# Bump when the token stream layout changes, to orphan old caches.  v2: shards (v1 was one .npy).
+_CACHE_VERSION = 2
 _HELDOUT_FRACTION = 0.02
 _HELDOUT_MIN = 65536
-_TEXT_SUFFIXES = {".txt", ".md", ""}
-# Split after a newline sitting between two non-space characters: the byte-level
-# pre-tokenizer always makes such a newline its own piece, so chunked encoding
-# yields exactly the ids that encoding the whole text would.
-_SPLIT = re.compile(r"\S\n(?=\S)")
+_HELDOUT_MAX = 10_000_000  # eval reads a few hundred windows; 2% of 20B tokens would be waste
+_MIN_TOKENS = 20
+_TOKEN_CHECK_BLOCK = 1 << 24
+
+__all__ = ["DataError", "EOT", "PAD", "TokenData", "Batches", "heldout_batches", "load_token_data", "load_tokenizer"]
 
 
 def _asset(name: str) -> bytes:
@@ -54,260 +58,212 @@ def default_corpus_text() -> str:
 
 
 def split_embedded_documents(text: str) -> list[str]:
+    """The embedded corpus text as its six books."""
     return [doc for doc in text.split(EMBEDDED_SEPARATOR) if doc.strip()]
 
 
+def embedded_tokenizer_spec() -> TokenizerSpec:
+    """The default tokenizer (daemon/assets/tokenizer.json): byte-level BPE, 8192 ids,
+    ``<|endoftext|>`` = 0, ``<|pad|>`` = 1."""
+    return spec_from_json(_asset("tokenizer.json").decode("utf-8"), "embedded", EOT, PAD)
+
+
+def tokenizer_spec(path: str | Path | None) -> TokenizerSpec:
+    """``--tokenizer PATH`` (None: the embedded one).  Raises DataError."""
+    return embedded_tokenizer_spec() if path is None else load_tokenizer_spec(Path(path))
+
+
 def load_tokenizer() -> tokenizers.Tokenizer:
-    # A fresh object each call: Tokenizer is mutable (padding/truncation settings).
-    return tokenizers.Tokenizer.from_str(_asset("tokenizer.json").decode("utf-8"))
+    """The embedded tokenizer, a fresh object each call (Tokenizer is mutable: padding and
+    truncation settings); document text never becomes a special id (``encode_special_tokens``)."""
+    return embedded_tokenizer_spec().build()
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: array fields have no scalar ==
 class TokenData:
-    train: np.ndarray
-    heldout: np.ndarray
+    """A tokenized corpus.  ``train``/``heldout``: 1-D token streams (TokenStream over shard
+    memmaps, or numpy arrays); ``source``: the corpus path or "embedded corpus"; ``digest``:
+    16 hex of the token stream; ``corpus_digest``/``tokenizer_digest``: the corpus content and
+    tokenizer identity a resume checks; ``vocab_size``: the model's vocabulary (the tokenizer's
+    ids rounded up to 64); ``tokenizer``: a ``tokenizers.Tokenizer`` for decoding samples."""
+
+    train: np.ndarray | TokenStream
+    heldout: np.ndarray | TokenStream
     source: str
     digest: str
+    corpus_digest: str = ""
+    tokenizer_digest: str = ""
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+    tokenizer: tokenizers.Tokenizer | None = None
+    tokenizer_spec: TokenizerSpec | None = None
+    info: dict = field(default_factory=dict)
+
+    def identity(self) -> dict[str, str | int]:
+        """What a checkpoint records so that a resume can refuse other data."""
+        return {"corpus": self.source, "corpus_digest": self.corpus_digest,
+                "tokenizer": self.tokenizer_spec.source if self.tokenizer_spec else "",
+                "tokenizer_digest": self.tokenizer_digest, "vocab_size": self.vocab_size}
 
 
-# --------------------------------------------------------------------------- corpus reading
-
-
-def _corpus_files(path: Path) -> list[Path]:
-    """Sorted text files under a folder, skipping hidden entries such as .git."""
-    files = []
-    for p in sorted(path.rglob("*")):
-        rel = p.relative_to(path)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if p.is_file() and p.suffix.lower() in _TEXT_SUFFIXES:
-            files.append(p)
-    if not files:
-        raise ValueError(f"corpus folder has no text files (*.txt, *.md or extensionless): {path}")
-    return files
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise ValueError(f"cannot read corpus file {path}: {e.strerror or e}") from None
-
-
-def _decode(data: bytes, path: Path) -> str:
-    if b"\x00" in data:
-        raise ValueError(f"corpus file looks binary (contains NUL bytes): {path}")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"corpus file is not UTF-8 text (bad byte at offset {e.start}): {path}") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _jsonl_documents(data: bytes, path: Path) -> list[str]:
-    docs = []
-    for lineno, line in enumerate(_decode(data, path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}: line {lineno}: not valid JSON") from None
-        text = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            raise ValueError(f'{path}: line {lineno}: no string "text" field')
-        if text.strip():
-            docs.append(text.replace("\r\n", "\n"))
-    return docs
-
-
-def read_corpus_documents(path: Path) -> list[str]:
-    """Documents of a user corpus: a text file, a folder of text files, or a .jsonl file."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"corpus not found: {path}")
-    if path.is_dir():
-        docs = []
-        for f in _corpus_files(path):
-            data = _read_bytes(f)
-            if f.suffix == "" and (b"\x00" in data or not _is_utf8(data)):
-                continue  # extensionless binaries (e.g. stray executables) are not documents
-            text = _decode(data, f)
-            if text.strip():
-                docs.append(text)
-    elif path.suffix.lower() == ".jsonl":
-        docs = _jsonl_documents(_read_bytes(path), path)
-    else:
-        text = _decode(_read_bytes(path), path)
-        docs = [text] if text.strip() else []
-    if not docs:
-        raise ValueError(f"corpus is empty: {path}")
-    return docs
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _corpus_sha256(path: Path) -> str:
-    """Content hash of a user corpus, streamed so a cache hit never holds the text in memory."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"corpus not found: {path}")
-    files = _corpus_files(path) if path.is_dir() else [path]
-    h = hashlib.sha256(b"corpus\0" + (b"dir" if path.is_dir() else path.suffix.lower().encode()))
-    for f in files:
-        name = f.relative_to(path).as_posix().encode() if path.is_dir() else b""
-        h.update(b"\0" + name + b"\0")  # names matter: renaming reorders documents
-        try:
-            with f.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-        except OSError as e:
-            raise ValueError(f"cannot read corpus file {f}: {e.strerror or e}") from None
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- tokenising
-
-
-def _chunks(text: str) -> Iterator[str]:
-    start = 0
-    while len(text) - start > _CHUNK_CHARS:
-        m = _SPLIT.search(text, start + _CHUNK_CHARS)
-        if m is None:
-            break  # no safe split point left: encode the rest whole
-        yield text[start : m.end()]
-        start = m.end()
-    yield text[start:]
-
-
-def encode_documents(tok: tokenizers.Tokenizer, docs: list[str], label: str = "") -> np.ndarray:
-    """Token ids of ``docs`` joined by EOT, encoded in parallel batches of chunks."""
-    eot = tok.token_to_id(EOT)
-    dtype = np.dtype("<u2") if tok.get_vocab_size() <= 65536 else np.dtype("<u4")
-    total = sum(len(d) for d in docs)
-    report = total > _PROGRESS_BYTES
-    parts: list[np.ndarray] = []
-    pending: list[str] = []
-    pending_chars = done = 0
-
-    def flush() -> None:
-        nonlocal pending, pending_chars, done
-        for enc in tok.encode_batch(pending, add_special_tokens=False):
-            parts.append(np.asarray(enc.ids, dtype=dtype))
-        done += pending_chars
-        pending, pending_chars = [], 0
-        if report:
-            print(f"tokenizing {label}: {done / 1e6:.0f}/{total / 1e6:.0f} MB chars", file=sys.stderr, flush=True)
-
-    for i, doc in enumerate(docs):
-        if i:
-            # The separator goes in as its own one-token "chunk" so order is preserved.
-            if pending:
-                flush()
-            parts.append(np.asarray([eot], dtype=dtype))
-        for chunk in _chunks(doc):
-            pending.append(chunk)
-            pending_chars += len(chunk)
-            if pending_chars >= _BATCH_CHARS:
-                flush()
-    if pending:
-        flush()
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-
-
-# --------------------------------------------------------------------------- cache
-
-
-def _sha256_array(arr: np.ndarray) -> str:
-    h = hashlib.sha256()
-    step = 1 << 24
-    for i in range(0, len(arr), step):  # chunked so a memmap is paged in gradually
-        h.update(np.ascontiguousarray(arr[i : i + step]).tobytes())
-    return h.hexdigest()
-
-
-def _load_cache(npy: Path, meta_path: Path) -> tuple[np.ndarray, str] | None:
-    if not npy.exists() or not meta_path.exists():
+def identity_change(recorded: object, data: TokenData) -> str | None:
+    """One line naming what changed between a recorded identity (``TokenData.identity()`` of an
+    earlier session) and ``data``, or None when it is the same data (or nothing was recorded)."""
+    if not isinstance(recorded, dict):
         return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        arr = np.load(npy, mmap_mode="r")
-        ok = (
-            meta.get("version") == _CACHE_VERSION
-            and arr.ndim == 1
-            and arr.dtype.str == meta["dtype"]
-            and len(arr) == meta["length"]
-            and _sha256_array(arr) == meta["sha256"]
-        )
-    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
-        ok = False
-    if not ok:
-        print(f"token cache {npy} is corrupt or stale; rebuilding", file=sys.stderr)
+    now = data.identity()
+    changed = []
+    if recorded.get("corpus_digest") and recorded["corpus_digest"] != now["corpus_digest"]:
+        changed.append(f"the corpus {recorded.get('corpus') or now['corpus']} changed "
+                       f"(content digest {str(recorded['corpus_digest'])[:12]} -> {str(now['corpus_digest'])[:12]})")
+    if recorded.get("tokenizer_digest") and recorded["tokenizer_digest"] != now["tokenizer_digest"]:
+        changed.append(f"the tokenizer {recorded.get('tokenizer') or now['tokenizer']} changed "
+                       f"(digest {str(recorded['tokenizer_digest'])[:12]} -> {str(now['tokenizer_digest'])[:12]})")
+    if not changed:
         return None
-    return arr, meta["sha256"]
-
-
-def _write_cache(npy: Path, meta_path: Path, tokens: np.ndarray, sha: str, source: str) -> None:
-    npy.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(npy, lambda f: np.save(f, tokens, allow_pickle=False))
-    meta = {"version": _CACHE_VERSION, "length": int(len(tokens)), "dtype": tokens.dtype.str, "sha256": sha, "source": source}
-    # Sidecar last: a crash in between leaves no sidecar, which reads as "rebuild".
-    atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
+    return ("refusing to resume: " + " and ".join(changed)
+            + "; put the original back to resume this run, or start a new run on the new data")
 
 
 # --------------------------------------------------------------------------- public loader
 
 
 def heldout_size(n_tokens: int) -> int:
-    """~2% of the stream, raised to 64k tokens when that still leaves 90% for training."""
-    return max(math.ceil(n_tokens * _HELDOUT_FRACTION), min(_HELDOUT_MIN, n_tokens // 10))
+    """~2% of the stream, raised to 64k tokens when that still leaves 90% for training, at most 10M."""
+    return min(max(math.ceil(n_tokens * _HELDOUT_FRACTION), min(_HELDOUT_MIN, n_tokens // 10)), _HELDOUT_MAX)
 
 
-def load_token_data(cache_dir: Path | None = None, corpus: Path | None = None) -> TokenData:
-    """Tokenize the embedded corpus (``corpus=None``) or a user corpus, using the cache if any."""
-    tok_json = _asset("tokenizer.json")
+def _key(*parts: object) -> str:
+    return xxhash.xxh3_128(json.dumps([_CACHE_VERSION, *parts]).encode()).hexdigest()
+
+
+def _check_token_ids(files: list[CorpusFile], ids: int, progress: Callable[[PrepareStatus], None] | None) -> list[np.ndarray]:
+    """Memmaps of pre-tokenized files, each checked to be 1-D integers below ``ids``.  Raises DataError."""
+    arrays = []
+    total = sum(f.path.stat().st_size for f in files)
+    done = 0
+    for cf in files:
+        arr = open_token_file(cf.path)
+        for lo in range(0, len(arr), _TOKEN_CHECK_BLOCK):
+            block = np.asarray(arr[lo : lo + _TOKEN_CHECK_BLOCK])
+            bad = np.flatnonzero((block >= ids) | (block < 0)) if block.dtype.kind == "i" else np.flatnonzero(block >= ids)
+            if len(bad):
+                i = int(bad[0])
+                raise DataError(f"{cf.path}: token {lo + i}: id {int(block[i])} does not fit the tokenizer (ids 0..{ids - 1}); "
+                                "pass the tokenizer these ids came from with --tokenizer")
+            if progress is not None:
+                progress(PrepareStatus("checking", done + (lo + len(block)) * arr.itemsize, total))
+        done += cf.path.stat().st_size
+        arrays.append(arr)
+    return arrays
+
+
+def open_token_file(path: Path) -> np.ndarray:
+    """A pre-tokenized file as a read-only memmap: ``.bin`` = flat little-endian uint16
+    (nanoGPT), ``.npy`` = any 1-D integer array.  Raises DataError."""
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            if arr.ndim != 1 or arr.dtype.kind not in "iu":
+                raise DataError(f"{path}: a token .npy must be a 1-D integer array, this one is {arr.ndim}-D {arr.dtype}")
+            return arr
+        size = path.stat().st_size
+        if size % 2:
+            raise DataError(f"{path}: {size} bytes is not a whole number of uint16 tokens (.bin is flat little-endian uint16)")
+        return np.memmap(path, dtype="<u2", mode="r") if size else np.zeros(0, dtype="<u2")
+    except (OSError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: not a readable token file ({str(e).splitlines()[0]})") from None
+
+
+def load_token_data(
+    cache_dir: Path | None = None,
+    corpus: Path | None = None,
+    *,
+    tokenizer: str | Path | None = None,
+    text_field: str = "text",
+    progress: Callable[[PrepareStatus], None] | None = None,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    chunk_chars: int = CHUNK_CHARS,
+) -> TokenData:
+    """Tokenize the embedded corpus (``corpus=None``) or a user corpus into shards under
+    ``cache_dir`` (reused when the corpus content, tokenizer and options are the same; a
+    killed build resumes), and split off the held-out tail.
+
+    ``tokenizer``: ``--tokenizer PATH`` (None: embedded); ``text_field``: the JSONL/Parquet
+    field; ``progress``: called with PrepareStatus while hashing/tokenizing.  Without
+    ``cache_dir`` the shards go to a temporary folder and are read into memory (tests, small
+    corpora).  Raises DataError (one line) for bad input.
+    """
+    spec = tokenizer_spec(tokenizer)
+    tok_ids = spec.ids
     if corpus is None:
         source = EMBEDDED_SOURCE
-        corpus_sha = hashlib.sha256(b"embedded\0" + _asset("corpus.txt.zst")).hexdigest()
+        asset = _asset("corpus.txt.zst")
+        cdigest = xxhash.xxh3_128(b"embedded\0" + asset).hexdigest()
+
+        def factory():
+            text = default_corpus_text()
+            return DocumentSource(split_embedded_documents(text), len(text.encode()), chunk_chars)
+
+        files: list[CorpusFile] = []
     else:
         source = str(corpus)
-        corpus_sha = _corpus_sha256(Path(corpus))
-    key = hashlib.sha256(f"{_CACHE_VERSION}:{corpus_sha}:".encode() + hashlib.sha256(tok_json).digest()).hexdigest()
+        files = list_corpus(Path(corpus))
+        memo = Path(cache_dir) / "corpus-digests.json" if cache_dir is not None else None
+        hashing = (lambda done, total: progress(PrepareStatus("hashing", done, total))) if progress else None
+        cdigest = corpus_digest(files, memo, hashing)
 
-    cached = None
-    if cache_dir is not None:
-        npy = Path(cache_dir) / f"tokens-{key[:32]}.npy"
-        meta_path = npy.with_suffix(".json")
-        cached = _load_cache(npy, meta_path)
-    if cached is not None:
-        tokens, sha = cached
+        def factory():
+            return CorpusReader(files, text_field, chunk_chars)
+
+    if files and files[0].kind == "tokens":
+        stream: TokenStream | np.ndarray = TokenStream(_check_token_ids(files, tok_ids, progress))
+        digest = _key("tokens", cdigest)
+        info: dict = {"tokens": len(stream), "pretokenized": True}
     else:
-        docs = split_embedded_documents(default_corpus_text()) if corpus is None else read_corpus_documents(Path(corpus))
-        tok = tokenizers.Tokenizer.from_str(tok_json.decode("utf-8"))
-        tokens = encode_documents(tok, docs, label=source)
-        sha = _sha256_array(tokens)
-        if cache_dir is not None:
-            _write_cache(npy, meta_path, tokens, sha, source)
-
-    n = len(tokens)
-    if n < 20:
-        raise ValueError(f"corpus too small: {n} tokens (need at least 20): {source}")
+        key = _key(cdigest, spec.digest, text_field, chunk_chars)
+        tmp = None
+        if cache_dir is None:
+            tmp = Path(tempfile.mkdtemp(prefix="tritter-tokens-"))
+            directory = tmp
+        else:
+            directory = Path(cache_dir) / f"tokens-{key[:32]}"
+        try:
+            meta = {"key": key, "source": source, "corpus_digest": cdigest, "tokenizer": spec.source,
+                    "tokenizer_digest": spec.digest, "text_field": text_field}
+            stream, info = cached_or_build(factory, spec, directory, meta, shard_tokens=shard_tokens, progress=progress)  # type: ignore[assignment]
+            if tmp is not None:
+                stream = np.asarray(stream)  # read into memory before the folder goes
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        digest = stream_digest(info)
+    n = len(stream)
+    if n < _MIN_TOKENS:
+        raise DataError(f"corpus too small: {n} tokens (need at least {_MIN_TOKENS}): {source}")
+    if progress is not None:
+        progress(PrepareStatus("ready", info.get("bytes", 0), info.get("bytes", 0), tokens=n,
+                               documents=int(info.get("documents", 0)), replaced=int(info.get("replaced", 0)),
+                               replaced_at=str(info.get("replaced_at", ""))))
     split = n - heldout_size(n)
-    return TokenData(train=tokens[:split], heldout=tokens[split:], source=source, digest=sha[:16])
+    return TokenData(
+        train=stream[:split], heldout=stream[split:], source=source, digest=digest[:16], corpus_digest=cdigest,
+        tokenizer_digest=spec.digest, vocab_size=model_vocab_size(tok_ids), tokenizer=spec.build(),
+        tokenizer_spec=spec, info={k: v for k, v in info.items() if k != "shards"},
+    )
 
 
 # --------------------------------------------------------------------------- batches
 
 
-def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = starts[:, None] + np.arange(seq_len + 1)[None, :]  # one vectorised gather
-    chunk = torch.from_numpy(np.asarray(tokens[idx]).astype(np.int64))
+def _windows(tokens: np.ndarray | TokenStream, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) int64 tensors of shape (len(starts), seq_len): windows of seq_len+1 tokens, shifted by one."""
+    if isinstance(tokens, TokenStream):  # shards: one contiguous slice per row
+        chunk = torch.from_numpy(tokens.windows(starts, seq_len + 1))
+    else:
+        idx = starts[:, None] + np.arange(seq_len + 1)[None, :]  # one vectorised gather
+        chunk = torch.from_numpy(np.asarray(tokens[idx]).astype(np.int64))
     return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
 
 

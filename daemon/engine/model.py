@@ -34,7 +34,21 @@ class _Linear(nn.Linear):
         nn.init.zeros_(self.weight)
 
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype matmuls run in for ``x``: the autocast dtype when autocast is on for its device, else ``x.dtype``."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
 class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (Zhang & Sennrich 2019), as ``transformers.LlamaRMSNorm``.
+
+    ``forward``: x (B, T, C) in any float dtype → (B, T, C).  Statistics are fp32; under autocast
+    the output is cast once to the autocast dtype, so the projections that read it (q/k/v,
+    gate/up) do not each cast it again.  Without autocast the result equals transformers' bit
+    for bit.
+    """
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -44,10 +58,18 @@ class RMSNorm(nn.Module):
         # Same op order as transformers (fp32 statistics, weight applied in x's dtype).
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        out = self.weight * x32.to(x.dtype)
+        target = compute_dtype(x)
+        return out if out.dtype == target else out.to(target)
 
 
 class RotaryEmbedding(nn.Module):
+    """Rotary position embedding tables (Su et al. 2021, RoFormer), in transformers' layout.
+
+    ``forward(seq_len, device, dtype)`` → (cos, sin), each (T, head_dim) in ``dtype``.  Callers
+    pass the compute dtype (bf16 under autocast), so q and k are not promoted to fp32.
+    """
+
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
         self.head_dim = head_dim
@@ -81,14 +103,15 @@ class Attention(nn.Module):
         self.o_proj = _Linear(inner, shape.hidden_size)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """x (B, T, C), cos/sin (T, D) → (B, T, C); causal self-attention, H heads of D = C / H."""
         b, t, _ = x.shape
         q, k, v = (
-            proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+            proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
             for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 
 
@@ -100,6 +123,7 @@ class MLP(nn.Module):
         self.down_proj = _Linear(shape.intermediate_size, shape.hidden_size)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, C) → (B, T, C): SwiGLU (Shazeer 2020), hidden width ``intermediate_size``."""
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -113,6 +137,7 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """x (B, T, C) → (B, T, C): pre-norm attention then pre-norm MLP, each added to the residual."""
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -147,18 +172,26 @@ class LlamaForCausalLM(nn.Module):
         self.grad_ckpt_every = every
 
     def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Logits, or the mean next-token loss when ``labels`` is given.
+
+        input_ids: (B, T) int64 token ids, T ≤ ``max_position_embeddings``.
+        labels: (B, T) int64 targets (already shifted: labels[:, i] is the token after
+        input_ids[:, i]); -100 marks positions to ignore.
+        Returns logits (B, T, V) in the compute dtype, or a scalar fp32 cross-entropy (nats/token).
+        Raises ValueError when T exceeds the model's context.
+        """
         seq_len, max_len = input_ids.shape[1], self.shape.max_position_embeddings
         if seq_len > max_len:
             raise ValueError(f"sequence length {seq_len} > max_position_embeddings {max_len}")
-        h = self.model.embed_tokens(input_ids)
-        cos, sin = self.model.rotary_emb(seq_len, h.device, h.dtype)
+        h = self.model.embed_tokens(input_ids)  # (B, T, C), fp32 residual stream
+        cos, sin = self.model.rotary_emb(seq_len, h.device, compute_dtype(h))  # (T, D) each
         use_ckpt = self.grad_ckpt_every > 0 and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.model.layers):
             if use_ckpt and i % self.grad_ckpt_every == 0:
                 h = checkpoint(layer, h, cos, sin, use_reentrant=False)
             else:
                 h = layer(h, cos, sin)
-        logits = self.lm_head(self.model.norm(h))
+        logits = self.lm_head(self.model.norm(h))  # (B, T, V)
         if labels is None:
             return logits
         # fp32 loss even under autocast; -100 marks positions to ignore (padding).

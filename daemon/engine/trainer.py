@@ -33,13 +33,14 @@ from tritter.daemon.engine.checkpoint import (
     save_checkpoint,
 )
 from tritter.daemon.engine import distributed
-from tritter.daemon.engine.device import autocast
+from tritter.daemon.engine.device import CompiledModule, autocast, compile_for_training, compile_note, is_compiled
 from tritter.daemon.engine.distributed import Ranks
 from tritter.daemon.engine.export import StageCard, export_stage
 from tritter.formats.export_layout import export_dir, export_is_complete, export_relpath
 from tritter.daemon.engine.data import Batches, TokenData, heldout_batches, load_token_data
 from tritter.daemon.engine.growth import grow
 from tritter.daemon.engine.hybrid import DEFAULT_SETTINGS, HybridController, HybridSettings, StepPlan
+from tritter.daemon.engine.monitoring import monitor_for
 from tritter.daemon.engine.model import LlamaForCausalLM, count_parameters, init_weights
 from tritter.recipe.presets import Preset, get_preset
 from tritter.daemon.engine.schedule import lr_at
@@ -154,12 +155,16 @@ class Trainer:
         # broadcast from it, so all ranks always take the same path.
         self.ranks = ranks or Ranks()
         self.train_model: torch.nn.Module | None = None  # self.model, wrapped in DDP with --nproc
+        # Periodic eval, samples, system stats and alerts after each step (rank 0; docs/monitoring.md).
+        self.monitor = monitor_for(self)
 
     # -- plumbing ---------------------------------------------------------------------------
     def emit(self, event: AnyEvent) -> None:
         event.run_id = self.run_id
         event.ts = time.time()
         self._emit(event)
+        if self.monitor is not None and isinstance(event, StepEvent):
+            self.monitor.after_step(event)
 
     @property
     def preset(self) -> Preset:
@@ -248,7 +253,7 @@ class Trainer:
         self.progress = Progress.from_dict(loaded.trainer_state)
         self.model = LlamaForCausalLM(self.preset.shape).to(self.device)
         self.model.load_state_dict(loaded.model_state)
-        self.train_model = distributed.wrap(self.ranks, self.model, self.device)
+        self.train_model = self._training_module()
         self.optimizer = make_optimizer(self.model, self.preset, fused=self.device.type == "cuda")
         if loaded.optimizer_state is not None:
             self.optimizer.load_state_dict(loaded.optimizer_state)
@@ -260,6 +265,13 @@ class Trainer:
             else:  # a checkpoint written without hybrid state: start the predictor afresh
                 self.hybrid = HybridController(self.model, self.hybrid_settings)
         restore_rng(loaded.rng)
+
+    def _training_module(self) -> torch.nn.Module | CompiledModule:
+        """``self.model`` as the training step calls it: DDP-wrapped under --nproc, then compiled
+        when wanted (``device.compile_wanted``).  Eval and predicted steps call ``self.model``
+        directly, so grad-mode and batch-shape changes never recompile the training graph."""
+        assert self.model is not None
+        return compile_for_training(distributed.wrap(self.ranks, self.model, self.device), self.device, self.config.compile)
 
     # -- stages -----------------------------------------------------------------------------
     def _begin_stage(self, index: int) -> None:
@@ -274,7 +286,7 @@ class Trainer:
             grown_from = self.stages[index - 1]
             model = grow(self.model.cpu(), preset.shape, generator)
         self.model = model.to(self.device)
-        self.train_model = distributed.wrap(self.ranks, self.model, self.device)
+        self.train_model = self._training_module()
         self.progress.stage_index = index
         self.progress.stage_step = 0
         self.progress.stage_done = False
@@ -295,6 +307,8 @@ class Trainer:
                 params=count_parameters(self.model),
                 eval_loss=eval_loss,
                 grown_from=grown_from,
+                compiled=is_compiled(self.train_model),
+                note=compile_note(self.train_model),
             )
         )
 
@@ -333,6 +347,8 @@ class Trainer:
                 tokens=self.progress.tokens,
                 eval_loss=eval_loss,
                 export_path=export_path,
+                compiled=is_compiled(self.train_model),
+                note=compile_note(self.train_model),
             )
         )
 
@@ -456,6 +472,10 @@ class Trainer:
     def run(self) -> str:
         try:
             return self._run()
+        except FloatingPointError as error:  # a NaN/inf loss: alert first, then fail the run
+            if self.monitor is not None:
+                self.monitor.nonfinite(self.progress.step + 1, str(error))
+            raise
         except EndRun as end:
             return end.outcome
 

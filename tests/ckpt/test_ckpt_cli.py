@@ -68,7 +68,7 @@ def test_roundtrip_verify_info(files: tuple[Path, Path], tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == original
     r = ckpt("decompress", packed, "-o", out)
-    assert r.returncode == 1 and "exists" in r.stderr
+    assert r.returncode == 2 and "exists" in r.stderr  # EXIT_ERROR, like every error
     second.unlink()
     assert ckpt("decompress", packed).returncode == 0
     assert second.read_bytes() == original

@@ -10,7 +10,7 @@ import pytest
 import zstandard
 
 from ckpt_helpers import flip_byte, real_checkpoints, synthetic, to_bf16
-from tritter.formats import codec
+from tritter.formats import checkpoints, codec
 
 
 def roundtrip(data: bytes, base: bytes | None = None) -> tuple[bytes, bytes]:
@@ -64,9 +64,9 @@ def test_delta_chain_resolved_from_files(tmp_path: Path) -> None:
     assert codec.read_header(last)["chain"] == 2
     assert bytes(codec.read_safetensors_bytes(last)) == c
     assert [p.name for p in codec.base_chain(last)] == [f"step-0000000{i}.safetensors.tzst" for i in (1, 2, 3)]
-    assert codec.is_checkpoint_file(last) and codec.is_checkpoint_file(tmp_path / "x.safetensors")
-    assert not codec.is_checkpoint_file(tmp_path / "x.safetensors.tzst.tmp")
-    assert codec.list_checkpoint_files(tmp_path.parent / "nope") == []
+    assert checkpoints.is_checkpoint_file(last) and checkpoints.is_checkpoint_file(tmp_path / "x.safetensors")
+    assert not checkpoints.is_checkpoint_file(tmp_path / "x.safetensors.tzst.tmp")
+    assert checkpoints.list_checkpoint_files(tmp_path.parent / "nope") == []
 
 
 def test_corrupt_and_truncated_payload_raise(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ckpt_helpers import synthetic
 from conftest import Daemon, ctl, events, tool
+from tritter.clients.ckpt.compressor import Compressor, CompressSettings
 from tritter.formats import codec
-from tritter.clients.ckpt.compressor import Compressor
+from tritter.formats.checkpoints import checkpoint_step
 from tritter.protocol.events import CheckpointEvent, RunEvent
 from tritter.protocol.home import Layout
 
@@ -34,7 +35,7 @@ def _names(home: Path) -> list[str]:
 
 def test_keyframes_deltas_and_retention(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    c = Compressor(Layout(home), keep_last=2, keyframe_every=3, threads=1)
+    c = Compressor(Layout(home), CompressSettings(keep_last=2, keyframe_every=3, threads=1))
     c.handle(RunEvent(seq=1, run_id=RUN, status="started"))
     data, originals, seq = synthetic(0), {}, 2
     for step in range(1, 8):
@@ -43,7 +44,7 @@ def test_keyframes_deltas_and_retention(tmp_path: Path) -> None:
         originals[step] = data
         c.handle(_event(home, step, data, seq, reason, stage))
         seq += 1
-    headers = {codec.checkpoint_step(p): codec.read_header(p) for p in (home / "runs" / RUN / "checkpoints").glob("*.tzst")}
+    headers = {checkpoint_step(p): codec.read_header(p) for p in (home / "runs" / RUN / "checkpoints").glob("*.tzst")}
     # 1 keyframe, 2 delta(1), 3 delta(2), 4 stage-final keyframe, 5 new stage keyframe, 6 delta(5), 7 delta(6)
     assert {s: h["chain"] for s, h in headers.items()} == {4: 0, 5: 0, 6: 1, 7: 2}
     # kept: the last 2 (6, 7), the stage-final 4, and 5 as the base of 6 and 7; 1-3 pruned
@@ -64,14 +65,14 @@ def test_kill_points_lose_nothing_and_redo_nothing(tmp_path: Path) -> None:
     out = raw.with_name(raw.name + ".tzst")
     # killed while writing: a half-written temp file is discarded and the work redone
     Path(str(out) + ".tmp").write_bytes(b"half a file")
-    c = Compressor(Layout(home), keep_last=5)
+    c = Compressor(Layout(home), CompressSettings(keep_last=5))
     c.sweep()
     assert not Path(str(out) + ".tmp").exists()
     assert c.process(ev) == "compressed" and not raw.exists()
     assert bytes(codec.read_safetensors_bytes(out)) == a
     # killed after the rename, before the raw file was removed: nothing is recompressed
     raw.write_bytes(a)
-    c2 = Compressor(Layout(home), keep_last=5)
+    c2 = Compressor(Layout(home), CompressSettings(keep_last=5))
     assert c2.process(ev) == "done" and not raw.exists() and c2.compressed == 0
     # killed after everything, before the cursor was saved: the event is a no-op
     assert c2.process(ev) == "done"
@@ -132,7 +133,7 @@ def test_sink_end_to_end_with_kill9(daemon: Daemon, tmp_path: Path) -> None:
     steps = sorted(final)
     stage_steps = [s for s in steps if final[s]["reason"] == "stage"]
     assert stage_steps, ckpts
-    kept = {codec.checkpoint_step(n) for n in names}
+    kept = {checkpoint_step(n) for n in names}
     assert set(steps[-1:]) | set(stage_steps) <= kept  # keep-last 1 and the stage-final one
     assert len(kept) < len(steps)  # and retention did prune
     for step in kept:

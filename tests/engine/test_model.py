@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
+import transformers  # a declared test dependency: missing means a broken install, not a skip
 from safetensors.torch import save_file
 
 from tritter.daemon.engine.model import LlamaForCausalLM, count_parameters, hf_config, init_weights
 from tritter.recipe.presets import PRESET_NAMES, ModelShape, get_preset, stage_names
-
-transformers = pytest.importorskip("transformers")
 
 # Computed once by count_parameters and checked against the closed form below; docs/presets.md lists them.
 EXPECTED_PARAMS = {

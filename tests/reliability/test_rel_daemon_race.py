@@ -39,7 +39,7 @@ def race(home: Path, round_no: int) -> tuple[Daemon, Daemon]:
     assert len(exited) == 1, f"round {round_no}: expected exactly one daemon to refuse, {len(exited)} exited"
     loser = exited[0]
     winner = pair[1 - pair.index(loser)]
-    assert loser.process.returncode == 1, loser.stderr()  # type: ignore[union-attr]
+    assert loser.process.returncode == 2, loser.stderr()  # type: ignore[union-attr]  # EXIT_ERROR
     err = loser.stderr().strip()
     assert "already running" in err and err.startswith("tritterd: error: "), err
     winner.wait_ready()

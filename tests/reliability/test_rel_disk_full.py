@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, children_of, ctl, events, follow_until
+from conftest import Daemon, ctl, events
 from reliability_helpers import (
     TEST_TIMEOUT_S,
     TINY_EVERY,
@@ -33,41 +32,11 @@ from reliability_helpers import (
     report,
     start_run,
     wait_done,
-    worker_pid,
 )
 
 pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
 NO_SPACE = ("ENOSPC", "No space left on device")
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie (it has not exited)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-def hold(pid: int) -> bool:
-    """SIGSTOP ``pid`` if it has not exited yet; whether it is now held."""
-    try:
-        if alive(pid):
-            os.kill(pid, signal.SIGSTOP)
-            return alive(pid)
-    except ProcessLookupError:
-        pass
-    return False
-
-
-def resumed_after(home: Path, run_id: str, seq: int) -> bool:
-    """Whether a `resumed` event for the run follows seq (bounded wait)."""
-    try:
-        follow_until(home, lambda e: e.get("run_id") == run_id and e["kind"] == "run" and e["status"] == "resumed",
-                     timeout=120, since=seq + 1)
-    except AssertionError:
-        return False
-    return True
 
 
 def try_mount_tmpfs(where: Path, size_mb: int) -> str | None:
@@ -102,7 +71,6 @@ def disk_full() -> Iterator[dict]:
         follower = Follower(home)
         try:
             first = follower.until(lambda e: e.get("run_id") == run_id and e["kind"] == "checkpoint", timeout=420)
-            worker = worker_pid(daemon)
             # Leave half a checkpoint of space: the next checkpoint cannot be written.
             stat = os.statvfs(runs)
             free = stat.f_bavail * stat.f_frsize
@@ -112,9 +80,6 @@ def disk_full() -> Iterator[dict]:
                 lambda e: e.get("run_id") == run_id and e["kind"] == "run" and e["status"] in ("paused", "failed", "completed"),
                 timeout=420,
             )
-            # Hold the failing worker (it has reported, but not yet exited) to ask for a resume
-            # in that window, as a user reacting to the "failed" event would.
-            held = hold(worker)
         finally:
             follower.close()
         previous = home / "runs" / run_id / first["path"]
@@ -125,15 +90,6 @@ def disk_full() -> Iterator[dict]:
         status_text = ctl(home, "status", run_id).stdout
         ballast.unlink()  # space is back
         resumed = ctl(home, "resume", run_id, check=False)
-        if held:
-            os.kill(worker, signal.SIGCONT)
-        took_effect = resumed.returncode == 0 and resumed_after(home, run_id, ended["seq"])
-        early_resume_lost = (not took_effect) if held else None  # None: the window was not hit
-        if not took_effect:  # the first request was lost: let the old worker go, then ask again
-            deadline = time.monotonic() + 120
-            while worker in children_of(daemon.pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            resumed = ctl(home, "resume", run_id, check=False)
         exact_error = None
         if resumed.returncode == 0:
             try:
@@ -147,10 +103,10 @@ def disk_full() -> Iterator[dict]:
             "status": ended["status"], "reason": ended.get("reason", ""), "previous_intact": intact,
             "previous_step": first["step"], "stray_files": stray, "later_checkpoints": len(later_checkpoints),
             "status_text": status_text, "resume_rc": resumed.returncode, "resume_err": resumed.stderr.strip(),
-            "exact_error": exact_error, "figures": figures, "early_resume_lost": early_resume_lost,
+            "exact_error": exact_error, "figures": figures,
         }
         report("f_disk_full", status=ended["status"], reason=ended.get("reason", ""), previous_intact=intact,
-               resumed_exactly=exact_error is None and resumed.returncode == 0, early_resume_lost=early_resume_lost,
+               resumed_exactly=exact_error is None and resumed.returncode == 0,
                duration_s=round(time.monotonic() - began, 1), **figures)
         yield observed
     finally:
@@ -175,7 +131,38 @@ def test_disk_full_pauses_the_run(disk_full: dict) -> None:
     assert any(s in disk_full["reason"] for s in NO_SPACE), disk_full["reason"]
 
 
-def test_resume_right_after_a_worker_reported_failure_is_not_lost(disk_full: dict) -> None:
-    if disk_full["early_resume_lost"] is None:
-        pytest.skip("the failing worker had exited before it could be held; window not reproduced")
-    assert disk_full["early_resume_lost"] is False, "tritterctl resume answered 'resuming' but the run stayed failed"
+
+def test_stop_while_paused_on_a_full_disk_ends_the_run(home: Path) -> None:
+    """``tritterctl stop`` on a run paused by a full disk stops it (the worker exits, no checkpoint).
+
+    HOME/runs is a 2 MB tmpfs, far less than one tiny checkpoint, so the first checkpoint
+    (step 1) gets a real ENOSPC and the run pauses; stop must end it, not wait for space.
+    """
+    runs = home / "runs"
+    runs.mkdir(parents=True)
+    why = try_mount_tmpfs(runs, 2)
+    if why:
+        pytest.skip(why)
+    daemon = Daemon(home, ["--no-recorder"])
+    try:
+        daemon.start()
+        run_id = start_run(home, ("--start", "tiny", "--end", "tiny", "--steps", "3", "--checkpoint-every", "1",
+                                  "--no-hybrid"), "stop-when-full")
+        follower = Follower(home)
+        try:
+            paused = follower.until(lambda e: e.get("run_id") == run_id and e["kind"] == "run" and e["status"] == "paused",
+                                    timeout=300)
+            assert any(s in paused["reason"] for s in NO_SPACE), paused["reason"]
+            ctl(home, "stop", run_id)
+            stopped = follower.until(lambda e: e.get("run_id") == run_id and e["kind"] == "run"
+                                     and e["status"] in ("stopped", "failed", "completed"), timeout=120)
+        finally:
+            follower.close()
+        assert stopped["status"] == "stopped" and "disk was full" in stopped["reason"], stopped
+        assert ctl(home, "wait", run_id, "--timeout", "60", check=False).returncode != 0  # ended, not completed
+        mine = [e for e in events(home) if e.get("run_id") == run_id]
+        assert not [e for e in mine if e["kind"] == "checkpoint"], "no checkpoint can have been written"
+        assert [e["step"] for e in mine if e["kind"] == "step"] == [1]
+    finally:
+        daemon.stop()
+        subprocess.run(["umount", str(runs)], capture_output=True, timeout=60)

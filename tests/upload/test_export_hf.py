@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
+import transformers  # a declared test dependency: missing means a broken install, not a skip
 from safetensors import safe_open
 
 from tritter.daemon.engine.data import load_tokenizer
@@ -14,8 +14,6 @@ from tritter.daemon.engine.export import StageCard, export_stage
 from tritter.formats.export_layout import EXPORT_FILES as FILES, export_is_complete
 from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
 from tritter.recipe.presets import get_preset
-
-transformers = pytest.importorskip("transformers")
 
 
 def _model(preset: str = "tiny", seed: int = 3) -> LlamaForCausalLM:

@@ -3,23 +3,20 @@ to the hub double, and the pushed folder loads in transformers with the trained 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+import transformers  # a declared test dependency: missing means a broken install, not a skip
 from conftest import Daemon, ctl, events
 from hub_double import HubDouble
-from test_uploader import TOKEN, UploaderProcess, final, uploads, wait_for
+from test_uploader import TOKEN, UploaderProcess, final, uploads, uploads_after_request, wait_for, wait_live
 
 from tritter.daemon.engine.checkpoint import list_checkpoints, load_checkpoint
-from tritter.daemon.engine.export import StageCard, export_stage
 from tritter.formats.export_layout import export_is_complete
 from tritter.daemon.engine.model import LlamaForCausalLM
 from tritter.recipe.presets import get_preset
-
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture
@@ -40,14 +37,8 @@ def test_upload_end_to_end(home: Path, daemon: Daemon, hub_e2e: HubDouble, tmp_p
     model = LlamaForCausalLM(get_preset("tiny").shape)
     model.load_state_dict(load_checkpoint(list_checkpoints(run_dir)[-1]).model_state)  # the stage-end weights
     model.eval()
-    if stage_done["export_path"] is None:
-        # The trainer hook (export_stage at the end of each stage) is not in this build yet:
-        # do what it does, with the stage's own checkpoint.
-        card = StageCard(run_id=run_id, run_name="e2e", stage="tiny", step=stage_done["step"], stage_steps=4,
-                         tokens=stage_done["tokens"], eval_loss=stage_done["eval_loss"], lineage=("tiny",))
-        export_stage(model, "tiny", run_dir, card)
-    else:
-        assert stage_done["export_path"] == "export/tiny"
+    # The trainer exports each stage itself; the test never writes the folder.
+    assert stage_done["export_path"] == "export/tiny"
     assert export_is_complete(run_dir / "export" / "tiny")
 
     up = UploaderProcess(home, hub)
@@ -66,13 +57,16 @@ def test_upload_end_to_end(home: Path, daemon: Daemon, hub_e2e: HubDouble, tmp_p
         with torch.no_grad():
             torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-5, rtol=0)
         assert "eval loss" in (pushed / "README.md").read_text()
-        # A daemon restart and an uploader restart push nothing again.
+        # A daemon restart and an uploader restart push nothing again: once the new uploader is
+        # live, an explicit request is the only upload (see uploads_after_request).
         up.stop()
         daemon.terminate()
         daemon.start()
-        commits = hub.count("commit")
+        assert hub.count("commit") == 1 and len(uploads(home)) == 2
         up = UploaderProcess(home, hub)
-        time.sleep(4)
-        assert hub.count("commit") == commits == 1 and len(uploads(home)) == 2, up.stderr()
+        wait_live(up)
+        after = uploads_after_request(home, up, "tiny", run_id)
+        assert [e["status"] for e in after] == ["requested", "started", "completed"], up.stderr()
+        assert hub.count("commit") == 2
     finally:
         up.stop()

@@ -112,6 +112,34 @@ def wait_for(home: Path, predicate, what: str, timeout: float = 60.0, proc: Uplo
                          + (proc.stderr() if proc else ""))
 
 
+def wait_live(proc: UploaderProcess, timeout: float = 60.0) -> None:
+    """Until the uploader has caught up with the log and gone live (it logs ``bus: live``).
+
+    Going live is when it schedules every stage its fold says still needs an upload, so after
+    this a wrongly scheduled job already exists and will be first in line for the slot.
+    """
+    deadline = time.monotonic() + timeout
+    while "bus: live" not in proc.stderr():
+        assert proc.process.poll() is None, f"tritter-upload exited with {proc.process.returncode}:\n{proc.stderr()}"
+        assert time.monotonic() < deadline, f"tritter-upload not live within {timeout} s:\n{proc.stderr()}"
+        time.sleep(0.1)
+
+
+def uploads_after_request(home: Path, proc: UploaderProcess, stage: str, run_id: str = RUN_ID) -> list[dict]:
+    """The upload events from now until an explicit ``tritterctl upload RUN --stage STAGE`` completes.
+
+    The barrier for "a restarted uploader pushes nothing by itself": call it after ``wait_live``.
+    A job the uploader scheduled on its own when it went live takes the (single) upload slot
+    before the requested one exists, so it would show up in this list ahead of the request's
+    ``started``; when the list is exactly requested/started/completed for ``stage``, nothing
+    else was uploaded.  No clock is involved.
+    """
+    head = events(home)[-1]["seq"]
+    ctl(home, "upload", run_id, "--stage", stage)
+    done = lambda e: any(x["seq"] > head and x["stage"] == stage and x["status"] == "completed" for x in e)  # noqa: E731
+    return [e for e in wait_for(home, done, f"requested upload of {stage}", proc=proc) if e["seq"] > head]
+
+
 def final(evs: list[dict], stage: str) -> dict | None:
     mine = [e for e in evs if e["stage"] == stage and e["status"] in ("completed", "failed") and not e["will_retry"]]
     return mine[-1] if mine else None
@@ -139,28 +167,31 @@ def test_uploads_each_stage_to_its_branch_once(home: Path, hub: HubDouble, daemo
     # The fold (run.json, tritterctl status) carries the outcome.
     status = ctl(home, "status", RUN_ID).stdout
     assert "upload completed" in status
-    # Restart the uploader: the fold says completed, so nothing is pushed again.
+    # Restart the uploader: the fold says completed, so nothing is pushed again.  Once it is
+    # live, an explicit request for small is the barrier: only that one upload happens.
     up.stop()
-    commits = hub.count("commit")
     up2 = UploaderProcess(home, hub)
     uploaders.append(up2)
-    time.sleep(4)
-    assert hub.count("commit") == commits and len(uploads(home)) == 4, up2.stderr()
-    assert "uploading tiny" not in up2.stderr() and " to alice/" not in up2.stderr()
-    # ...and so does a restart that has lost its state file (it folds the log from seq 1).
+    wait_live(up2)
+    after = uploads_after_request(home, up2, "small")
+    assert [(e["stage"], e["status"]) for e in after] == [("small", "requested"), ("small", "started"),
+                                                          ("small", "completed")], up2.stderr()
+    assert "uploading " + RUN_ID + "/tiny" not in up2.stderr()
+    assert len(repo.branches["tiny"]) == 1 and len(repo.branches["small"]) == 2
+    # ...and so does a restart that has lost its state file (it folds the log from seq 1); an
+    # explicit request uploads again (a new commit on the same branch).
     up2.stop()
     (home / "upload.state").unlink()
     up3 = UploaderProcess(home, hub)
     uploaders.append(up3)
-    time.sleep(4)
-    assert hub.count("commit") == commits and len(uploads(home)) == 4, up3.stderr()
-    # An explicit request uploads again (a new commit on the same branch).
+    wait_live(up3)
+    head = events(home)[-1]["seq"]
     out = ctl(home, "upload", RUN_ID, "--stage", "tiny").stdout
     assert "tiny" in out and f"alice/{RUN_NAME}" in out
-    evs = wait_for(home, lambda e: len([x for x in e if x["stage"] == "tiny" and x["status"] == "completed"]) == 2,
-                   "re-upload", proc=up3)
-    assert [e["status"] for e in evs if e["stage"] == "tiny"][-3:] == ["requested", "started", "completed"]
-    assert len(repo.branches["tiny"]) == 2 and len(repo.branches["small"]) == 1
+    evs = wait_for(home, lambda e: any(x["seq"] > head and x["status"] == "completed" for x in e), "re-upload", proc=up3)
+    assert [(e["stage"], e["status"]) for e in evs if e["seq"] > head] == [
+        ("tiny", "requested"), ("tiny", "started"), ("tiny", "completed")], up3.stderr()
+    assert len(repo.branches["tiny"]) == 2 and len(repo.branches["small"]) == 2
     # The token never shows up in events, logs or run.json.
     blob = str(events(home)) + up.stderr() + up2.stderr() + up3.stderr()
     blob += (home / "runs" / RUN_ID / "run.json").read_text()
@@ -221,17 +252,16 @@ def test_rejected_token_fails_at_once_without_retry(home: Path, hub: HubDouble, 
     assert [(e["status"], e["attempt"]) for e in evs] == [("started", 1), ("failed", 1)]
     assert evs[-1]["error"].startswith("token rejected") and not evs[-1]["will_retry"]
     assert hub.count("create") == 1
-    time.sleep(1.5)
-    assert len(uploads(home)) == 2, "no automatic retry after a rejected token"
     assert "hf_wrong_token_456" not in up.stderr() + str(uploads(home))
-    # With a good token (a restarted uploader) an explicit request succeeds.
+    # A final failure is retried neither by the uploader nor by a restart: with a good token (a
+    # restarted uploader) the only upload is the one asked for, and it succeeds.
     up.stop()
+    assert len(uploads(home)) == 2, "no automatic retry after a rejected token"
     up2 = UploaderProcess(home, hub)
     uploaders.append(up2)
-    time.sleep(2)
-    assert len(uploads(home)) == 2, "a final failure is not retried by a restart either"
-    ctl(home, "upload", RUN_ID, "--stage", "tiny")
-    wait_for(home, lambda e: e[-1]["status"] == "completed", "upload after request", proc=up2)
+    wait_live(up2)
+    after = uploads_after_request(home, up2, "tiny")
+    assert [(e["status"], e["attempt"]) for e in after] == [("requested", 0), ("started", 1), ("completed", 1)], after
 
 
 def test_no_token_is_a_clear_failure(home: Path, hub: HubDouble, daemon: Daemon, uploaders: list) -> None:

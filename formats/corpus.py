@@ -1,0 +1,522 @@
+"""Corpus readers: what ``--corpus PATH`` may point at, sniffed cheaply and read lazily.
+
+Shared by the daemon (tokenizing into shards) and ``tritterctl tokenizer train`` (runs on the
+client's machine), so it depends on nothing of ours but this package; numpy, zstandard and
+(for Parquet) pyarrow are imported where needed.
+
+Accepted inputs (docs/data.md):
+
+- a text file (UTF-8, UTF-8 with BOM, UTF-16 with BOM): one document;
+- ``.jsonl`` / ``.jsonl.gz`` / ``.jsonl.zst``: one JSON object per line, the document in a
+  string field (``--text-field``, default ``text``);
+- ``.parquet``: the same column, read one row group at a time (pyarrow);
+- pre-tokenized ``.bin`` (flat little-endian uint16, nanoGPT) or 1-D integer ``.npy``;
+- a folder: every file above, recursively, in sorted path order (hidden entries skipped;
+  extensionless files count when they sniff as text; other extensions are ignored).
+  Text and pre-tokenized files cannot be mixed.
+
+Documents are yielded as *pieces* of at most ``2 * chunk_chars`` characters, cut after a
+newline between two non-space characters, else before a single space between two non-space
+characters (for byte-level BPE with the GPT-2 pre-tokenizer both are pre-token boundaries, so
+the ids equal those of the whole document), else hard at ``chunk_chars`` (a run of more than
+``chunk_chars`` characters without whitespace: the only case whose ids can differ).
+
+Errors: ``DataError`` (a ``ValueError``) with one line that starts with the file and, where
+there is one, ``line N:`` / ``row N:``.  Invalid UTF-8 and lone surrogates are replaced by
+U+FFFD and counted (``CorpusReader.replaced``), not fatal: one bad byte in a terabyte of web
+text should not end a run.  Structural errors in JSONL (not JSON, not an object, the field
+missing or not a string) end the read: they mean the wrong file or the wrong field.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import io
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+SNIFF_BYTES = 1 << 16  # the start-time sniff reads at most this much of a file
+CHUNK_CHARS = 1 << 16  # default piece size; a piece is between 1x and 2x of it
+TEXT_SUFFIXES = frozenset({".txt", ".md", ""})
+TOKEN_SUFFIXES = frozenset({".bin", ".npy"})
+JSONL_SUFFIXES = {".jsonl": None, ".jsonl.gz": "gz", ".jsonl.zst": "zst"}
+
+_NL_CUT = re.compile(r"\S\n(?=\S)")  # cut after the newline
+_SPACE_CUT = re.compile(r"\S(?= \S)")  # cut after the non-space, before the space
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NPY_MAGIC = b"\x93NUMPY"
+_PARQUET_MAGIC = b"PAR1"
+
+
+class DataError(ValueError):
+    """Bad corpus or tokenizer input.  ``str(error)`` is one line meant for the user as is."""
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    """One input file: ``kind`` is ``text``, ``jsonl``, ``parquet`` or ``tokens``;
+    ``compression`` is ``gz``/``zst`` for compressed JSONL; ``name`` is the path relative to
+    the corpus root (the file name for a single-file corpus), used in digests and messages."""
+
+    path: Path
+    kind: str
+    name: str
+    compression: str | None = None
+
+
+# --------------------------------------------------------------------------- sniffing
+
+
+def _suffix(path: Path) -> str:
+    """Lower-case suffix, with ``.jsonl.gz``/``.jsonl.zst`` kept whole."""
+    name = path.name.lower()
+    for multi in (".jsonl.gz", ".jsonl.zst"):
+        if name.endswith(multi):
+            return multi
+    return path.suffix.lower()
+
+
+def _read_head(path: Path, n: int = SNIFF_BYTES) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _bom_encoding(head: bytes) -> str | None:
+    """The encoding a byte-order mark announces (``utf-8-sig``, ``utf-16``), or None."""
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return None
+
+
+def text_problem(head: bytes, complete: bool) -> str | None:
+    """Why ``head`` (the first bytes of a file; ``complete`` when that is all of it) is not
+    text we read, or None.  UTF-8 (a sequence cut by the sniff window is fine) and UTF-16 with
+    a BOM are text; NUL bytes mean binary."""
+    encoding = _bom_encoding(head)
+    if encoding == "utf-16":
+        return None
+    if b"\x00" in head:
+        return "looks binary (contains NUL bytes), not text"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=complete)
+    except UnicodeDecodeError as e:
+        return f"is not UTF-8 text (bad byte at offset {e.start}; UTF-16 needs a byte-order mark)"
+    return None
+
+
+def sniff(path: Path, explicit: bool = True) -> CorpusFile | None:
+    """Classify one file by its name and first 64 KB.
+
+    ``explicit``: the user named this file (``--corpus FILE``): unknown extensions are read as
+    text if they sniff as text, and anything unreadable raises.  In a folder (``explicit``
+    False) files with other extensions, and extensionless files that are not text, return None.
+    Raises DataError (one line) for an explicit file that is not a corpus.
+    """
+    suffix = _suffix(path)
+    name = path.name
+    if suffix in JSONL_SUFFIXES:
+        return CorpusFile(path, "jsonl", name, JSONL_SUFFIXES[suffix])
+    if suffix == ".parquet":
+        head = _read_head(path, 4)
+        if head != _PARQUET_MAGIC:
+            raise DataError(f"{path}: not a Parquet file (no PAR1 magic)")
+        return CorpusFile(path, "parquet", name)
+    if suffix in TOKEN_SUFFIXES:
+        if suffix == ".npy" and _read_head(path, 6) != _NPY_MAGIC:
+            raise DataError(f"{path}: not a NumPy .npy file")
+        return CorpusFile(path, "tokens", name)
+    if not explicit and suffix not in TEXT_SUFFIXES:
+        return None
+    head = _read_head(path)
+    problem = text_problem(head, complete=len(head) < SNIFF_BYTES)
+    if problem is None:
+        return CorpusFile(path, "text", name)
+    if explicit:
+        raise DataError(f"{path}: {problem}")
+    if suffix == "":
+        return None  # stray executables and the like in a folder are not documents
+    raise DataError(f"{path}: {problem}")
+
+
+def list_corpus(root: Path) -> list[CorpusFile]:
+    """The files of ``--corpus root`` in reading order (sorted by path parts), each sniffed.
+
+    Raises DataError: missing/unreadable path, nothing usable in a folder, text mixed with
+    pre-tokenized files, an explicit file that is not a corpus.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"corpus not found: {root}")
+    if not root.is_dir():
+        if not os.access(root, os.R_OK):
+            raise DataError(f"{root}: cannot read: permission denied")
+        return [sniff(root, explicit=True)]  # type: ignore[list-item]
+    files: list[CorpusFile] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fname in filenames:
+            if fname.startswith("."):
+                continue
+            p = Path(dirpath) / fname
+            if not p.is_file():
+                continue
+            cf = sniff(p, explicit=False)
+            if cf is not None:
+                rel = p.relative_to(root)
+                files.append(CorpusFile(cf.path, cf.kind, rel.as_posix(), cf.compression))
+    files.sort(key=lambda f: Path(f.name).parts)
+    if not files:
+        raise DataError(
+            f"corpus folder has no usable files (.txt, .md, extensionless text, .jsonl[.gz|.zst], .parquet, .bin, .npy): {root}"
+        )
+    kinds = {f.kind == "tokens" for f in files}
+    if len(kinds) > 1:
+        raise DataError(f"corpus folder mixes pre-tokenized (.bin/.npy) and text files; use one kind: {root}")
+    return files
+
+
+def _walk_error(error: OSError) -> None:
+    raise DataError(f"{error.filename}: cannot read: {error.strerror or error}")
+
+
+# --------------------------------------------------------------------------- cheap checks
+
+
+def check_field(cf: CorpusFile, text_field: str) -> None:
+    """Check that a JSONL file's first records / a Parquet file's schema have ``text_field``
+    as a string (reads at most 64 KB of a JSONL file).  Raises DataError."""
+    if cf.kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            schema = pq.read_schema(cf.path)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{cf.path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        if text_field not in schema.names:
+            cols = ", ".join(schema.names[:10])
+            raise DataError(f'{cf.path}: no column "{text_field}" (columns: {cols}); choose one with --text-field')
+        typ = schema.field(text_field).type
+        if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+            raise DataError(f'{cf.path}: column "{text_field}" holds {typ}, not strings')
+    elif cf.kind == "jsonl":
+        with _open_binary(cf) as stream:
+            head = stream.read(SNIFF_BYTES)
+        lines = head.split(b"\n")
+        if len(head) == SNIFF_BYTES and len(lines) > 1:
+            lines = lines[:-1]  # the last line may be cut by the window
+        for lineno, raw in enumerate(lines, start=1):
+            if raw.strip():
+                _json_text(raw, text_field, cf.path, lineno, strict_decode=False)
+                return  # the first record decides; later ones are checked while tokenizing
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def cut_point(text: str, chunk_chars: int) -> int:
+    """Where to cut ``text`` (longer than ``2 * chunk_chars``): a safe boundary in
+    ``[chunk_chars, 2 * chunk_chars]``, else ``chunk_chars``.  See the module docstring."""
+    end = 2 * chunk_chars
+    m = _NL_CUT.search(text, chunk_chars, end + 1)
+    if m is not None:
+        return m.end()
+    m = _SPACE_CUT.search(text, chunk_chars, end + 1)
+    if m is not None:
+        return m.end()
+    return chunk_chars
+
+
+def split_text(text: str, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
+    """``text`` as consecutive pieces of at most ``2 * chunk_chars`` characters (joined they
+    are ``text``)."""
+    start = 0
+    while len(text) - start > 2 * chunk_chars:
+        cut = cut_point(text[start : start + 2 * chunk_chars + 2], chunk_chars)
+        yield text[start : start + cut]
+        start += cut
+    if start < len(text) or not text:
+        yield text[start:]
+
+
+def _stream_pieces(read, chunk_chars: int) -> Iterator[str]:
+    """Pieces of a character stream (``read(n)`` returns up to n characters, "" at the end);
+    memory is bounded by ``3 * chunk_chars`` characters whatever the line lengths."""
+    buf = ""
+    eof = False
+    while True:
+        while not eof and len(buf) < 2 * chunk_chars + 2:
+            s = read(chunk_chars)
+            if s:
+                buf += s
+            else:
+                eof = True
+        if eof and len(buf) <= 2 * chunk_chars:
+            if buf:
+                yield buf
+            return
+        cut = cut_point(buf, chunk_chars)
+        yield buf[:cut]
+        buf = buf[cut:]
+
+
+class _Replaced:
+    """Counts bytes/characters replaced by U+FFFD (a codec error handler cannot carry state)."""
+
+    count = 0
+
+
+def _count_replace(error: UnicodeError) -> tuple[str, int]:
+    _Replaced.count += 1
+    return "\ufffd", error.end  # type: ignore[attr-defined]
+
+
+codecs.register_error("tritter-replace", _count_replace)
+
+
+class _Counting(io.RawIOBase):
+    """A raw file that counts the bytes read from disk (progress for compressed input too)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        n = self._f.readinto(b)  # type: ignore[attr-defined]
+        self.bytes_read += n or 0
+        return n or 0
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def _open_binary(cf: CorpusFile, counter: list[_Counting] | None = None) -> IO[bytes]:
+    raw = _Counting(open(cf.path, "rb", buffering=0))
+    if counter is not None:
+        counter.append(raw)
+    f: IO[bytes] = io.BufferedReader(raw, 1 << 20)
+    if cf.compression == "gz":
+        f = gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[assignment]
+    elif cf.compression == "zst":
+        import zstandard
+
+        f = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True), 1 << 20)  # type: ignore[arg-type]
+    return f
+
+
+def _json_text(raw: bytes, field: str, path: Path, lineno: int, strict_decode: bool = True) -> str | None:
+    """The string ``field`` of one JSONL line (None for null).  Raises DataError."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        line = raw.decode("utf-8", "tritter-replace")
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: line {lineno}: not a JSON object")
+    if field not in record:
+        keys = ", ".join(list(record)[:8])
+        raise DataError(f'{path}: line {lineno}: no "{field}" field (fields: {keys}); choose one with --text-field')
+    text = record[field]
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise DataError(f'{path}: line {lineno}: "{field}" is {type(text).__name__.replace("dict", "an object").replace("list", "an array")}, not a string')
+    if _SURROGATE.search(text):  # "\ud83d" alone: tokenizers cannot take it
+        n = len(_SURROGATE.findall(text))
+        _Replaced.count += n
+        text = _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+class CorpusReader:
+    """Streams a corpus as pieces: ``for text, doc_start in reader`` (``doc_start``: the piece
+    begins a new document).  Progress: ``bytes_done`` (bytes of the input files read so far),
+    ``bytes_total``, ``documents``; ``replaced`` counts U+FFFD substitutions and
+    ``replaced_at`` names where the first one happened ("FILE: line N").
+    """
+
+    def __init__(self, files: list[CorpusFile], text_field: str = "text", chunk_chars: int = CHUNK_CHARS) -> None:
+        self.files = files
+        self.text_field = text_field
+        self.chunk_chars = chunk_chars
+        self.bytes_total = sum(_size(f.path) for f in files)
+        self.bytes_done = 0
+        self.documents = 0
+        self.replaced = 0
+        self.replaced_at = ""
+
+    def __iter__(self) -> Iterator[tuple[str, bool]]:
+        finished = 0
+        for cf in self.files:
+            counter: list[_Counting] = []
+            readers = {"text": self._text, "jsonl": self._jsonl, "parquet": self._parquet}
+            if cf.kind not in readers:
+                raise DataError(f"{cf.path}: pre-tokenized files are not read as documents")
+            try:
+                for piece, start, where in readers[cf.kind](cf, counter):
+                    if _Replaced.count:
+                        self._note_replaced(where)
+                    if start:
+                        self.documents += 1
+                    self.bytes_done = finished + (counter[0].bytes_read if counter else 0)
+                    yield piece, start
+            except OSError as e:
+                raise DataError(f"{cf.path}: cannot read: {e.strerror or e}") from None
+            finished += _size(cf.path)
+            self.bytes_done = finished
+
+    def _note_replaced(self, where: str) -> None:
+        if not self.replaced:
+            self.replaced_at = where
+        self.replaced += _Replaced.count
+        _Replaced.count = 0
+
+    def _text(self, cf: CorpusFile, counter: list[_Counting]) -> Iterator[tuple[str, bool, str]]:
+        with _open_binary(cf, counter) as f:
+            encoding = _bom_encoding(f.peek(4)[:4]) or "utf-8"  # type: ignore[attr-defined]
+            # newline=None: universal newlines (\r\n and \r become \n), also across read() calls.
+            text = io.TextIOWrapper(f, encoding=encoding, errors="tritter-replace", newline=None)
+            first, line = True, 1
+            for piece in _stream_pieces(text.read, self.chunk_chars):
+                if first and not piece.strip() and len(piece) < self.chunk_chars:
+                    return  # a blank file is no document
+                yield piece, first, f"{cf.path}: line {line}"
+                line += piece.count("\n")
+                first = False
+
+    def _jsonl(self, cf: CorpusFile, counter: list[_Counting]) -> Iterator[tuple[str, bool, str]]:
+        with _open_binary(cf, counter) as f:
+            for lineno, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                text = _json_text(raw, self.text_field, cf.path, lineno)
+                if text is None or not text.strip():
+                    continue
+                text = text.replace("\r\n", "\n")
+                where = f"{cf.path}: line {lineno}"
+                for i, piece in enumerate(split_text(text, self.chunk_chars)):
+                    yield piece, i == 0, where
+
+    def _parquet(self, cf: CorpusFile, counter: list[_Counting]) -> Iterator[tuple[str, bool, str]]:
+        import pyarrow.parquet as pq
+
+        check_field(cf, self.text_field)
+        pf = pq.ParquetFile(cf.path)
+        size = _size(cf.path)
+        row = 0
+        for group in range(pf.num_row_groups):
+            for batch in pf.iter_batches(batch_size=1024, row_groups=[group], columns=[self.text_field]):
+                for text in batch.column(0).to_pylist():
+                    row += 1
+                    if text is None or not text.strip():
+                        continue
+                    text = text.replace("\r\n", "\n")
+                    for i, piece in enumerate(split_text(text, self.chunk_chars)):
+                        yield piece, i == 0, f"{cf.path}: row {row}"
+            # progress by row group: the fraction of the file's groups read
+            counter[:] = [_Fixed(size * (group + 1) // max(pf.num_row_groups, 1))]
+
+
+class _Fixed:
+    """A stand-in counter for readers that know their progress otherwise (Parquet row groups)."""
+
+    def __init__(self, n: int) -> None:
+        self.bytes_read = n
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def iter_documents(files: list[CorpusFile], text_field: str = "text", chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
+    """Whole documents (pieces joined), for callers that want documents, e.g. tests and the
+    tokenizer trainer on small corpora.  Holds one document in memory at a time."""
+    doc: list[str] = []
+    for piece, start in CorpusReader(files, text_field, chunk_chars):
+        if start and doc:
+            yield "".join(doc)
+            doc = []
+        doc.append(piece)
+    if doc:
+        yield "".join(doc)
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def corpus_digest(files: list[CorpusFile], memo_path: Path | None = None, progress=None) -> str:
+    """A 32-hex digest of the corpus *content*: every file's kind, relative name and xxh3-128
+    of its bytes, in reading order.  Renaming or reordering files changes it (documents move).
+
+    ``memo_path``: a JSON file remembering each file's digest under its (size, mtime, ctime,
+    inode); a file whose stat is unchanged is not read again (ctime cannot be set back, so any
+    rewrite or replacement is hashed anew).  ``progress(bytes_done, bytes_total)`` is called
+    about every 64 MB of hashing.  Raises DataError for an unreadable file.
+    """
+    import xxhash
+
+    memo: dict[str, list] = {}
+    if memo_path is not None:
+        try:
+            memo = json.loads(Path(memo_path).read_text())
+        except (OSError, ValueError):
+            memo = {}
+    total = sum(_size(f.path) for f in files)
+    done = 0
+    changed = False
+    h = xxhash.xxh3_128(b"tritter-corpus-v1\0")
+    for cf in files:
+        key = str(cf.path.resolve())
+        try:
+            stat = _stat_key(cf.path)
+            entry = memo.get(key)
+            if isinstance(entry, list) and entry[:4] == stat:
+                digest = entry[4]
+            else:
+                fh = xxhash.xxh3_128()
+                with open(cf.path, "rb") as f:
+                    since = 0
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        fh.update(block)
+                        since += len(block)
+                        if progress is not None and since >= 1 << 26:
+                            progress(done + f.tell(), total)
+                            since = 0
+                digest = fh.hexdigest()
+                memo[key] = [*stat, digest]
+                changed = True
+        except OSError as e:
+            raise DataError(f"{cf.path}: cannot read: {e.strerror or e}") from None
+        done += stat[0]
+        h.update(f"{cf.kind}\0{cf.name}\0{digest}\n".encode())
+    if changed and memo_path is not None:
+        from tritter.formats.files import atomic_write
+
+        atomic_write(Path(memo_path), json.dumps(memo).encode(), durable=False)
+    return h.hexdigest()

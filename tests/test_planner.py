@@ -1,0 +1,165 @@
+"""recipe/planner.py against the real modules: parameters and state bytes on torch's meta device,
+the hybrid predictor's buffers on a real model, and the activation bytes autograd saves."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tritter.daemon.engine.hybrid import HybridController
+from tritter.daemon.engine.model import LlamaForCausalLM
+from tritter.daemon.engine.trainer import make_optimizer
+from tritter.protocol.config import PRESET_NAMES
+from tritter.recipe.budget import BatchPlan
+from tritter.recipe.planner import flops_per_token, parameter_count, plan_run, plan_stage
+from tritter.recipe.presets import get_preset
+
+
+def _storage_bytes(tensors: list[torch.Tensor]) -> int:
+    seen: dict[int, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        seen[id(storage) if t.device.type == "meta" else storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_parameter_and_state_bytes_match_the_real_modules(name: str) -> None:
+    preset = get_preset(name)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(preset.shape)
+    params = list(model.parameters())
+    plan = plan_stage(preset, cuda=False, batch=BatchPlan(micro_batch=1, accum=1, world=1, seq_len=16),
+                      grad_ckpt_every=0, hybrid=False)
+    assert plan.params == sum(p.numel() for p in params)
+    assert plan.weights_bytes == sum(p.numel() * p.element_size() for p in params)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    assert plan.grads_bytes == sum(p.grad.numel() * p.grad.element_size() for p in params)
+    optimizer = make_optimizer(model, preset)
+    optimizer.step()  # AdamW allocates its state on the first step (meta: shapes only)
+    state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    assert plan.optimizer_bytes == sum(v.numel() * v.element_size() for v in state)
+
+
+def _tensors_held(obj: object, seen_objs: set[int], out: list[torch.Tensor]) -> None:
+    """Every tensor reachable from ``obj``'s attributes, lists and dicts (not through modules)."""
+    if id(obj) in seen_objs or isinstance(obj, torch.nn.Module):
+        return
+    seen_objs.add(id(obj))
+    if torch.is_tensor(obj):
+        out.append(obj)
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            _tensors_held(value, seen_objs, out)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            _tensors_held(value, seen_objs, out)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        for value in vars(obj).values():
+            _tensors_held(value, seen_objs, out)
+
+
+def test_hybrid_bytes_match_the_controller_buffers() -> None:
+    """Run the controller through enough true steps to fill its history, then count every tensor
+    it holds (the model's own parameters excluded)."""
+    preset = get_preset("tiny")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(preset.shape)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    controller = HybridController(model)
+    optimizer = make_optimizer(model, preset)
+    x = torch.randint(0, preset.shape.vocab_size, (2, 16))
+    for _ in range(controller.settings.history + 2):
+        controller.predictor.before_step()
+        model(x, labels=x).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        controller.predictor.after_step(1e-3)
+    held: list[torch.Tensor] = []
+    _tensors_held(controller, set(), held)
+    own = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    buffers = [t for t in held if t.untyped_storage().data_ptr() not in own]
+    plan = plan_stage(preset, cuda=False, batch=BatchPlan(micro_batch=1, accum=1, world=1, seq_len=16),
+                      grad_ckpt_every=0, hybrid=True)
+    assert plan.hybrid_bytes == _storage_bytes(buffers)
+
+
+def _saved_activation_bytes(name: str, batch: int, seq: int, bf16: bool, every: int) -> tuple[int, int]:
+    """(activation bytes, bf16 weight-cast bytes) that autograd saves for backward in one forward."""
+    shape = get_preset(name).shape
+    with torch.device("cpu"):
+        model = LlamaForCausalLM(shape)
+    model.set_grad_checkpointing(every)
+    model.train()
+    own = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    weight_numels = {p.numel() for p in model.parameters()}
+    saved: dict[int, tuple[int, bool]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key not in own and key not in saved:
+            is_cast = t.dtype == torch.bfloat16 and storage.nbytes() // 2 in weight_numels
+            saved[key] = (storage.nbytes(), is_cast)
+        return t
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, shape.vocab_size, (batch, seq), generator=generator)
+    y = torch.randint(0, shape.vocab_size, (batch, seq), generator=generator)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model(x, labels=y)
+    activations = sum(n for n, cast in saved.values() if not cast)
+    casts = sum(n for n, cast in saved.values() if cast)
+    return activations, casts
+
+
+@pytest.mark.parametrize(("bf16", "every"), [(True, 0), (True, 4), (False, 0)])
+def test_activation_bytes_match_what_autograd_saves_at_the_100m_shape(bf16: bool, every: int) -> None:
+    """The per-token activation figure (issue 20 item 5), exact: bf16 autocast on CPU stands in for CUDA."""
+    batch, seq = 1, 128
+    activations, casts = _saved_activation_bytes("100m", batch, seq, bf16, every)
+    plan = plan_stage(get_preset("100m"), cuda=bf16, batch=BatchPlan(micro_batch=batch, accum=1, world=1, seq_len=seq),
+                      grad_ckpt_every=every, hybrid=False)
+    assert activations == plan.activations_bytes
+    assert casts == plan.weight_copies_bytes
+
+
+def test_flops_per_token_by_hand() -> None:
+    # 100m: N = 98,323,200 (docs/presets.md), 12 layers x 12 heads x 64 dims x 1024 positions.
+    shape = get_preset("100m").shape
+    assert parameter_count(shape) == 98_323_200
+    assert flops_per_token(shape, 1024) == 6 * 98_323_200 + 12 * 12 * 12 * 64 * 1024
+
+
+def test_plan_run_follows_the_batch_flags() -> None:
+    plans = plan_run("100m", "1b", cuda=True, batch_tokens=2**20, micro_batch=4, grad_ckpt_every=1, nproc=2)
+    assert [p.stage for p in plans] == ["100m", "500m", "1b"]
+    for p in plans:
+        assert (p.micro_batch, p.nproc, p.grad_ckpt_every) == (4, 2, 1)
+        assert p.tokens_per_step == 2**20 == p.micro_batch * p.accum * p.nproc * p.seq_len
+        assert p.activation_dtype == "bf16"
+    fitted = plan_run("1b", "1b", cuda=True)[0]
+    assert fitted.peak_bytes <= 0.9 * 80e9  # the fitted micro-batch fits an 80 GB card
+    assert plan_run("1b", "1b", cuda=True, micro_batch=fitted.micro_batch * 2)[0].peak_bytes > 0.9 * 80e9 or \
+        fitted.micro_batch * 2 > fitted.tokens_per_step // fitted.seq_len
+
+
+def test_tritterctl_plan_runs_without_a_daemon(tmp_path) -> None:
+    ctl = [sys.executable, "-m", "tritter.clients.ctl", "--home", str(tmp_path / "nothing-here")]
+    out = subprocess.run([*ctl, "plan", "--start", "100m", "--end", "1b", "--cuda", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    stages = json.loads(out.stdout.strip().splitlines()[-1])["stages"]
+    assert [s["stage"] for s in stages] == ["100m", "500m", "1b"]
+    assert all(s["peak_bytes"] > s["weights_bytes"] + s["grads_bytes"] + s["optimizer_bytes"] for s in stages)
+    table = subprocess.run([*ctl, "plan", "--start", "tiny", "--end", "small"], capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "peak GiB" in table.stdout and "FLOPs/token" in table.stdout
+    bad = subprocess.run([*ctl, "plan", "--start", "1b", "--end", "tiny"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "bigger" in bad.stderr
