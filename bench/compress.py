@@ -1,20 +1,27 @@
 #!/usr/bin/env python
-"""Checkpoint compression: tritter's .tzst (full and delta) against gzip, zstd and ZipNN.
+"""Checkpoint compression: tritter's .tzst (full and delta) against ZipNN and zstd, side by side.
 
 Makes real checkpoints by training the ``tiny`` preset through a real ``tritterd`` (in a
 temporary home) unless ``--ckpt-dir`` points at existing ``step-*.safetensors`` files, then
-measures on the newest checkpoint (full) and on the last two (delta, ``--every`` steps apart):
+measures on the newest checkpoint (full) and on the last two (delta):
 
 * fp32: the files as written by the trainer (weights, AdamW moments, RNG);
 * bf16: the same files with every F32 tensor cast to BF16 (weights *and* optimizer state).
 
-Per codec: ratio (original bytes / compressed bytes), compress and decompress MB/s (of the
-original size, one thread, best of ``--repeat``), and whether the round trip is bit-exact.
-ZipNN is used when ``import zipnn`` works (``pip install zipnn`` into the venv; it is not a
-project dependency).
+Each round measures every codec back to back on the same bytes, single-threaded and with all
+cores, so machine load hits them alike; speeds are also reported as ratios to ZipNN measured in
+the same round, and every figure as the range over ``--repeat`` rounds.  Also: ratios per tensor
+group (weights, ``exp_avg``, ``exp_avg_sq``; full and delta), resume speed (``safetensors``
+loading the raw file against tritter reading the ``.tzst`` into tensors), and with ``--memory``
+peak RSS on a ``100m``-preset checkpoint (``bench/compress_memory.py``).
 
-    .venv/bin/python bench/compress.py --quick        # 20 steps, no zstd-19: about a minute
-    .venv/bin/python bench/compress.py                # 75 steps, checkpoints 25 apart
+tritter's compress timing is given the file's sha256, as the sink has it (the trainer's event
+carries it); ``sha256_MBps`` says what computing it costs.  Decompress checks every segment's
+xxh3.  ZipNN is used when ``import zipnn`` works (``pip install --no-deps zipnn`` into the venv:
+it is not a project dependency); without it its columns are skipped with a note.
+
+    .venv/bin/python bench/compress.py --quick        # 20 steps, 2 rounds
+    .venv/bin/python bench/compress.py --memory       # 75 steps, 3 rounds, + the 100m memory test
 
 The last line printed is one JSON object.
 """
@@ -22,7 +29,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -37,6 +44,7 @@ from typing import Any
 import zstandard
 
 from tritter.formats import codec
+from tritter.formats.checkpoints import checkpoint_step
 
 BIN = Path(sys.executable).parent
 
@@ -81,124 +89,234 @@ def to_bf16(data: bytes) -> bytes:
     return save(cast, metadata=meta)
 
 
-def timed(fn: Callable[[], Any], repeat: int) -> tuple[Any, float]:
-    best = float("inf")
-    result = None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return result, best
+def group_of(name: str) -> str:
+    """weights | exp_avg | exp_avg_sq | other, from a tritter checkpoint tensor name."""
+    if name.endswith(".exp_avg_sq"):
+        return "exp_avg_sq"
+    if name.endswith(".exp_avg"):
+        return "exp_avg"
+    return "weights" if name.startswith("model.") else "other"
 
 
-def codecs(include_zstd19: bool, dtype: str) -> dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]]:
-    out: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
-        "gzip-6": (lambda d: gzip.compress(d, 6, mtime=0), gzip.decompress),
-        "zstd-3": (zstandard.ZstdCompressor(level=3).compress, zstandard.ZstdDecompressor().decompress),
-    }
-    if include_zstd19:
-        out["zstd-19"] = (zstandard.ZstdCompressor(level=19).compress, zstandard.ZstdDecompressor().decompress)
+def split_groups(data: bytes) -> dict[str, bytes]:
+    """One safetensors file per group of ``data``'s float tensors (bytes unchanged)."""
+    from safetensors.torch import load, save
+
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in load(data).items():
+        if v.is_floating_point():
+            out.setdefault(group_of(k), {})[k] = v
+    return {g: save(t) for g, t in out.items() if g != "other"}
+
+
+def zipnn_codec(dtype: str, threads: int) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]] | None:
     try:
         import zipnn  # noqa: PLC0415
-
-        z = zipnn.ZipNN(input_format="byte", bytearray_dtype="float32" if dtype == "fp32" else "bfloat16", threads=1)
-        # zipnn 0.5 reorders the bits of its input buffer in place: give it a copy
-        out["zipnn"] = (lambda d: z.compress(bytearray(d)), lambda c: bytes(z.decompress(c)))
     except ImportError:
-        pass
+        return None
+    z = zipnn.ZipNN(input_format="byte", bytearray_dtype="float32" if dtype == "fp32" else "bfloat16", threads=threads)
+    # zipnn 0.5 reorders the bits of its input buffer in place: give it a copy
+    return (lambda d: z.compress(bytearray(d))), (lambda c: bytes(z.decompress(c)))
+
+
+def codecs(dtype: str, threads: int, sha: str, base: bytes | None) -> dict[str, tuple[Callable[[bytes], Any], Callable[[Any], Any]]]:
+    zc = zstandard.ZstdCompressor(level=3, threads=threads if threads > 1 else 0)
+    out: dict[str, tuple[Callable[[bytes], Any], Callable[[Any], Any]]] = {
+        "zstd-3": (zc.compress, zstandard.ZstdDecompressor().decompress),
+    }
+    z = zipnn_codec(dtype, threads)
+    if z is not None:
+        out["zipnn"] = z
     out["tritter"] = (
-        lambda d: b"".join(codec.compress_bytes(d, threads=1)),
-        lambda c: codec.decompress_bytes(c, threads=1),
+        lambda d: b"".join(codec.compress_bytes(d, threads=threads, sha256=sha)),
+        lambda c: codec.decompress_bytes(c, threads=threads),
     )
+    if base is not None:
+        out["tritter-delta"] = (
+            lambda d: b"".join(codec.compress_bytes(d, base=base, base_name="prev.safetensors", threads=threads, sha256=sha)),
+            lambda c: codec.decompress_bytes(c, base, threads=threads),
+        )
     return out
 
 
-def measure(name: str, comp: Callable[[bytes], bytes], decomp: Callable[[bytes], bytes], data: bytes, repeat: int) -> dict[str, Any]:
-    packed, tc = timed(lambda: comp(data), repeat)
-    restored, td = timed(lambda: decomp(packed), repeat)
+def measure_once(comp: Callable[[bytes], Any], decomp: Callable[[Any], Any], data: bytes) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    packed = comp(data)
+    t1 = time.perf_counter()
+    restored = decomp(packed)
+    t2 = time.perf_counter()
     mb = len(data) / 1e6
-    return {
-        "codec": name,
-        "ratio": round(len(data) / len(packed), 4),
-        "compress_MBps": round(mb / tc, 1),
-        "decompress_MBps": round(mb / td, 1),
-        "bit_exact": bytes(restored) == data,
-        "bytes": len(data),
-        "compressed": len(packed),
-    }
+    return {"ratio": len(data) / len(packed), "compress_MBps": mb / (t1 - t0), "decompress_MBps": mb / (t2 - t1),
+            "bit_exact": bytes(restored) == data, "compressed": len(packed)}
+
+
+def resume_speeds(raw: bytes, prev: bytes, work: Path) -> dict[str, float]:
+    """MB/s of loading the checkpoint into torch tensors: safetensors (raw file) vs tritter (.tzst, full and delta)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tritter.daemon.engine.checkpoint import _TORCH_DTYPE
+
+    a, b = work / "step-00000001.safetensors", work / "step-00000002.safetensors"
+    a.write_bytes(prev)
+    b.write_bytes(raw)
+    codec.compress_file(a)
+    full = work / "full" / b.name
+    full.parent.mkdir()
+    codec.compress_file(b, full.with_name(b.name + ".tzst"))
+    codec.compress_file(b, base=work / (a.name + ".tzst"))
+    a.unlink()
+
+    def tzst(path: Path) -> None:
+        _, arrays = codec.read_tensors(path)
+        {k: torch.from_numpy(x).view(_TORCH_DTYPE[d]).reshape(s) for k, (d, s, x) in arrays.items()}
+
+    out: dict[str, float] = {}
+    mb = len(raw) / 1e6
+    for name, fn in (("safetensors", lambda: load_file(str(b))), ("tritter_full", lambda: tzst(full.with_name(b.name + ".tzst"))),
+                     ("tritter_delta", lambda: tzst(work / (b.name + ".tzst")))):
+        fn()  # warm the page cache and imports
+        best = min(_timed(fn) for _ in range(3))
+        out[f"{name}_MBps"] = mb / best
+    return out
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def span(values: list[float]) -> list[float]:
+    return [round(min(values), 3), round(max(values), 3)]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20 steps, checkpoints 10 apart, no zstd-19, 1 repeat")
+    parser.add_argument("--quick", action="store_true", help="20 steps, checkpoints 10 apart, 2 rounds")
     parser.add_argument("--steps", type=int, help="training steps (default 75; --quick 20)")
     parser.add_argument("--every", type=int, help="steps between checkpoints (default 25; --quick 10)")
-    parser.add_argument("--repeat", type=int, help="timing repeats, best taken (default 2; --quick 1)")
+    parser.add_argument("--repeat", type=int, help="measurement rounds, reported as ranges (default 3; --quick 2)")
+    parser.add_argument("--threads", type=int, help="'all cores' thread count (default: os.cpu_count())")
     parser.add_argument("--ckpt-dir", type=Path, help="use the step-*.safetensors files here instead of training")
+    parser.add_argument("--memory", action="store_true", help="also measure peak RSS on a 100m-preset checkpoint (~1.2 GB; minutes)")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
     steps = args.steps or (20 if args.quick else 75)
     every = args.every or (10 if args.quick else 25)
-    repeat = args.repeat or (1 if args.quick else 2)
+    repeat = args.repeat or (2 if args.quick else 3)
+    all_cores = args.threads or os.cpu_count() or 1
 
     def log(text: str) -> None:
         if not args.json:
             print(text, flush=True)
 
-    tmp = None
+    tmp = Path(tempfile.mkdtemp(prefix="tt-bench-", dir="/tmp"))
     try:
         if args.ckpt_dir:
             files = sorted(args.ckpt_dir.glob("step-*.safetensors"))
         else:
-            tmp = Path(tempfile.mkdtemp(prefix="tt-bench-", dir="/tmp"))
             files = make_checkpoints(tmp / "home", steps, every, log)
         if len(files) < 2:
             raise SystemExit(f"need at least two checkpoints, found {len(files)}")
         prev, last = files[-2].read_bytes(), files[-1].read_bytes()
-        variants = {"fp32": (prev, last)}
-        variants["bf16"] = (to_bf16(prev), to_bf16(last))
-        results: list[dict[str, Any]] = []
+        variants = {"fp32": (prev, last), "bf16": (to_bf16(prev), to_bf16(last))}
+        have_zipnn = zipnn_codec("fp32", 1) is not None
+        if not have_zipnn:
+            log("note: zipnn is not installed (.venv/bin/pip install --no-deps zipnn): its columns are skipped")
+        b"".join(codec.compress_bytes(last[:0] or last, threads=1))  # import blosc2 once, outside the timings
+
+        # -- speed and ratio, side by side, `repeat` rounds ------------------------------------------
+        runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        sha_speed: list[float] = []
+        for rnd in range(repeat):
+            for dtype, (p, cur) in variants.items():
+                t0 = time.perf_counter()
+                sha = hashlib.sha256(cur).hexdigest()
+                sha_speed.append(len(cur) / 1e6 / (time.perf_counter() - t0))
+                for threads in sorted({1, all_cores}):
+                    for name, (c, d) in codecs(dtype, threads, sha, p).items():
+                        r = measure_once(c, d, cur)
+                        runs.setdefault((dtype, name, threads), []).append(r)
+            log(f"round {rnd + 1}/{repeat} done")
+        results = []
+        for (dtype, name, threads), rs in runs.items():
+            row: dict[str, Any] = {"dtype": dtype, "codec": name, "threads": threads, "ratio": round(rs[0]["ratio"], 4),
+                                   "compress_MBps": span([r["compress_MBps"] for r in rs]),
+                                   "decompress_MBps": span([r["decompress_MBps"] for r in rs]),
+                                   "bit_exact": all(r["bit_exact"] for r in rs)}
+            z = runs.get((dtype, "zipnn", threads))
+            if z is not None:  # speed relative to ZipNN in the same round
+                row["ratio_vs_zipnn"] = round(rs[0]["ratio"] / z[0]["ratio"], 4)
+                row["compress_vs_zipnn"] = span([r["compress_MBps"] / q["compress_MBps"] for r, q in zip(rs, z)])
+                row["decompress_vs_zipnn"] = span([r["decompress_MBps"] / q["decompress_MBps"] for r, q in zip(rs, z)])
+            zs = runs[(dtype, "zstd-3", threads)]
+            row["ratio_vs_zstd3"] = round(rs[0]["ratio"] / zs[0]["ratio"], 4)
+            results.append(row)
+
+        # -- ratios per tensor group -------------------------------------------------------------
+        groups = []
         for dtype, (p, cur) in variants.items():
-            for name, (c, d) in codecs(not args.quick, dtype).items():
-                r = measure(name, c, d, cur, repeat)
-                r.update(dtype=dtype, mode="full")
-                results.append(r)
-                log(f"  {dtype} {name:<14} {r['ratio']:.3f}x")
-            r = measure(
-                "tritter-delta",
-                lambda data, p=p: b"".join(codec.compress_bytes(data, base=p, base_name="prev.safetensors", threads=1)),
-                lambda blob, p=p: codec.decompress_bytes(blob, p, threads=1),
-                cur, repeat,
-            )
-            r.update(dtype=dtype, mode="delta")
-            results.append(r)
-            log(f"  {dtype} tritter-delta  {r['ratio']:.3f}x")
+            pg, cg = split_groups(p), split_groups(cur)
+            for g, data in cg.items():
+                row = {"dtype": dtype, "group": g, "bytes": len(data),
+                       "tritter_full": round(len(data) / len(b"".join(codec.compress_bytes(data))), 4),
+                       "tritter_delta": round(len(data) / len(b"".join(codec.compress_bytes(data, base=pg[g]))), 4),
+                       "zstd3": round(len(data) / len(zstandard.ZstdCompressor(level=3).compress(data)), 4)}
+                z = zipnn_codec(dtype, all_cores)
+                if z is not None:
+                    row["zipnn"] = round(len(data) / len(z[0](data)), 4)
+                groups.append(row)
+
+        # -- resume ---------------------------------------------------------------------------------
+        resume_runs = [resume_speeds(last, prev, Path(tempfile.mkdtemp(dir=tmp))) for _ in range(repeat)]
+        resume = {k: span([r[k] for r in resume_runs]) for k in resume_runs[0]}
+        resume["tritter_full_vs_safetensors"] = span([r["tritter_full_MBps"] / r["safetensors_MBps"] for r in resume_runs])
+        resume["tritter_delta_vs_safetensors"] = span([r["tritter_delta_MBps"] / r["safetensors_MBps"] for r in resume_runs])
+
+        memory = None
+        if args.memory:
+            import compress_memory  # noqa: PLC0415  (bench/ is on sys.path when run as a script)
+
+            log("memory: 100m-preset checkpoint ...")
+            memory = compress_memory.measure(Path(tempfile.mkdtemp(dir=tmp)), 1, log)
 
         log("")
-        log(f"checkpoints: {files[-2].name} -> {files[-1].name} ({len(last) / 1e6:.1f} MB fp32), one thread, best of {repeat}")
-        log(f"{'dtype':<5} {'codec':<14} {'mode':<5} {'ratio':>7} {'comp MB/s':>10} {'decomp MB/s':>12} {'exact':>6}")
+        log(f"checkpoints: {files[-2].name} -> {files[-1].name} ({len(last) / 1e6:.1f} MB fp32); {repeat} rounds, ranges min-max;"
+            f" 'all cores' = {all_cores} threads; sha256 alone {min(sha_speed):.0f}-{max(sha_speed):.0f} MB/s")
+        log(f"{'dtype':<5} {'codec':<14} {'thr':>3} {'ratio':>7} {'vs zipnn':>8} {'comp MB/s':>13} {'vs zipnn':>11} {'decomp MB/s':>13} {'vs zipnn':>11} exact")
         for r in results:
-            log(f"{r['dtype']:<5} {r['codec']:<14} {r['mode']:<5} {r['ratio']:>6.3f}x {r['compress_MBps']:>10.1f} {r['decompress_MBps']:>12.1f} {str(r['bit_exact']):>6}")
+            def rng(v: list[float], fmt: str = "{:.0f}") -> str:
+                return f"{fmt.format(v[0])}-{fmt.format(v[1])}"
+            log(f"{r['dtype']:<5} {r['codec']:<14} {r['threads']:>3} {r['ratio']:>6.3f}x {r.get('ratio_vs_zipnn', float('nan')):>8.3f}"
+                f" {rng(r['compress_MBps']):>13} {rng(r['compress_vs_zipnn'], '{:.2f}') if 'compress_vs_zipnn' in r else '-':>11}"
+                f" {rng(r['decompress_MBps']):>13} {rng(r['decompress_vs_zipnn'], '{:.2f}') if 'decompress_vs_zipnn' in r else '-':>11} {r['bit_exact']}")
+        log("")
+        log(f"{'dtype':<5} {'group':<11} {'MB':>6} {'tritter full':>12} {'delta':>7} {'zipnn':>7} {'zstd-3':>7}")
+        for g in groups:
+            log(f"{g['dtype']:<5} {g['group']:<11} {g['bytes'] / 1e6:>6.1f} {g['tritter_full']:>11.3f}x {g['tritter_delta']:>6.3f}x"
+                f" {g.get('zipnn', float('nan')):>6.3f}x {g['zstd3']:>6.3f}x")
+        log("")
+        log("resume (load into torch tensors, page cache warm): " + ", ".join(f"{k} {v[0]:.2f}-{v[1]:.2f}" for k, v in resume.items()))
         summary = {
             "bench": "compress",
             "quick": args.quick,
             "checkpoints": [files[-2].name, files[-1].name],
-            "steps_apart": (codec.checkpoint_step(files[-1]) or 0) - (codec.checkpoint_step(files[-2]) or 0),
+            "steps_apart": (checkpoint_step(files[-1]) or 0) - (checkpoint_step(files[-2]) or 0),
             "fp32_bytes": len(last),
             "repeat": repeat,
             "cpu_count": os.cpu_count(),
+            "all_cores_threads": all_cores,
+            "zipnn": have_zipnn,
+            "sha256_MBps": span(sha_speed),
             "results": results,
+            "groups": groups,
+            "resume": resume,
+            "memory": memory,
         }
-        for dtype in variants:
-            by = {r["codec"]: r["ratio"] for r in results if r["dtype"] == dtype}
-            summary[f"{dtype}_beats_zstd3"] = by["tritter"] > by["zstd-3"]
-            if "zipnn" in by:
-                summary[f"{dtype}_beats_zipnn"] = by["tritter"] >= by["zipnn"]
-                summary[f"{dtype}_delta_beats_zipnn"] = by["tritter-delta"] >= by["zipnn"]
         print(json.dumps(summary))
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

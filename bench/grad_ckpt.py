@@ -71,23 +71,20 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
+    from tritter.daemon.engine.seeding import stage_generator
+    from tritter.daemon.engine.trainer import make_optimizer
     from tritter.recipe.presets import get_preset
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.cuda else "cpu")
     preset = get_preset(args.preset)
-    s = preset.train
     model = LlamaForCausalLM(preset.shape)
-    init_weights(model, torch.Generator().manual_seed(args.seed * 1000))
+    init_weights(model, stage_generator(args.seed, 0))
     model.to(device)
     model.set_grad_checkpointing(args.every)
     model.train()
-    groups = [
-        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": s.weight_decay},
-        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2))
+    opt = make_optimizer(model, preset)  # the trainer's AdamW (decay on matrices only)
     gen = torch.Generator().manual_seed(args.seed)
     ids = torch.randint(0, preset.shape.vocab_size, (args.batch, args.seq + 1), generator=gen).to(device)
     x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
@@ -99,7 +96,7 @@ def child(args: argparse.Namespace) -> None:
     def step() -> float:
         loss = model(x, labels=y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), preset.train.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.item()

@@ -4,9 +4,9 @@
 Both runs see the same training stream (the same ``Batches`` seed; the grown run's small stage
 continues at the data position where its tiny stage stopped, as ``Trainer`` does), the same
 held-out eval batches (``heldout_batches`` with small's batch/seq, ``EVAL_BATCHES`` = 8 as the
-trainer) and the same seeded init (``seed * 1000 + stage_index``, as ``Trainer._stage_generator``).
-Each stage uses its preset's ``TrainSettings``: AdamW (decay on matrices only, as
-``make_optimizer``), ``lr_at`` warmup per stage, grad clipping, and the trainer's
+trainer) and the same seeded init (``seeding.stage_generator``, as the trainer).
+Each stage uses its preset's ``TrainSettings``: AdamW (the trainer's ``make_optimizer``: decay on
+matrices only) and its ``evaluate``, ``lr_at`` warmup per stage, grad clipping, and the trainer's
 warmup-stable-decay: tiny holds its peak LR, only small (the last stage) decays.  Growth is
 ``grow(..., method="zero")`` as the trainer calls it (``--method clone`` to clone).  Tokens of both
 stages count towards the budget (a tiny step is 16 x 128 tokens, a small step 8 x 128).
@@ -48,8 +48,11 @@ from tritter.daemon.engine.growth import METHODS, grow, layer_mapping
 from tritter.daemon.engine.model import LlamaForCausalLM, count_parameters, init_weights
 from tritter.recipe.presets import Preset, get_preset
 from tritter.daemon.engine.schedule import lr_at
+from tritter.daemon.engine.seeding import stage_generator
+from tritter.daemon.engine import trainer
+from tritter.daemon.engine.trainer import EVAL_BATCHES, make_optimizer
 
-EVAL_BATCHES = 8  # as trainer.EVAL_BATCHES
+CPU = torch.device("cpu")
 GOAL = 0.70
 DEFAULT_CACHE = Path("/tmp/tritter-bench-token-cache")
 
@@ -58,23 +61,9 @@ def log(msg: str) -> None:
     print(f"[growth] {msg}", file=sys.stderr, flush=True)
 
 
-def make_optimizer(model: torch.nn.Module, preset: Preset) -> torch.optim.AdamW:
-    # Same as trainer.make_optimizer (copied so this bench does not import the trainer module).
-    s = preset.train
-    groups = [
-        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": s.weight_decay},
-        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2))
-
-
-@torch.no_grad()
 def evaluate(model: LlamaForCausalLM, batches: list) -> float:
-    was = model.training
-    model.eval()
-    losses = [float(model(x, labels=y)) for x, y in batches]
-    model.train(was)
-    return sum(losses) / len(losses)
+    """Mean held-out loss (nats/token) of ``model`` on ``batches``: the trainer's ``evaluate``, on CPU."""
+    return trainer.evaluate(model, batches, CPU)
 
 
 @dataclass(frozen=True)
@@ -179,7 +168,7 @@ def run_scratch(data, heldout, budget: int, seed: int, eval_every: int) -> Run:
     small = get_preset("small")
     run = Run(heldout, eval_every)
     model = LlamaForCausalLM(small.shape)
-    init_weights(model, torch.Generator().manual_seed(seed * 1000))
+    init_weights(model, stage_generator(seed, 0))
     run.eval_point(model)
     opt = make_optimizer(model, small)
     batches = Batches(data.train, small.train.batch_size, small.train.seq_len, seed, 0)
@@ -193,7 +182,7 @@ def run_grown(data, heldout, budget: int, seed: int, eval_every: int, v: Variant
     tiny, small = get_preset("tiny"), get_preset("small")
     run = Run(heldout, eval_every)
     model = LlamaForCausalLM(tiny.shape)
-    init_weights(model, torch.Generator().manual_seed(seed * 1000))
+    init_weights(model, stage_generator(seed, 0))
     run.eval_point(model)
     opt = make_optimizer(model, tiny)
     tiny_bs = v.tiny_batch or tiny.train.batch_size
@@ -203,7 +192,7 @@ def run_grown(data, heldout, budget: int, seed: int, eval_every: int, v: Variant
     before = run.eval_point(model) if run.curve[-1][0] != run.tokens else run.curve[-1][1]
 
     noise = {} if v.clone_noise is None else {"clone_noise": v.clone_noise}
-    grown = grow(model, small.shape, torch.Generator().manual_seed(seed * 1000 + 1), v.method, **noise)
+    grown = grow(model, small.shape, stage_generator(seed, 1), v.method, **noise)
     after = evaluate(grown, heldout)
     new_opt = make_optimizer(grown, small)
     if v.carry_opt:

@@ -78,6 +78,7 @@ def plain_child(preset_name: str, steps: int, seed: int, cache_dir: Path) -> Non
     from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
     from tritter.recipe.presets import get_preset
     from tritter.daemon.engine.schedule import lr_at
+    from tritter.daemon.engine.seeding import stage_generator
     from tritter.daemon.engine.trainer import make_optimizer
 
     torch.use_deterministic_algorithms(True, warn_only=True)  # as the worker does
@@ -85,8 +86,7 @@ def plain_child(preset_name: str, steps: int, seed: int, cache_dir: Path) -> Non
     settings = preset.train
     data = load_token_data(cache_dir)
     model = LlamaForCausalLM(preset.shape)
-    # Same generator as Trainer._stage_generator(seed, 0), so the weights (and losses) match.
-    init_weights(model, torch.Generator().manual_seed(seed * 1000))
+    init_weights(model, stage_generator(seed, 0))  # the trainer's stage-0 init, so weights (and losses) match
     model.set_grad_checkpointing(settings.grad_ckpt_every)
     model.train()
     optimizer = make_optimizer(model, preset)

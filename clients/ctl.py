@@ -23,14 +23,20 @@ import zmq.auth
 from tritter.clients.cli_args import MAX_COUNT, bounded_float, bounded_int
 from tritter.clients.plan_cmd import add_plan_parser, run_plan
 from tritter.clients.connection import Connection, DaemonUnavailable, RequestFailed
+from tritter.clients.data_cmd import add_tokenizer_parser, prepare_line, run_tokenizer
 from tritter.clients.subscription import DISCONNECTED, LIVE, SILENCE_BEATS, Subscription
 from tritter.clients.target import Target, add_target_arguments, target_from_args
-from tritter.protocol.config import MAX_GRAD_CKPT_EVERY, MAX_NPROC, MAX_SEED, MAX_STEPS, PRESET_NAMES, RunConfig, validate_config
+from tritter.protocol.config import MAX_GRAD_CKPT_EVERY, MAX_NPROC, MAX_PRIORITY, MAX_SEED, MAX_STEPS, PRESET_NAMES, RunConfig, validate_config
 from tritter.recipe.budget import BudgetError, parse_size, parse_steps, parse_tokens
 from tritter.recipe.budget import check_config as check_budgets
-from tritter.protocol.control import Checkpoint, Pause, Reply, Request, Resume, Runs, Start, Status, Stop, Upload
-from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, RunEvent, StageEvent, StepEvent, UploadEvent
-from tritter.protocol.state import TERMINAL, RunState
+from tritter.protocol.control import Checkpoint, Extend, Pause, Reply, Request, Resume, Runs, Start, Status, Stop, Upload
+from tritter.clients.monitoring_cli import format_monitoring, parse_kinds, read_prompts, status_lines
+from tritter.protocol.events import EVENT_KINDS
+from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, PrepareEvent, RunEvent, StageEvent, StepEvent, UploadEvent
+from tritter.protocol.state import TERMINAL, RunState, eta_seconds, is_held
+from tritter.formats.hub_names import default_run_name, repo_id_problem
+from tritter.formats.text import fit as fit_text
+from tritter.formats.text import printable
 from tritter.protocol.wire import ProtocolError, encode_json
 
 EXIT_ERROR = 2
@@ -82,7 +88,13 @@ def build_parser() -> Parser:
                        help="peak learning rate of every stage (default: each preset's)")
     start.add_argument("--keep-checkpoints", type=bounded_int(1, 1 << 20, "a checkpoint count"), metavar="N",
                        help="keep the latest N checkpoints, plus each stage's last and the best eval (default 3)")
-    start.add_argument("--corpus", type=Path, help="text file, folder of text files, or JSONL with a text field")
+    start.add_argument("--priority", type=bounded_int(-MAX_PRIORITY, MAX_PRIORITY, "a priority"), default=0, metavar="N",
+                       help="place in tritterd's queue when its slots are busy: higher starts first (default 0)")
+    start.add_argument("--corpus", type=Path,
+                       help="text file, folder, JSONL (.gz/.zst), Parquet, or pre-tokenized .bin/.npy (docs/data.md)")
+    start.add_argument("--tokenizer", type=Path, metavar="PATH",
+                       help="tokenizer.json or a Hugging Face folder (default: the embedded 8192-id BPE)")
+    start.add_argument("--text-field", default="text", metavar="NAME", help="JSONL field / Parquet column (default text)")
     start.add_argument("--cuda", action="store_true", help="train on the GPU (bf16)")
     start.add_argument("--upload", action="store_true", help="upload each completed stage to the Hugging Face hub")
     start.add_argument("--hf-user", metavar="USER", help="hub user or organisation for --upload")
@@ -94,6 +106,11 @@ def build_parser() -> Parser:
     start.add_argument("--grad-ckpt-every", type=bounded_int(0, MAX_GRAD_CKPT_EVERY), metavar="N", help="gradient checkpointing on every N-th block (0 = off)")
     start.add_argument("--nproc", type=bounded_int(1, MAX_NPROC, "a process count"), default=1, metavar="N", help="data-parallel processes")
     start.add_argument("--checkpoint-every", type=bounded_int(1, MAX_STEPS, "a step count"), metavar="N", help="steps between checkpoints (default: preset's)")
+    start.add_argument("--eval-every", type=bounded_int(0, MAX_STEPS, "a step count"), metavar="N",
+                       help="steps between held-out evals (0 = off; default: the first preset's)")
+    start.add_argument("--sample-every", type=bounded_int(0, MAX_STEPS, "a step count"), metavar="N",
+                       help="steps between text samples (0 = off; default: 4 x the preset's eval interval)")
+    start.add_argument("--sample-prompts", type=Path, metavar="FILE", help="prompts for the samples, one per line")
     determinism = start.add_mutually_exclusive_group()
     determinism.add_argument("--deterministic", dest="deterministic", action="store_true", default=None,
                              help="deterministic kernels: bit-identical resume (default on CPU, off with --cuda)")
@@ -121,7 +138,18 @@ def build_parser() -> Parser:
     events.add_argument("--since", type=bounded_int(0, MAX_COUNT, "a sequence number"), default=1, metavar="SEQ")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing live events")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.add_argument("--kind", type=parse_kinds, metavar="KIND[,KIND]",
+                        help=f"only these kinds ({', '.join(EVENT_KINDS)})")
     add_plan_parser(sub)
+    extend = sub.add_parser("extend", help="grow a completed run into bigger stages, as the same run")
+    extend.add_argument("run")
+    extend.add_argument("--end", required=True, choices=PRESET_NAMES, metavar="PRESET", help="the new last stage")
+    extend_budget = extend.add_mutually_exclusive_group()
+    extend_budget.add_argument("--steps", type=_budget_type(parse_steps), metavar="N[,N...]",
+                               help="optimizer steps per new stage (default: the run's last stage's)")
+    extend_budget.add_argument("--tokens", type=_budget_type(parse_tokens), metavar="N[,N...]",
+                               help="tokens per new stage instead of --steps (k/M/B)")
+    add_tokenizer_parser(sub)
     keygen = sub.add_parser("keygen", help="make a CURVE key pair for a remote client")
     keygen.add_argument("dir", type=Path, help="folder for NAME.key (public) and NAME.key_secret")
     keygen.add_argument("name")
@@ -137,16 +165,48 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
+def _duration(seconds: float | None) -> str:
+    """``45s``, ``3m05s``, ``2h07m``, ``3d04h``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _progress(r: RunState) -> str:
+    """``120/400 30%``: global step of the run's total, and the share done."""
+    share = f" {100 * r.current_step // r.total_steps}%" if r.total_steps else ""
+    return f"{r.current_step}/{r.total_steps}{share}"
+
+
+def queue_status(r: RunState, long: bool = False) -> str:
+    """A run's status with its place in tritterd's queue: ``queued #2``, ``held`` (a paused queued run)."""
+    if r.status == "queued":
+        return f"queued, position {r.queue_position} (priority {r.config.priority})" if long else f"queued #{r.queue_position}"
+    if is_held(r):
+        return "paused, held in the queue (resume puts it back in its place)" if long else "held"
+    return r.status
+
+
 def format_runs(runs: Sequence[RunState]) -> str:
+    """The ``tritterctl runs`` table.  Names are measured in terminal cells and control
+    characters escaped (formats/text.py), so no name can shift the columns."""
     if not runs:
         return "no runs yet (start one with: tritterctl start)"
-    header = f"{'RUN':<21} {'NAME':<20} {'STATUS':<9} {'STAGE':<5} {'STEP':>11} {'LOSS':>8} {'PHASE':<7} {'TOK/S':>8}  STARTED"
+    header = (f"{'RUN':<21} {'NAME':<20} {'STATUS':<11} {'STAGE':<5} {'STEP':>15} {'LOSS':>8} {'PHASE':<7} "
+              f"{'TOK/S':>8} {'ETA':>7}  STARTED")
     lines = [header]
     for r in runs:
         lines.append(
-            f"{r.run_id:<21} {r.run_name[:20]:<20} {r.status:<9} {r.current_stage or '-':<5} "
-            f"{f'{r.current_step}/{r.total_steps}':>11} {_fmt(r.current_loss):>8} {r.current_phase or '-':<7} "
-            f"{r.tokens_per_s:>8.0f}  {_when(r.started)}"
+            f"{r.run_id:<21} {fit_text(r.run_name, 20)} {queue_status(r):<11} {r.current_stage or '-':<5} "
+            f"{_progress(r):>15} {_fmt(r.current_loss):>8} {r.current_phase or '-':<7} "
+            f"{r.tokens_per_s:>8.0f} {_duration(eta_seconds(r)):>7}  {_when(r.started)}"
         )
     return "\n".join(lines)
 
@@ -155,13 +215,16 @@ def format_status(r: RunState) -> str:
     c = r.config
     lines = [
         f"run        {r.run_id}  ({r.run_name})",
-        f"status     {r.status}" + (f": {r.error}" if r.error else ""),
+        f"status     {queue_status(r, long=True)}" + (f": {r.error}" if r.error else ""),
         f"stages     {' -> '.join(c.stages())}, {c.steps} steps each, seed {c.seed}, "
         f"{'hybrid' if c.hybrid else 'no-hybrid'}, {'cuda' if c.cuda else 'cpu'}, corpus {c.corpus or 'embedded'}",
-        f"progress   step {r.current_step}/{r.total_steps}, stage {r.current_stage or '-'}, phase {r.current_phase or '-'}",
+        f"progress   step {_progress(r)}, stage {r.current_stage or '-'}, phase {r.current_phase or '-'}"
+        + (f", {r.step_ms / 1000:.2f} s/step recently, ETA {_duration(eta)}" if (eta := eta_seconds(r)) is not None else ""),
         f"loss       {_fmt(r.current_loss)} (best {_fmt(r.best_loss)} at step {r.best_step or '-'})",
         f"passes     {r.total_forward} forward, {r.total_backward} backward, {r.predicted_steps} predicted",
         f"speed      {r.tokens_per_s:.0f} tokens/s",
+        f"tokens     {r.run_tokens:,} in the run, {r.tokens:,} in stage {r.current_stage or '-'}",
+        *([f"data       {prepare_line(r.prepare)}"] if r.prepare else []),
         f"started    {_when(r.started)}, updated {_when(r.updated)}",
     ]
     if r.last_checkpoint:
@@ -174,7 +237,8 @@ def format_status(r: RunState) -> str:
             + (f"  upload {s.upload_status}" + (f": {s.upload_error}" if s.upload_status == "failed" and s.upload_error else "")
                + (f" {s.upload_url}" if s.upload_status == "completed" and s.upload_url else "") if s.upload_status else "")
         )
-    return "\n".join(lines)
+    lines += status_lines(r)  # periodic eval, alerts
+    return "\n".join(printable(line) for line in lines)  # user text (paths, errors): one line each
 
 
 def format_event(event: AnyEvent) -> str:
@@ -192,7 +256,10 @@ def format_event(event: AnyEvent) -> str:
     if isinstance(event, PhaseEvent):
         return f"{head} {event.phase} from step {event.step}" + (f" ({event.reason})" if event.reason else "")
     if isinstance(event, CheckpointEvent):
-        return f"{head} step {event.step} {event.path} {event.bytes / 1e6:.1f} MB ({event.reason})"
+        deleted = " deleted" if event.status == "deleted" else ""
+        return f"{head}{deleted} step {event.step} {event.path} {event.bytes / 1e6:.1f} MB ({event.reason})"
+    if isinstance(event, PrepareEvent):
+        return f"{head} {prepare_line(event)}"
     if isinstance(event, UploadEvent):
         where = f"{event.repo}@{event.revision}" if event.repo else event.revision
         text = f"{head} {event.stage} {event.status} {where}".rstrip()
@@ -203,7 +270,7 @@ def format_event(event: AnyEvent) -> str:
         if event.error:
             text += f": {event.error}" + (" - will retry" if event.will_retry else "")
         return text
-    return head
+    return format_monitoring(event, head) or head
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -216,16 +283,28 @@ def config_from_args(args: argparse.Namespace, remote: bool) -> RunConfig:
             raise UserError(f"--corpus {args.corpus} does not exist")
         else:
             corpus = str(args.corpus.resolve())
+    tokenizer = None
+    if args.tokenizer is not None:
+        if remote:
+            tokenizer = str(args.tokenizer)
+        elif not args.tokenizer.exists():
+            raise UserError(f"--tokenizer {args.tokenizer} does not exist")
+        else:
+            tokenizer = str(args.tokenizer.resolve())
     config = RunConfig(
         name=args.name, start=args.start, end=args.end, seed=args.seed, corpus=corpus,
+        tokenizer=tokenizer, text_field=args.text_field,
         steps=args.steps[0] if args.steps else 200, stage_steps=args.steps if args.steps and len(args.steps) > 1 else None,
         tokens=args.tokens, batch_tokens=args.batch_tokens, micro_batch=args.micro_batch, lr=args.lr,
-        keep_checkpoints=args.keep_checkpoints,
+        keep_checkpoints=args.keep_checkpoints, priority=args.priority,
         cuda=args.cuda, hybrid=args.hybrid, grad_ckpt_every=args.grad_ckpt_every, nproc=args.nproc,
         upload=args.upload, hf_user=args.hf_user, checkpoint_every=args.checkpoint_every,
         deterministic=args.deterministic, compile=args.compile,
+        eval_every=args.eval_every, sample_every=args.sample_every, sample_prompts=read_prompts(args.sample_prompts),
     )
     problem = validate_config(config) or check_budgets(config)
+    if problem is None and config.hf_user:  # known now: do not let the upload fail after training
+        problem = repo_id_problem(config.hf_user, config.name or default_run_name(config.start, config.end))
     if problem:
         raise UserError(problem)
     return config
@@ -244,8 +323,8 @@ def link_reporter(subscription_ref: list[Subscription]) -> Callable[[str], None]
     """An ``on_state`` callback: one stderr line when tritterd stops answering, one when it is back.
 
     ``subscription_ref`` holds the subscription once made (the callback is needed to make it),
-    so the lines can say where the stream stands: continuing after the last seq printed, with
-    no gap and no duplicate (the subscription catches up from the daemon's log).
+    so the lines can say where the stream stands: the last seq printed before the silence, and
+    the seq it caught up to once back (the subscription fills the gap from the daemon's log).
     """
     down = False
 
@@ -258,7 +337,7 @@ def link_reporter(subscription_ref: list[Subscription]) -> Callable[[str], None]
                   "waiting for it to come back", file=sys.stderr, flush=True)
         elif state == LIVE and down:
             down = False
-            print(f"tritterctl: tritterd is back; continuing after seq {last}", file=sys.stderr, flush=True)
+            print(f"tritterctl: tritterd is back; caught up to seq {last}, no gap, no duplicate", file=sys.stderr, flush=True)
 
     return on_state
 
@@ -293,13 +372,16 @@ async def wait_for_run(target: Target, connection: Connection, run: str, timeout
     return 0 if state.status == "completed" else EXIT_RUN_FAILED
 
 
-async def print_events(target: Target, since: int, follow: bool, as_json: bool) -> int:
+async def print_events(target: Target, since: int, follow: bool, as_json: bool,
+                       kinds: frozenset[str] | None = None) -> int:
     holder: list[Subscription] = []
     subscription = Subscription(target, since=max(since, 1), follow=follow, on_state=link_reporter(holder))
     holder.append(subscription)
     try:
         async for event in subscription:
-            line = encode_json(event).decode() if as_json else format_event(event)
+            if kinds is not None and event.kind not in kinds:
+                continue
+            line = encode_json(event).decode() if as_json else printable(format_event(event))
             print(line, flush=True)
     finally:
         await subscription.close()
@@ -341,9 +423,12 @@ async def run_command(args: argparse.Namespace) -> int:
             print(f"{reply.run_id}: {reply.message}")
         elif command == "events":
             await ask(connection, Runs())  # fail fast and clearly when the daemon is not there
-            return await print_events(target, args.since, args.follow, args.json)
+            return await print_events(target, args.since, args.follow, args.json, args.kind)
         else:
-            request = {"stop": Stop, "pause": Pause, "resume": Resume, "checkpoint": Checkpoint}[command](run=args.run)
+            if command == "extend":
+                request: Request = Extend(run=args.run, end=args.end, steps=args.steps, tokens=args.tokens)
+            else:
+                request = {"stop": Stop, "pause": Pause, "resume": Resume, "checkpoint": Checkpoint}[command](run=args.run)
             reply = await ask(connection, request)
             print(f"{reply.run_id}: {reply.message}")
         return 0
@@ -356,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "keygen":
             return keygen(args.dir, args.name)
+        if args.command == "tokenizer":  # trains here: no daemon needed
+            return run_tokenizer(args)
         if args.command == "plan":  # arithmetic only: no daemon needed
             return run_plan(args)
         return asyncio.run(run_command(args))

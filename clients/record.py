@@ -23,7 +23,8 @@ from aiofiles.threadpool.binary import AsyncFileIO
 
 from tritter.clients.sink_base import Sink, SinkSettings, sink_main, sink_parser
 from tritter.clients.target import Target
-from tritter.protocol.events import AnyEvent, StepEvent, metrics_record
+from tritter.clients.monitoring_cli import RECORD_FILES, monitoring_record
+from tritter.protocol.events import AnyEvent, EvalEvent, SampleEvent, StepEvent, metrics_record
 from tritter.protocol.home import Layout
 from tritter.protocol.wire import ProtocolError
 
@@ -87,10 +88,14 @@ class MetricsFile:
 
     async def append(self, event: StepEvent) -> bool:
         """Append ``event``'s line unless the file already holds its step; True when written."""
-        if event.step <= self.last_step:
+        return await self.append_record(event.step, metrics_record(event))
+
+    async def append_record(self, step: int, record: dict[str, object]) -> bool:
+        """Append ``record`` (a JSON object with ``step``) unless the file already holds ``step``."""
+        if step <= self.last_step:
             return False
-        await self._file.write(_encoder.encode(metrics_record(event)) + b"\n")  # one write: one whole line
-        self.last_step = event.step
+        await self._file.write(_encoder.encode(record) + b"\n")  # one write: one whole line
+        self.last_step = step
         return True
 
     def sync(self) -> None:
@@ -123,12 +128,16 @@ class Recorder(Sink[SinkSettings]):
         if isinstance(event, StepEvent):
             metrics = await self.metrics_file(event.run_id)
             await metrics.append(event)
+        elif isinstance(event, EvalEvent | SampleEvent):  # eval.jsonl / samples.jsonl, also once per step
+            jsonl = await self.metrics_file(event.run_id, RECORD_FILES[event.kind])
+            await jsonl.append_record(event.step, monitoring_record(event))
 
-    async def metrics_file(self, run_id: str) -> MetricsFile:
-        """The open ``metrics.jsonl`` of ``run_id`` (opened, and recovered, on first use)."""
-        metrics = self.files.get(run_id)
+    async def metrics_file(self, run_id: str, name: str = "metrics.jsonl") -> MetricsFile:
+        """The open ``metrics.jsonl`` (or ``name``, e.g. eval.jsonl) of ``run_id`` (opened, and recovered, on first use)."""
+        key = run_id if name == "metrics.jsonl" else f"{run_id}/{name}"
+        metrics = self.files.get(key)
         if metrics is None:
-            metrics = self.files[run_id] = await MetricsFile.open(self.layout.run_dir(run_id) / "metrics.jsonl")
+            metrics = self.files[key] = await MetricsFile.open(self.layout.run_dir(run_id) / name)
         return metrics
 
     # -- durability ------------------------------------------------------------------------------

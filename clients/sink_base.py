@@ -18,6 +18,7 @@ How to write a new sink (e.g. a TensorBoard writer)::
         flush_every: int = 100
 
     class Board(Sink[BoardSettings]):
+        settings_type = BoardSettings           # what Board(layout) gets when given no settings
         name = "tritter-board"                  # program name: logs and messages
         lock_file = "board.lock"                # HOME/board.lock: one writer per home
         cursor_file = "board.cursor"            # HOME/board.cursor: last seq handled
@@ -120,7 +121,7 @@ class Sink(abc.ABC, Generic[SettingsT]):
     """A bus sink: subclass it, set the class attributes, write ``on_event`` (see the module how-to).
 
     ``layout``: the home whose runs the sink writes; ``settings``: its typed settings (the
-    default ``SinkSettings()`` when None); ``source``: the daemon it follows (None when the sink
+    defaults of ``settings_type`` when None); ``source``: the daemon it follows (None when the sink
     is driven by hand, as in unit tests).  The constructor loads the cursor: build a sink only
     while holding its lock (``run_sink`` does).
     """
@@ -129,20 +130,17 @@ class Sink(abc.ABC, Generic[SettingsT]):
     lock_file: ClassVar[str]  # HOME/<lock_file>: one instance per home
     cursor_file: ClassVar[str | None] = None  # HOME/<cursor_file>; None = the sink saves its own state
     redo_note: ClassVar[str] = "events are handled again"  # what an unreadable cursor means
+    settings_type: ClassVar[type[SinkSettings]] = SinkSettings  # built with its defaults when none are given
 
     def __init__(self, layout: Layout, settings: SettingsT | None = None, source: Target | None = None) -> None:
         self.layout = layout
-        self.settings: SettingsT = settings if settings is not None else self.default_settings()
+        self.settings: SettingsT = settings if settings is not None else self.settings_type()  # type: ignore[assignment]
         self.source = source
         self.cursor = self.load_cursor()
         self._saved_cursor = self.cursor
         self._saved_at = time.monotonic()
 
     # -- what a sink writes -------------------------------------------------------------------
-    def default_settings(self) -> SettingsT:
-        """The settings used when none are given (override when SettingsT is a subclass)."""
-        return SinkSettings()  # type: ignore[return-value]
-
     @abc.abstractmethod
     async def on_event(self, event: AnyEvent) -> None:
         """Handle one event (every kind arrives, in seq order); keep file I/O off the loop."""

@@ -249,6 +249,7 @@ class Uploader(Sink[UploadSettings]):
     name = "tritter-upload"
     lock_file = "upload.lock"
     cursor_file = None  # the cursor lives in HOME/upload.state, with the fold
+    settings_type = UploadSettings
 
     def __init__(
         self,
@@ -271,8 +272,6 @@ class Uploader(Sink[UploadSettings]):
         self.tasks: set[asyncio.Task[None]] = set()
         self.slot = asyncio.Semaphore(1)
 
-    def default_settings(self) -> UploadSettings:
-        return UploadSettings()
 
     def describe(self) -> str:
         return f"uploading stages (state {self.state_path})"

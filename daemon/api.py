@@ -16,14 +16,19 @@ import zmq
 import zmq.asyncio
 
 from tritter.daemon.remote import ServerKeys, bind
+from tritter.daemon.extend import ExtendRefused, extended_config
 from tritter.daemon.service import CommandFailed, Tritterd
+from tritter.formats.hub_names import default_run_name, repo_id_problem
+from tritter.daemon.worker_protocol import Command
 from tritter.daemon.gpus import visible_gpu_count
+from tritter.formats.datacheck import check_data
 from tritter.protocol.config import validate_config
 from tritter.recipe.budget import check_config as check_budgets
 from tritter.protocol.control import (
     AnyRequest,
     Catchup,
     Checkpoint,
+    Extend,
     Pause,
     Ping,
     Reply,
@@ -36,6 +41,7 @@ from tritter.protocol.control import (
     Upload,
 )
 from tritter.protocol.events import PROTOCOL_VERSION, RunEvent, UploadEvent
+from tritter.protocol.state import is_held
 from tritter.protocol.wire import ProtocolError, decode_as, encode
 
 log = logging.getLogger("tritterd.api")
@@ -60,10 +66,11 @@ class Api:
     def add_remote(self, endpoint: str, keys: ServerKeys) -> None:
         self._add([endpoint], keys)
 
-    async def serve(self) -> None:
-        await asyncio.gather(*(self._serve(sock) for sock in self.sockets))
+    async def answer_requests(self) -> None:
+        """Forever: answer every request on every bound socket (local ipc, remote tcp)."""
+        await asyncio.gather(*(self._answer_on(sock) for sock in self.sockets))
 
-    async def _serve(self, sock: zmq.asyncio.Socket) -> None:
+    async def _answer_on(self, sock: zmq.asyncio.Socket) -> None:
         while True:
             frames = await sock.recv_multipart()
             if len(frames) < 2:
@@ -78,7 +85,7 @@ class Api:
                 log.debug("could not reply to a client: %s", error)
 
     async def answer(self, body: list[bytes]) -> Reply:
-        head = self.daemon.log.head
+        head = self.daemon.eventlog.head
         if len(body) != 1:
             return Reply(ok=False, error=f"expected one message frame, got {len(body)}", head=head)
         try:
@@ -96,7 +103,7 @@ class Api:
         except Exception as error:  # a bug must not take the daemon down; say what happened
             log.exception("request %r failed", request)
             reply = Reply(ok=False, error=f"internal error: {type(error).__name__}: {error}")
-        reply.head = self.daemon.log.head
+        reply.head = self.daemon.eventlog.head
         return reply
 
     async def handle(self, request: AnyRequest) -> Reply:
@@ -105,7 +112,7 @@ class Api:
             return Reply(ok=True, message=f"tritterd pid {os.getpid()}")
         if isinstance(request, Catchup):
             limit = max(1, min(request.limit, 10_000))
-            events = [msgspec.Raw(p) for p in daemon.log.read_since(request.since, limit)]
+            events = [msgspec.Raw(p) for p in daemon.eventlog.read_since(request.since, limit)]
             return Reply(ok=True, events=events)
         if isinstance(request, Runs):
             return Reply(ok=True, runs=sorted(daemon.runs.values(), key=lambda r: r.started))
@@ -121,53 +128,81 @@ class Api:
         worker = daemon.workers.get(state.run_id)
         if daemon.stopping:
             return Reply(ok=False, error="tritterd is shutting down")
+        if isinstance(request, Extend):
+            try:
+                config = extended_config(state, request)
+            except ExtendRefused as error:
+                return Reply(ok=False, error=str(error))
+            if worker:  # it reported completed and is still exiting: let it go first (it holds the slot)
+                try:
+                    await asyncio.wait_for(worker.exited.wait(), WORKER_EXIT_WAIT_S)
+                except asyncio.TimeoutError:
+                    return Reply(ok=False, error=f"run {state.run_id}: its last worker has not exited yet; try again")
+            message = await daemon.resume_or_queue(state.run_id, config=config)
+            return Reply(ok=True, run_id=state.run_id, message=f"extending to {config.end}: {message}")
         if isinstance(request, Stop):
             if not state.active:
                 return Reply(ok=False, error=f"run {state.run_id} already {state.status}")
+            if state.status == "queued" or is_held(state):
+                daemon.record(RunEvent(run_id=state.run_id, status="stopped", reason="stopped by request"))
+                return Reply(ok=True, run_id=state.run_id, message="stopped (removed from the queue)")
             if worker:
-                daemon.command_worker(state.run_id, "stop")
+                daemon.command_worker(state.run_id, Command.STOP)
                 return Reply(ok=True, run_id=state.run_id, message="stopping (after a checkpoint)")
             daemon.record(RunEvent(run_id=state.run_id, status="stopped", reason="stopped by request"))
             return Reply(ok=True, run_id=state.run_id, message="stopped")
         if isinstance(request, Pause):
+            if state.status == "queued":
+                place = state.queue_position
+                daemon.hold(state.run_id)
+                return Reply(ok=True, run_id=state.run_id,
+                             message=f"held in the queue at position {place} (resume puts it back there)")
             if state.status != "running" or worker is None:
                 return Reply(ok=False, error=f"run {state.run_id} is {state.status}, not running")
-            daemon.command_worker(state.run_id, "pause")
+            daemon.command_worker(state.run_id, Command.PAUSE)
             return Reply(ok=True, run_id=state.run_id, message="pausing (after a checkpoint)")
         if isinstance(request, Resume):
             if state.status == "completed":
                 return Reply(ok=False, error=f"run {state.run_id} already completed")
             if state.status == "running" and worker is not None:
                 return Reply(ok=False, error=f"run {state.run_id} is already running")
+            if state.status == "queued":
+                return Reply(ok=False, error=f"run {state.run_id} is already queued (position {state.queue_position})")
             # "running" with no worker (its start could not be completed) or "interrupted": respawn.
             if worker and state.status == "paused":
-                daemon.command_worker(state.run_id, "resume")  # it holds the model: go on at once
+                daemon.command_worker(state.run_id, Command.RESUME)  # it holds the model: go on at once
                 return Reply(ok=True, run_id=state.run_id, message="resuming")
             if worker:  # it reported failed/stopped and is still exiting: let it go first
                 try:
                     await asyncio.wait_for(worker.exited.wait(), WORKER_EXIT_WAIT_S)
                 except asyncio.TimeoutError:
                     return Reply(ok=False, error=f"run {state.run_id}: its last worker has not exited yet; try again")
-            await daemon.spawn_worker(state.run_id, resume=True)  # from its last checkpoint
-            return Reply(ok=True, run_id=state.run_id, message="resuming")
+            message = await daemon.resume_or_queue(state.run_id)  # from its last checkpoint, when a slot is free
+            return Reply(ok=True, run_id=state.run_id, message=message)
         if isinstance(request, Checkpoint):
             if worker is None and state.status in ("running", "interrupted"):
                 return Reply(ok=False, error=f"run {state.run_id} has no worker; start one with: tritterctl resume {state.run_id}")
             if worker is None or not state.active:
                 return Reply(ok=False, error=f"run {state.run_id} is {state.status}, nothing to checkpoint")
-            daemon.command_worker(state.run_id, "checkpoint")
+            daemon.command_worker(state.run_id, Command.CHECKPOINT)
             return Reply(ok=True, run_id=state.run_id, message="checkpoint requested")
         return Reply(ok=False, error=f"unsupported request {type(request).__name__}")
 
     async def _start(self, request: Start) -> Reply:
         config = request.config
         problem = validate_config(config) or check_budgets(config)  # the client checked too; a remote one may not
+        if problem is None and config.hf_user:  # the upload's repo id: refuse now, not after training
+            problem = repo_id_problem(config.hf_user, config.name or default_run_name(config.start, config.end))
         if problem is None and config.corpus is not None:
             corpus = Path(config.corpus)
             if not corpus.is_absolute():
                 problem = f"--corpus must be an absolute path on the daemon's machine, got {config.corpus!r}"
             elif not corpus.exists():
                 problem = f"--corpus {config.corpus} does not exist on the daemon's machine"
+        if problem is None and config.tokenizer is not None and not Path(config.tokenizer).is_absolute():
+            problem = f"--tokenizer must be an absolute path on the daemon's machine, got {config.tokenizer!r}"
+        if problem is None:  # sniff the corpus, load the tokenizer (a thread: may read a few MB)
+            problem = await asyncio.to_thread(check_data, config.corpus, config.tokenizer, config.text_field)
         if problem is None and not config.cuda and config.nproc > (os.cpu_count() or 1):
             problem = f"--nproc {config.nproc} is more than the {os.cpu_count()} CPU cores of the daemon's machine"
         gpus = visible_gpu_count() if config.cuda else 0
@@ -200,6 +235,8 @@ class Api:
             return Reply(ok=False, error=f"run {state.run_id} has no completed stage to upload yet")
         if daemon.stopping:
             return Reply(ok=False, error="tritterd is shutting down")
+        if problem := repo_id_problem(state.config.hf_user, state.run_name):  # a run from before the check at start
+            return Reply(ok=False, error=problem)
         repo = f"{state.config.hf_user}/{state.run_name}"
         for stage in done:
             daemon.record(

@@ -42,6 +42,11 @@ class Bus:
     def add_remote(self, endpoint: str, keys: ServerKeys) -> None:
         self._add([endpoint], keys)
 
+    @property
+    def sockets(self) -> list[zmq.Socket]:
+        """The PUB sockets (local, then remote): for socket monitors (tritterd --metrics)."""
+        return list(self._sockets)
+
     def start(self, head: int) -> None:
         self._head = head
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat())

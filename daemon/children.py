@@ -13,6 +13,11 @@ log = logging.getLogger("tritterd.children")
 
 MAX_BACKOFF_S = 30.0
 
+# The recorder the daemon supervises, started by *module name* as ``python -m``: a separate
+# process, never an import, so the daemon depends on no client code (docs/architecture.md).
+RECORDER_MODULE = "tritter.clients.record"
+
+
 
 class SupervisedChild:
     def __init__(self, name: str, argv: list[str]) -> None:
@@ -61,3 +66,8 @@ class SupervisedChild:
             await asyncio.wait_for(process.wait(), timeout_s)
         except asyncio.TimeoutError:
             process.kill()
+
+
+def recorder_child(home: str) -> SupervisedChild:
+    """The supervised ``tritter-record`` for ``home`` (a path), restarted with backoff if it dies."""
+    return SupervisedChild("recorder", ["-m", RECORDER_MODULE, "--home", home])

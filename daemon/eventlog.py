@@ -39,6 +39,7 @@ class EventLog:
         self.group_sync_s = group_sync_s
         self._offsets = array("q")  # _offsets[seq - 1] = file offset of that record's header
         self._dirty_since: float | None = None
+        self.last_sync_s: float | None = None  # seconds the latest fsync took
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self._fd = fd
@@ -152,8 +153,15 @@ class EventLog:
         return payload
 
     def sync(self) -> None:
+        started = time.perf_counter()
         os.fsync(self._fd)
+        self.last_sync_s = time.perf_counter() - started  # for tritterd --metrics
         self._dirty_since = None
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the log file up to its last whole record."""
+        return self._end
 
     def sync_if_due(self) -> None:
         if self._dirty_since is not None and time.monotonic() - self._dirty_since >= self.group_sync_s:

@@ -15,9 +15,12 @@ import zmq
 import zmq.asyncio
 
 from tritter.daemon.api import Api
-from tritter.daemon.children import SupervisedChild
+from tritter.daemon import observability
+from tritter.daemon.children import recorder_child
 from tritter.daemon.notify import Notifier
 from tritter.daemon.remote import Gatekeeper, server_keys
+from tritter.daemon.gpus import visible_gpu_count
+from tritter.daemon.scheduler import SlotPolicy
 from tritter.daemon.service import Tritterd
 from tritter.protocol.exitcodes import EXIT_ERROR, OneLineParser
 from tritter.protocol.home import Layout, remote_endpoints, resolve_home
@@ -55,10 +58,13 @@ def prepare_sockets(layout: Layout) -> None:
         stale.unlink()
 
 
-async def serve(layout: Layout, recorder: bool, bind: str | None) -> int:
+async def run_daemon(layout: Layout, recorder: bool, bind: str | None,
+                     monitoring: observability.Options | None = None, slots: SlotPolicy | None = None) -> int:
     notifier = Notifier()
     ctx = zmq.asyncio.Context()
     daemon = Tritterd(layout, ctx)
+    if slots is not None:
+        daemon.slots = slots
     api = Api(daemon, [layout.api_endpoint])
     gatekeeper = None
     if bind:
@@ -69,12 +75,13 @@ async def serve(layout: Layout, recorder: bool, bind: str | None) -> int:
         daemon.bus.add_remote(events_at, keys)
         api.add_remote(api_at, keys)
         log.info("serving remote clients with CURVE: events %s, control %s", events_at, api_at)
-    daemon.bus.start(daemon.log.head)
+    daemon.bus.start(daemon.eventlog.head)
+    extras = await observability.start(daemon, monitoring, str(layout.home))  # --metrics, --on-alert, ...
     loop = asyncio.get_running_loop()
-    tasks = [loop.create_task(api.serve()), loop.create_task(daemon.serve_workers()), loop.create_task(daemon.housekeeping())]
+    tasks = [loop.create_task(api.answer_requests()), loop.create_task(daemon.relay_worker_messages()), loop.create_task(daemon.housekeeping())]
     child = None
     if recorder:
-        child = SupervisedChild("recorder", ["-m", "tritter.clients.record", "--home", str(layout.home)])
+        child = recorder_child(str(layout.home))
         tasks.append(loop.create_task(child.run()))
     await daemon.resume_active_runs()
 
@@ -99,6 +106,7 @@ async def serve(layout: Layout, recorder: bool, bind: str | None) -> int:
     log.info("stopping: checkpointing running runs")
     notifier.stopping()
     await daemon.shutdown()
+    await extras.stop()
     if child:
         await child.stop()
     for task in tasks:
@@ -119,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", help="home directory (default: $TRITTER_HOME or ~/.local/share/tritter)")
     parser.add_argument("--bind", metavar="tcp://HOST:PORT", help="also serve remote clients over tcp with CURVE")
     parser.add_argument("--no-recorder", action="store_true", help="do not supervise a tritter-record child")
+    parser.add_argument("--slots", type=int, metavar="N",
+                        help="runs that train at once per device kind; more wait, queued (default: 1 on CPU, 1 per GPU)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    observability.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     layout = Layout(resolve_home(args.home))
@@ -130,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         layout.events_endpoint  # noqa: B018 - fail early on a home path too long for ipc
         if args.bind:
             remote_endpoints(args.bind)  # a bad --bind is a usage error, before anything starts
-        code = asyncio.run(serve(layout, recorder=not args.no_recorder, bind=args.bind))
+        monitoring = observability.options_from(args)
+        slots = SlotPolicy.from_flag(args.slots, visible_gpu_count())  # a bad --slots: one line, before anything starts
+        code = asyncio.run(run_daemon(layout, recorder=not args.no_recorder, bind=args.bind, monitoring=monitoring,
+                                      slots=slots))
     except (AlreadyRunning, ProtocolError, ValueError, OSError, zmq.ZMQError) as error:
         print(f"tritterd: error: {error}", file=sys.stderr)
         return EXIT_ERROR

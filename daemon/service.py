@@ -21,12 +21,17 @@ import zmq.asyncio
 from tritter.daemon.bus import Bus
 from tritter.daemon.eventlog import EventLog
 from tritter.daemon.runfiles import write_run_json
+from tritter.daemon.scheduler import SlotPolicy
+from tritter.daemon.watch import DaemonWatch, is_monitoring_replay
 from tritter.daemon.worker_handle import WorkerProcess
+from tritter.formats.hub_names import default_run_name
+from tritter.daemon.worker_protocol import Command, Outcome, WorkerFrame, decode_outcome, encode_command
 from tritter.protocol.config import RunConfig
+from tritter.protocol.events import AlertEvent, EvalEvent, SampleEvent
 from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, RunEvent, StageEvent, StepEvent
 from tritter.protocol.home import Layout
 from tritter.protocol.runref import resolve_run_ref
-from tritter.protocol.state import RunState, fold
+from tritter.protocol.state import RunState, fold, run_tokens_at
 from tritter.protocol.wire import ProtocolError, decode_event
 
 log = logging.getLogger("tritterd")
@@ -55,6 +60,8 @@ def is_replay(state: RunState, event: AnyEvent) -> bool:
     if isinstance(event, StepEvent | PhaseEvent):
         return event.step <= state.current_step
     if isinstance(event, CheckpointEvent):
+        if event.status == "deleted":
+            return False  # a file is deleted once: its event is never a re-run
         # Same step, other reason (a manual checkpoint of a paused run) is news; same reason is a re-run.
         last = state.last_checkpoint
         return last is not None and (
@@ -64,6 +71,8 @@ def is_replay(state: RunState, event: AnyEvent) -> bool:
         # The daemon announces a resume when it respawns a worker; the worker's own word is
         # news only when it had to fall back to another checkpoint.
         return event.status == "resumed" and event.resume_step is not None and event.resume_step == state.resumed_from
+    if isinstance(event, EvalEvent | SampleEvent | AlertEvent):
+        return is_monitoring_replay(state, event)
     if isinstance(event, StageEvent):
         for stage in state.stages:
             if stage.index == event.index:
@@ -77,12 +86,14 @@ class Tritterd:
         self.layout = layout
         self.ctx = ctx
         layout.runs.mkdir(parents=True, exist_ok=True)
-        self.log = EventLog(layout.log)
+        self.eventlog = EventLog(layout.log)  # the source of truth (``log`` is the logger)
         self.runs: dict[str, RunState] = {}
-        for event in self.log.replay():
+        for event in self.eventlog.replay():
             fold(self.runs, event)
         self.bus = Bus(ctx, [layout.events_endpoint])
         self.workers: dict[str, WorkerProcess] = {}
+        self.slots = SlotPolicy()  # tritterd --slots (daemon/scheduler.py); main sets it
+        self._dispatch_lock = asyncio.Lock()  # one decision about slots at a time
         self.stopping = False
         self._dirty: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -90,23 +101,30 @@ class Tritterd:
         self._worker_sock.setsockopt(zmq.LINGER, 0)
         self._worker_sock.setsockopt(zmq.RCVHWM, 0)
         self._worker_sock.bind(layout.worker_endpoint)
+        # Pace, stall and lost-worker alerts, --on-alert (daemon/watch.py).
+        self.watch = DaemonWatch(self.runs, self.record, lambda run_id: run_id in self.workers)
         for state in self.runs.values():
             write_run_json(layout.run_dir(state.run_id), state)
-        log.info("replayed %d events (%d runs) from %s", self.log.head, len(self.runs), layout.log)
+        log.info("replayed %d events (%d runs) from %s", self.eventlog.head, len(self.runs), layout.log)
 
     # -- the one path for events ------------------------------------------------------------
     def record(self, event: AnyEvent) -> None:
         """Log, fold, publish, refresh run.json.  OSError only when the log append failed, and
         then nothing was recorded (the append is all or nothing); a run.json that cannot be
         written is retried by ``housekeeping`` (it is a view of the log, never the truth)."""
-        payload = self.log.append(event)
+        payload = self.eventlog.append(event)
         state = fold(self.runs, event)
         self.bus.publish(event.kind, event.seq, payload)
+        self.watch.observe(event)
         if state is not None:
             if isinstance(event, StepEvent):
                 self._dirty.add(state.run_id)  # steps are many: run.json follows them every 0.5 s
             else:
                 self._write_run_json(state)
+            if isinstance(event, RunEvent):  # places in the queue may have moved
+                for other in self.runs.values():
+                    if other.status == "queued" and other is not state:
+                        self._write_run_json(other)
 
     def _write_run_json(self, state: RunState) -> None:
         try:
@@ -157,13 +175,64 @@ class Tritterd:
         while run_id in self.runs:
             run_id = new_run_id()
         if not config.name:
-            config.name = f"tritter-{config.start}-{config.end}"
-        try:
-            self.record(RunEvent(run_id=run_id, status="started", run_name=config.name, config=config))
-        except OSError as error:  # nothing was recorded: there is no run
-            raise CommandFailed(f"cannot record the new run in {self.layout.log}: {_why(error)}") from None
-        await self.spawn_worker(run_id)
+            config.name = default_run_name(config.start, config.end)
+        async with self._dispatch_lock:
+            start_now = self.slots.fits_now(config, self.runs, self.workers)
+            try:
+                status = "started" if start_now else "queued"
+                self.record(RunEvent(run_id=run_id, status=status, run_name=config.name, config=config))
+            except OSError as error:  # nothing was recorded: there is no run
+                raise CommandFailed(f"cannot record the new run in {self.layout.log}: {_why(error)}") from None
+            if start_now:
+                await self.spawn_worker(run_id)
         return run_id
+
+    # -- the run queue (tritterd --slots; protocol.state.queue_order, daemon/scheduler.py) --------
+    async def dispatch(self) -> None:
+        """Start every queued run that fits the free slots now, in queue order."""
+        if self.stopping:
+            return
+        async with self._dispatch_lock:
+            for run_id in self.slots.startable(self.runs, self.workers):
+                state = self.runs[run_id]
+                try:
+                    if state.launched:  # it ran before (stopped, failed, extended): from its checkpoint
+                        await self.spawn_worker(run_id, resume=True)
+                    else:
+                        self.record(RunEvent(run_id=run_id, status="started", run_name=state.run_name, config=state.config))
+                        await self.spawn_worker(run_id)
+                except (CommandFailed, OSError) as error:  # failed and recorded; the others may still go
+                    log.error("run %s could not leave the queue: %s", run_id, error)
+
+    async def resume_or_queue(self, run_id: str, config: RunConfig | None = None) -> str:
+        """Resume a run that has no worker (paused, stopped, failed, held, or completed and being
+        extended with ``config``): at once when its slots are free, else into the queue.
+        Returns "resuming" or "queued (position N)".  Raises CommandFailed (one line)."""
+        state = self.runs[run_id]
+        async with self._dispatch_lock:
+            if config is None and state.queued_seq == 0 and self.slots.fits_now(state.config, self.runs, self.workers):
+                await self.spawn_worker(run_id, resume=True)
+                return "resuming"
+            if config is not None and self.slots.fits_now(config, self.runs, self.workers):
+                step = state.last_checkpoint.step if state.last_checkpoint else 0
+                self._record_or_fail(RunEvent(run_id=run_id, status="resumed", resume_step=step, config=config,
+                                              reason=f"extended to {config.end}"))
+                await self.spawn_worker(run_id)
+                return "resuming"
+            self._record_or_fail(RunEvent(run_id=run_id, status="queued", run_name=state.run_name, config=config))
+        await self.dispatch()  # a held run may be first in line
+        state = self.runs[run_id]
+        return "resuming" if state.status == "running" else f"queued (position {state.queue_position})"
+
+    def hold(self, run_id: str) -> None:
+        """Pause a queued run: it keeps its place but does not start until resumed."""
+        self._record_or_fail(RunEvent(run_id=run_id, status="paused"))
+
+    def _record_or_fail(self, event: RunEvent) -> None:
+        try:
+            self.record(event)
+        except OSError as error:
+            raise CommandFailed(f"cannot record it in {self.layout.log}: {_why(error)}") from None
 
     async def spawn_worker(self, run_id: str, resume: bool = False) -> None:
         """Start the run's worker (after a ``resumed`` event when ``resume``).
@@ -193,19 +262,23 @@ class Tritterd:
     def _worker_exited(self, worker: WorkerProcess, how: str) -> None:
         if self.workers.get(worker.run_id) is worker:
             del self.workers[worker.run_id]
+        if not self.stopping:
+            self._spawn_task(self.dispatch())  # its slots are free: the queue moves (after this outcome is recorded)
         state = self.runs.get(worker.run_id)
-        if state is None or not state.active or worker.outcome == "shutdown":
+        if state is None or not state.active or worker.outcome == Outcome.SHUTDOWN:
             log.info("run %s: %s (%s)", worker.run_id, how, worker.outcome or "no outcome")
             return
         if self.stopping and state.status == "running":
             return  # killed during shutdown: it resumes from its checkpoint on the next start
         if state.status == "paused" and worker.outcome is None and self.stopping:
             return
+        self.watch.lost_worker(worker.run_id, how)
         log.error("run %s failed: %s", worker.run_id, how)
         self.record(RunEvent(run_id=worker.run_id, status="failed", reason=how))
 
-    def command_worker(self, run_id: str, command: str) -> None:
-        self._worker_sock.send_multipart([run_id.encode(), command.encode()])
+    def command_worker(self, run_id: str, command: Command) -> None:
+        """Send ``command`` to the run's worker (dropped by ZeroMQ when no such worker is connected)."""
+        self._worker_sock.send_multipart([run_id.encode(), encode_command(command)])
 
     async def resume_active_runs(self) -> None:
         """After a restart, every run that was running continues from its last checkpoint."""
@@ -216,22 +289,25 @@ class Tritterd:
                     await self.spawn_worker(state.run_id, resume=True)
                 except CommandFailed as error:  # recorded (or marked) failed; the daemon serves on
                     log.error("%s", error)
+        await self.dispatch()  # then the queue, in its order, into the slots left
 
     # -- worker messages --------------------------------------------------------------------
-    async def serve_workers(self) -> None:
+    async def relay_worker_messages(self) -> None:
+        """Forever: take each worker message off the ROUTER (``daemon/worker_protocol.py``) and
+        record its event, or note its exit outcome."""
         while True:
             frames = await self._worker_sock.recv_multipart()
             if len(frames) != 3:
                 continue
             identity, kind, body = frames
             run_id = identity.decode(errors="replace")
-            if kind == b"event":
+            if kind == WorkerFrame.EVENT:
                 try:
                     self._worker_event(run_id, body)
                 except OSError as error:  # the log cannot take it: stop the run, keep serving
                     self._log_full(run_id, error)
-            elif kind == b"exit" and run_id in self.workers:
-                self.workers[run_id].goodbye(body.decode(errors="replace"))
+            elif kind == WorkerFrame.EXIT and run_id in self.workers:
+                self.workers[run_id].goodbye(decode_outcome(body))
 
     def _worker_event(self, run_id: str, body: bytes) -> None:
         try:
@@ -247,6 +323,8 @@ class Tritterd:
             return
         if isinstance(event, RunEvent) and event.status in ("started",):
             return  # only the daemon starts runs
+        if isinstance(event, StepEvent) and not event.run_tokens:
+            event.run_tokens = run_tokens_at(state, event)  # run-wide, next to the stage's own count
         self.record(event)
 
     # -- housekeeping -----------------------------------------------------------------------
@@ -254,24 +332,26 @@ class Tritterd:
         while True:
             await asyncio.sleep(RUN_JSON_INTERVAL_S)
             try:
-                self.log.sync_if_due()
+                self.eventlog.sync_if_due()
             except OSError as error:  # keep housekeeping alive; the next sync retries
                 log.error("cannot fsync the event log: %s", error)
+            self.watch.tick()
             for run_id in list(self._dirty):
                 self._write_run_json(self.runs[run_id])
 
     def status_line(self) -> str:
         active = [r for r in self.runs.values() if r.status == "running"]
         if not active:
-            return f"idle; {len(self.runs)} runs, log at seq {self.log.head}"
+            return f"idle; {len(self.runs)} runs, log at seq {self.eventlog.head}"
         parts = [f"{r.run_id} {r.current_stage} step {r.current_step}/{r.total_steps}" for r in active]
-        return "training: " + "; ".join(parts)
+        waiting = sum(1 for r in self.runs.values() if r.status == "queued")
+        return "training: " + "; ".join(parts) + (f"; {waiting} queued" if waiting else "")
 
     async def shutdown(self) -> None:
         """Checkpoint every running run and wait for the workers to exit (SIGTERM path)."""
         self.stopping = True
         for run_id in list(self.workers):
-            self.command_worker(run_id, "shutdown")
+            self.command_worker(run_id, Command.SHUTDOWN)
         waits = [w.exited.wait() for w in self.workers.values()]
         if waits:
             log.info("waiting for %d worker(s) to checkpoint and exit", len(waits))
@@ -288,7 +368,7 @@ class Tritterd:
             self._write_run_json(self.runs[run_id])
         for task in list(self._tasks):
             task.cancel()
-        self.log.close()
+        self.eventlog.close()
         self.bus.close()
         self._worker_sock.close(linger=0)
 
@@ -323,6 +403,6 @@ class Tritterd:
     async def _drain_workers(self) -> None:
         while await self._worker_sock.poll(100, zmq.POLLIN):
             frames = await self._worker_sock.recv_multipart()
-            if len(frames) == 3 and frames[1] == b"event":
+            if len(frames) == 3 and frames[1] == WorkerFrame.EVENT:
                 with contextlib.suppress(OSError):  # shutting down: a full log loses only this tail
                     self._worker_event(frames[0].decode(errors="replace"), frames[2])

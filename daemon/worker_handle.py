@@ -15,18 +15,24 @@ from pathlib import Path
 import msgspec
 
 from tritter.daemon.lifetime import set_parent_death_signal
+from tritter.daemon.worker_protocol import Outcome
 from tritter.protocol.config import RunConfig
 
 log = logging.getLogger("tritterd.workers")
 
 
 class WorkerProcess:
-    """One training child.  ``on_exit(run_id, outcome, reason)`` fires once when it is gone."""
+    """The daemon's handle on one training child (``daemon/worker_main.py``).
+
+    ``watch(on_exit)`` relays the child's stderr and calls ``on_exit(worker, how)`` once when it
+    is gone: ``worker`` is this handle (its ``outcome`` is what the child reported in its
+    ``exit`` frame, None if it never did), ``how`` one line on how the process ended.
+    """
 
     def __init__(self, run_id: str, process: asyncio.subprocess.Process) -> None:
         self.run_id = run_id
         self.process = process
-        self.outcome: str | None = None  # what the worker said it ended with
+        self.outcome: Outcome | None = None  # what the worker said it ended with
         self.said_goodbye = asyncio.Event()  # its final frame arrived, so all its events have too
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self.exited = asyncio.Event()
@@ -86,7 +92,8 @@ class WorkerProcess:
             return f"worker exited with code {code}{detail}"
         return "worker exited"
 
-    def goodbye(self, outcome: str) -> None:
+    def goodbye(self, outcome: Outcome | None) -> None:
+        """The child's ``exit`` frame arrived with ``outcome`` (None: a word this daemon does not know)."""
         self.outcome = outcome
         self.said_goodbye.set()
 

@@ -1,8 +1,8 @@
 """The training worker: one child process per active run, started and supervised by tritterd.
 
 It trains with ``Trainer`` and talks to the daemon over one DEALER socket (identity = run id):
-events go up as ``[b"event", msgpack]``, the outcome as ``[b"exit", outcome]``; commands
-come down as single frames (pause, resume, stop, checkpoint, shutdown).  It dies with the
+events go up, then the outcome; commands come down (``daemon/worker_protocol.py`` defines
+every frame, command and outcome).  It dies with the
 daemon (PR_SET_PDEATHSIG), so a ``kill -9`` of tritterd never leaves an orphan training on.
 """
 
@@ -20,14 +20,12 @@ from pathlib import Path
 import msgspec
 import zmq
 
-from tritter.daemon.engine.distributed import Controls, RankControls, Ranks, from_environment
+from tritter.daemon.engine.distributed import RankControls, Ranks, from_environment
 from tritter.daemon.lifetime import set_parent_death_signal
+from tritter.daemon.worker_protocol import Command, Controls, Outcome, decode_command, event_message, exit_message
 from tritter.protocol.config import RunConfig
 from tritter.protocol.events import AnyEvent, RunEvent
 from tritter.protocol.wire import encode
-
-COMMANDS = frozenset({"pause", "resume", "stop", "checkpoint", "shutdown"})
-
 
 def die_with_parent(parent_pid: int) -> None:
     set_parent_death_signal(signal.SIGKILL)
@@ -48,18 +46,19 @@ class SocketControls:
     def _on_term(self, *_: object) -> None:
         self._terminated = True
 
-    def _read(self, timeout_ms: int) -> str | None:
+    def _read(self, timeout_ms: int) -> Command | None:
         if self._terminated:
-            return "shutdown"
+            return Command.SHUTDOWN
         if self._sock.poll(timeout_ms, zmq.POLLIN):
-            command = self._sock.recv().decode(errors="replace")
-            return command if command in COMMANDS else None
+            return decode_command(self._sock.recv())
         return None
 
-    def poll(self) -> str | None:
+    def poll(self) -> Command | None:
+        """A pending command, or None (never blocks)."""
         return self._read(0)
 
-    def wait(self) -> str:
+    def wait(self) -> Command:
+        """Block until a command arrives (SIGTERM counts as ``shutdown``)."""
         while True:
             command = self._read(500)
             if command:
@@ -97,10 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     sock.connect(args.endpoint)
 
     def emit(event: AnyEvent) -> None:
-        sock.send_multipart([b"event", encode(event)])
+        sock.send_multipart(event_message(encode(event)))
 
-    sock.send_multipart([b"hello", b""])
-    outcome = "failed"
+    outcome = Outcome.FAILED
     try:
         controls: Controls = SocketControls(sock)
         if ranks.distributed:
@@ -109,18 +107,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as error:  # report why, then exit non-zero: the daemon marks the run failed
         logging.exception("training failed")
-        reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+        reason = _failure_reason(error)
         emit(RunEvent(run_id=args.run_id, status="failed", reason=reason))
         return 1
     finally:
-        sock.send_multipart([b"exit", outcome.encode()])
+        sock.send_multipart(exit_message(outcome))
         sock.close()
         ctx.term()
 
 
+def _failure_reason(error: Exception) -> str:
+    """One line for the ``failed`` event: bad data (DataError) speaks for itself; anything else
+    is a bug or an environment problem, so it keeps the exception's name."""
+    from tritter.formats.corpus import DataError
+
+    text = str(error) if isinstance(error, DataError) else f"{type(error).__name__}: {error}"
+    return (text.splitlines() or [""])[0][:500]
+
+
 def train(
     args: argparse.Namespace, config: RunConfig, ranks: Ranks, emit: Callable[[AnyEvent], None], controls: Controls
-) -> str:
+) -> Outcome:
     """Run the trainer on this rank; return its outcome (completed, stopped, shutdown)."""
     import torch
 

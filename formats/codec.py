@@ -44,8 +44,8 @@ import json
 import os
 import re
 import struct
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,35 +53,20 @@ import numpy as np
 import zstandard
 
 from tritter.formats.checkpoints import SUFFIX, is_compressed, raw_name
-from tritter.formats.files import atomic_write, file_sha256
+from tritter.formats.files import atomic_write, file_sha256, source_mode
+from tritter.formats.sniff import TZST_MAGIC, is_tzst_file  # formats are decided by content, not name
+from tritter.formats import tzst_v2
+from tritter.formats.safetensors_index import BaseMismatchError, CodecError, TensorSpan, parse_safetensors, safetensors_metadata
 
 MAGIC = TZST_MAGIC  # b"TRTZCKPT"
 FORMAT = "tritter-ckpt-zst"
-VERSION = 1
+VERSION = tzst_v2.VERSION  # written; version 1 files are still read
 MAX_CHAIN = 1000  # a delta chain longer than this is refused as corrupt (a loop)
 
-# Tuning (see docs/compression.md for how these were chosen).
-EXP_LEVEL = 1  # exponent streams (see docs/compression.md: higher levels cost 10-100x the time)
-DELTA_LEVEL = 3  # XOR-with-base streams: long runs of zeros
-DELTA_SAMPLE = 1 << 16  # elements sampled to choose, per byte stream, value or XOR-with-base
-MANTISSA_LEVEL = 1  # near-random bytes: zstd's Huffman literals do all the work
-HEADER_LEVEL = 15  # within 0.2% of level 19 on real headers, 3x faster
-PLAIN_LEVEL = 3  # non-float tensors
-RAW_IF_SAVES_LESS = 0.01  # store a stream raw unless compression saves at least 1%
-RAW_PROBE = 1 << 16  # bytes sampled to skip compressing a stream that will be stored raw anyway
-SMALL_TENSOR = 4096  # bytes; below this, a tensor is one plain zstd stream
-
+# Version 1 decoding (see git history for its encoder; docs/compression.md for the format).
 _WIDTH = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 _ROTATE = {"F32", "BF16"}  # exponent fits a byte after moving the sign to bit 0
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-
-
-class CodecError(Exception):
-    """The input is not usable: corrupt, truncated, not a checkpoint, or a wrong delta base."""
-
-
-class BaseMismatchError(CodecError):
-    """A delta file's base is missing or is not the file it was made from."""
 
 
 def default_threads() -> int:
@@ -91,49 +76,7 @@ def default_threads() -> int:
 # --- safetensors ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TensorSpan:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int  # absolute offsets in the file
-    end: int
-
-
-def parse_safetensors(data: bytes | memoryview) -> tuple[int, list[TensorSpan], dict[str, str]]:
-    """(header end offset, tensors sorted by offset, metadata); CodecError if malformed."""
-    if len(data) < 8:
-        raise CodecError("not a safetensors file (shorter than 8 bytes)")
-    (n,) = struct.unpack_from("<Q", data, 0)
-    if n > len(data) - 8 or n > 100_000_000:
-        raise CodecError("not a safetensors file (header length past the end of the file)")
-    try:
-        header = json.loads(bytes(data[8 : 8 + n]))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CodecError("not a safetensors file (header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise CodecError("not a safetensors file (header is not a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + n
-    spans = []
-    try:
-        for name, info in header.items():
-            begin, end = (int(x) for x in info["data_offsets"])
-            spans.append(TensorSpan(name, str(info["dtype"]), tuple(int(x) for x in info["shape"]), data_start + begin, data_start + end))
-    except (KeyError, TypeError, ValueError):
-        raise CodecError("not a safetensors file (malformed tensor entry)") from None
-    spans.sort(key=lambda s: (s.start, s.end))
-    pos = data_start
-    for s in spans:
-        if s.start < pos or s.end < s.start or s.end > len(data):
-            raise CodecError(f"not a safetensors file (tensor {s.name!r} overlaps or runs past the end)")
-        pos = s.end
-    return data_start, spans, metadata
-
-
-def safetensors_metadata(data: bytes | memoryview) -> dict[str, str]:
-    """The ``__metadata__`` dict of safetensors bytes (e.g. from ``read_safetensors_bytes``)."""
-    return parse_safetensors(data)[2]
+# CodecError, BaseMismatchError, TensorSpan, parse_safetensors, safetensors_metadata: formats/safetensors_index.py
 
 
 # --- byte transforms -----------------------------------------------------------------------
@@ -147,11 +90,6 @@ def _rotr(words: np.ndarray, bits: int) -> np.ndarray:
     return (words >> words.dtype.type(1)) | (words << words.dtype.type(bits - 1))
 
 
-def _split(words: np.ndarray, width: int) -> list[np.ndarray]:
-    grouped = words.view(np.uint8).reshape(-1, width).T.copy()  # (width, n), each row a stream
-    return [grouped[j] for j in range(width)]
-
-
 def _join(streams: list[np.ndarray], width: int) -> np.ndarray:
     n = len(streams[0])
     out = np.empty((n, width), dtype=np.uint8)
@@ -161,30 +99,6 @@ def _join(streams: list[np.ndarray], width: int) -> np.ndarray:
 
 
 # --- streams -------------------------------------------------------------------------------
-
-
-class _Compressors:
-    """zstd compressors by level (a ZstdCompressor is not thread-safe: one per call)."""
-
-    @staticmethod
-    def compress(data: bytes | memoryview | np.ndarray, level: int, dict_data: zstandard.ZstdCompressionDict | None = None) -> bytes:
-        c = zstandard.ZstdCompressor(level=level, dict_data=dict_data, write_checksum=False, write_content_size=True)
-        return c.compress(data)
-
-
-def _encode_stream(buf: np.ndarray, level: int, raw_ok: bool = True) -> tuple[dict[str, Any], bytes]:
-    """One byte stream -> (descriptor, payload bytes)."""
-    n = len(buf)
-    if n and (buf == buf[0]).all():
-        return {"m": "const", "v": int(buf[0]), "n": 0, "len": n}, b""
-    if raw_ok and n > 4 * RAW_PROBE:  # a near-random stream: a sample says so, for a fraction of the work
-        mid = (n - RAW_PROBE) // 2
-        if len(_Compressors.compress(memoryview(buf[mid : mid + RAW_PROBE]), level)) > RAW_PROBE * (1 - RAW_IF_SAVES_LESS / 2):
-            return {"m": "raw", "n": n, "len": n}, buf.tobytes()
-    packed = _Compressors.compress(memoryview(buf), level)
-    if raw_ok and len(packed) > n * (1 - RAW_IF_SAVES_LESS):
-        return {"m": "raw", "n": n, "len": n}, buf.tobytes()
-    return {"m": "zstd", "n": len(packed), "len": n}, packed
 
 
 def _decode_stream(desc: dict[str, Any], payload: memoryview, dict_data: zstandard.ZstdCompressionDict | None = None) -> np.ndarray:
@@ -204,151 +118,6 @@ def _decode_stream(desc: dict[str, Any], payload: memoryview, dict_data: zstanda
             raise CodecError("corrupt stream (decoded length mismatch)")
         return np.frombuffer(out, dtype=np.uint8)
     raise CodecError(f"unknown stream method {method!r} (written by a newer tritter?)")
-
-
-# --- compress ------------------------------------------------------------------------------
-
-
-@dataclass
-class _Job:
-    """A segment being encoded: its header entry and the payload of each stream."""
-
-    entry: dict[str, Any]
-    payloads: list[bytes]
-
-
-def _encode_tensor(data: memoryview, span: TensorSpan, base: memoryview | None) -> _Job:
-    raw = data[span.start : span.end]
-    entry: dict[str, Any] = {
-        "name": span.name,
-        "dtype": span.dtype,
-        "shape": list(span.shape),
-        "start": span.start,
-        "end": span.end,
-        "sha256": hashlib.sha256(raw).hexdigest(),
-    }
-    width = _WIDTH.get(span.dtype)
-    nbytes = span.end - span.start
-    if width is None or nbytes < SMALL_TENSOR or nbytes % width:
-        desc, payload = _encode_stream(np.frombuffer(raw, dtype=np.uint8), PLAIN_LEVEL)
-        entry.update(t="plain", delta=None, streams=[desc])
-        return _Job(entry, [payload])
-    utype = _UINT[width]
-    rotate = span.dtype in _ROTATE
-    words = np.frombuffer(raw, dtype=utype)
-    if rotate:
-        words = _rotl(words, width * 8)
-    mask = 0
-    if base is not None:
-        # XOR is bytewise, so each byte stream chooses on its own between the value and its
-        # XOR with the base: decided on a sample, with the fast level.
-        bwords = np.frombuffer(base, dtype=utype)
-        if rotate:
-            bwords = _rotl(bwords, width * 8)
-        k = min(len(words), DELTA_SAMPLE)
-        lo = (len(words) - k) // 2
-        plain_s = _split(np.ascontiguousarray(words[lo : lo + k]), width)
-        xor_s = _split(words[lo : lo + k] ^ bwords[lo : lo + k], width)
-        for j in range(width):
-            a = len(_Compressors.compress(memoryview(plain_s[j]), MANTISSA_LEVEL))
-            b = len(_Compressors.compress(memoryview(xor_s[j]), MANTISSA_LEVEL))
-            if b < a:
-                mask |= 0xFF << (8 * j)
-        if mask:
-            words = words ^ (bwords & utype(mask))
-    streams = _split(np.ascontiguousarray(words), width)
-    descs, payloads = [], []
-    for j, s in enumerate(streams):
-        xored = bool(mask >> (8 * j) & 0xFF)
-        level = EXP_LEVEL if j == width - 1 else (DELTA_LEVEL if xored else MANTISSA_LEVEL)
-        d, p = _encode_stream(s, level)
-        if xored:
-            d["x"] = 1
-        descs.append(d)
-        payloads.append(p)
-    delta = "xor" if mask else None
-    entry.update(t=f"bg{width}" + ("r" if rotate else ""), delta=delta, streams=descs)
-    return _Job(entry, payloads)
-
-
-def _encode_plain(data: memoryview, start: int, end: int, level: int, name: str, dict_data: zstandard.ZstdCompressionDict | None = None) -> _Job:
-    raw = data[start:end]
-    packed = _Compressors.compress(raw, level, dict_data)
-    desc = {"m": "zstd", "n": len(packed), "len": end - start}
-    if dict_data is not None:
-        desc["dict"] = "base-header"
-    return _Job({"name": name, "start": start, "end": end, "sha256": hashlib.sha256(raw).hexdigest(), "t": "plain", "delta": None, "streams": [desc]}, [packed])
-
-
-def _base_tensors(base: memoryview) -> tuple[int, dict[str, TensorSpan]]:
-    data_start, spans, _ = parse_safetensors(base)
-    return data_start, {s.name: s for s in spans}
-
-
-def compress_bytes(
-    data: bytes | memoryview,
-    *,
-    name: str = "checkpoint.safetensors",
-    base: bytes | memoryview | None = None,
-    base_name: str | None = None,
-    base_chain: int = 0,
-    meta: dict[str, Any] | None = None,
-    threads: int | None = None,
-) -> list[bytes]:
-    """Compress safetensors bytes; returns the output file as a list of chunks (header first).
-
-    With ``base`` (the previous checkpoint's original bytes) the result is a delta file that
-    needs that base, found by ``base_name`` next to it, to decode; ``base_chain`` is the base's
-    own chain depth (0 for a raw file or a keyframe).
-    """
-    data = memoryview(data).cast("B")
-    data_start, spans, _ = parse_safetensors(data)
-    base_view = memoryview(base).cast("B") if base is not None else None
-    base_index: dict[str, TensorSpan] = {}
-    base_dict = None
-    if base_view is not None:
-        base_start, base_index = _base_tensors(base_view)
-        base_dict = zstandard.ZstdCompressionDict(bytes(base_view[:base_start]), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-
-    work: list[Any] = [lambda: _encode_plain(data, 0, data_start, HEADER_LEVEL, "__header__", base_dict)]
-    pos = data_start
-    for span in spans:
-        if span.start > pos:
-            work.append(lambda a=pos, b=span.start: _encode_plain(data, a, b, PLAIN_LEVEL, "__gap__"))
-        b = base_index.get(span.name)
-        bview = None
-        if b is not None and base_view is not None and b.dtype == span.dtype and b.shape == span.shape and span.dtype in _WIDTH:
-            bview = base_view[b.start : b.end]
-        work.append(lambda s=span, bv=bview: _encode_tensor(data, s, bv))
-        pos = span.end
-    if pos < len(data):
-        work.append(lambda a=pos, b=len(data): _encode_plain(data, a, b, PLAIN_LEVEL, "__gap__"))
-
-    n_threads = threads or default_threads()
-    if n_threads > 1:
-        with ThreadPoolExecutor(n_threads) as pool:
-            jobs = list(pool.map(lambda f: f(), work))
-    else:
-        jobs = [f() for f in work]
-
-    payload_bytes = sum(len(p) for j in jobs for p in j.payloads)
-    header: dict[str, Any] = {
-        "format": FORMAT,
-        "version": VERSION,
-        "original": {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
-        "base": None,
-        "chain": 0,
-        "meta": meta or {},
-        "payload_bytes": payload_bytes,
-        "segments": [j.entry for j in jobs],
-    }
-    if base_view is not None:
-        header["base"] = {"name": base_name or "base.safetensors", "size": len(base_view), "sha256": hashlib.sha256(base_view).hexdigest()}
-        header["chain"] = base_chain + 1
-    head = json.dumps(header, separators=(",", ":")).encode()
-    chunks = [MAGIC + struct.pack("<Q", len(head)) + head]
-    chunks.extend(p for j in jobs for p in j.payloads if p)
-    return chunks
 
 
 # --- decompress ----------------------------------------------------------------------------
@@ -388,8 +157,10 @@ def read_header(path: Path) -> dict[str, Any]:
             first = f.read(16)
             if len(first) < 16 or first[:8] != MAGIC:
                 raise CodecError(f"{path}: not a tritter .tzst file" + (" (truncated)" if len(first) < 16 else " (bad magic)"))
-            (hlen,) = struct.unpack_from("<Q", first, 8)
             size = os.fstat(f.fileno()).st_size
+            if tzst_v2.is_v2_prefix(first):
+                return tzst_v2.read_index(f, size, str(path))
+            (hlen,) = struct.unpack_from("<Q", first, 8)
             if 16 + hlen > size:
                 raise CodecError(f"{path}: truncated .tzst file (header runs past the end)")
             head = f.read(hlen)
@@ -452,11 +223,40 @@ def decompress_bytes(blob: bytes | memoryview, base: bytes | memoryview | None =
     mismatch, BaseMismatchError when ``base`` is missing or is the wrong file.
     """
     try:
+        if tzst_v2.is_v2_prefix(bytes(memoryview(blob)[:16])):
+            return _decompress_v2(blob, base, what, threads)
         return _decompress(blob, base, what, check_tensors, threads)
     except CodecError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, MemoryError) as exc:
         raise CodecError(f"{what}: corrupt .tzst file ({type(exc).__name__} decoding its header)") from None
+
+
+def header_of(blob: bytes | memoryview, what: str = "input") -> dict[str, Any]:
+    """The JSON header (version 1) or index (version 2) of a ``.tzst`` file's bytes; CodecError if unusable."""
+    if tzst_v2.is_v2_prefix(bytes(memoryview(blob)[:16])):
+        return tzst_v2.read_index(tzst_v2._Blob(data=blob), len(blob), what)
+    return _parse_container(blob, what)[0]
+
+
+def _base_tensors(base: memoryview) -> tuple[int, dict[str, TensorSpan]]:
+    data_start, spans, _ = parse_safetensors(base)
+    return data_start, {s.name: s for s in spans}
+
+
+def _decompress_v2(blob: bytes | memoryview, base: bytes | memoryview | None, what: str, threads: int | None) -> bytearray:
+    reader = tzst_v2.TzstReader(data=blob, what=what)
+    want = reader.index.get("base")
+    if want:
+        if base is None:
+            raise BaseMismatchError(f"{what}: is a delta of {want['name']} and needs it to decode")
+        got = hashlib.sha256(base).hexdigest()
+        if got != want["sha256"]:
+            raise BaseMismatchError(f"{what}: delta base {want['name']} does not match (sha256 {got[:12]}…, expected {want['sha256'][:12]}…)")
+        reader._base = tzst_v2.BytesSource(base)
+    out = bytearray(reader.size)
+    tzst_v2.decode_into(reader, np.frombuffer(out, np.uint8), threads or default_threads())
+    return out
 
 
 def _decompress(blob: bytes | memoryview, base: bytes | memoryview | None, what: str, check_tensors: bool, threads: int | None) -> bytearray:
@@ -546,7 +346,7 @@ def find_base(path: Path, header: dict[str, Any]) -> Path:
             raise ValueError
     except (KeyError, TypeError, ValueError):
         raise CodecError(f"{path}: corrupt .tzst header (base)") from None
-    candidates = [folder / name, folder / (name + SUFFIX)]
+    candidates = [folder / (name + SUFFIX), folder / name]  # a .tzst's sha256 is in its header: cheaper first
     existing = [c for c in candidates if c.is_file()]
     if not existing:
         raise BaseMismatchError(f"{path}: delta base {name} not found next to it (looked for {name} and {name}{SUFFIX})")
@@ -583,16 +383,56 @@ def base_chain(path: Path) -> list[Path]:
     return chain
 
 
-def read_safetensors_bytes(path: Path, *, check_tensors: bool = False) -> bytes:
+def _source(path: Path, seen: frozenset[Path] = frozenset()) -> Any:
+    """A ``tzst_v2.Source`` for the original content of ``path`` (either form), deltas resolved lazily.
+
+    A version 2 ``.tzst`` is decoded frame by frame on demand (its base opened the first time a
+    delta frame needs it); a raw file is read range by range; a version 1 ``.tzst`` (whole-file
+    layout) is decoded into memory.  Raises CodecError/BaseMismatchError.
+    """
+    path = Path(path)
+    if not is_tzst_file(path):
+        return tzst_v2.RawFileSource(path)
+    header = read_header(path)
+    if int(header.get("version", 1)) < 2:
+        return tzst_v2.BytesSource(read_safetensors_bytes(path))
+    if path.resolve() in seen or len(seen) > MAX_CHAIN:
+        raise CodecError(f"{path}: delta chain loops or is longer than {MAX_CHAIN}")
+    base = None
+    if header.get("base"):
+        base_path = find_base(path, header)  # checked against the recorded sha256 now, opened on first use
+        base = lambda: _source(base_path, seen | {path.resolve()})  # noqa: E731
+    return tzst_v2.TzstReader(path, base=base)
+
+
+def _close(source: Any) -> None:
+    if hasattr(source, "close"):
+        source.close()
+
+
+def read_safetensors_bytes(path: Path, *, check_tensors: bool = False, threads: int | None = None) -> bytes:
     """The original safetensors bytes of a ``.safetensors`` or ``.safetensors.tzst`` file.
 
-    A delta file's base (and its base, ...) is found next to it and decoded first; each link
-    is checked against the sha256 its successor recorded.  Raises CodecError (one line) for a
-    missing, corrupt, truncated or mismatched file.
+    A delta file's base (and its base, ...) is found next to it; each link is checked against
+    the sha256 its successor recorded.  Version 2 files are decoded frame by frame with every
+    segment's xxh3 checked, and with ``check_tensors`` the whole file's sha256 too (slower:
+    ``tritter-ckpt verify``); version 1 files as before (``check_tensors``: each tensor's sha256).
+    Raises CodecError (one line) for a missing, corrupt, truncated or mismatched file.
     """
     path = Path(path)
     if not is_tzst_file(path):  # by content: a renamed .tzst is still one
         return _read(path)
+    header = read_header(path)
+    if int(header.get("version", 1)) >= 2:
+        reader = _source(path)
+        try:
+            out = bytearray(reader.size)
+            tzst_v2.decode_into(reader, np.frombuffer(out, np.uint8), threads or default_threads())
+        finally:
+            _close(reader)
+        if check_tensors and hashlib.sha256(out).hexdigest() != header["original"]["sha256"]:
+            raise CodecError(f"{path}: decoded bytes fail the sha256 check (corrupt file)")
+        return bytes(out)
     data: bytes | bytearray | None = None
     for link in base_chain(path):  # oldest first: each decoded file is the next one's base
         if not is_tzst_file(link):
@@ -601,6 +441,110 @@ def read_safetensors_bytes(path: Path, *, check_tensors: bool = False) -> bytes:
         data = decompress_bytes(_read(link), data, what=str(link), check_tensors=check_tensors and link == path)
     assert data is not None
     return data if isinstance(data, bytes) else bytes(data)  # safetensors.torch.load wants bytes
+
+
+def iter_original(path: Path, *, threads: int | None = None) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+    """(segment, its original bytes as uint8) in file order, for a version 2 ``.tzst`` file.
+
+    Segments are the safetensors header, each tensor (entries with ``name``, ``dtype``,
+    ``shape``, ``start``, ``end``) and gaps; each is checked against its xxh3 before it is
+    yielded.  Memory: the segments in flight, never the whole file.  Raises CodecError.
+    """
+    reader = _source(Path(path))
+    if not isinstance(reader, tzst_v2.TzstReader):
+        _close(reader)
+        raise CodecError(f"{path}: not a version 2 .tzst file")
+    try:
+        for i, arr in tzst_v2.iter_segments(reader, threads or default_threads()):
+            yield reader.segments[i], arr
+    finally:
+        _close(reader)
+
+
+def read_tensors(path: Path, *, threads: int | None = None) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...], np.ndarray]]]:
+    """(``__metadata__``, {name: (dtype, shape, bytes as a uint8 array)}) of a checkpoint, either form.
+
+    For the resume path: each tensor is decoded straight into its own array (no copy of the
+    whole file, no second copy for a tensor library: ``torch.from_numpy(arr).view(dtype)``).
+    dtype is the safetensors name (``F32``, ``BF16``, ``I64``, ...).  Raises CodecError.
+    """
+    path = Path(path)
+    tensors: dict[str, tuple[str, tuple[int, ...], np.ndarray]] = {}
+    if is_tzst_file(path) and int(read_header(path).get("version", 1)) >= 2:
+        metadata: dict[str, str] = {}
+        for seg, arr in iter_original(path, threads=threads):
+            if "dtype" in seg:
+                tensors[seg["name"]] = (seg["dtype"], tuple(seg["shape"]), arr)
+            elif seg["name"] == "__header__":
+                metadata = parse_safetensors_header_only(arr)
+        return metadata, tensors
+    data = read_safetensors_bytes(path)
+    _, spans, metadata = parse_safetensors(data)
+    for s in spans:
+        tensors[s.name] = (s.dtype, s.shape, np.frombuffer(data, np.uint8, s.end - s.start, s.start).copy())
+    return metadata, tensors
+
+
+def parse_safetensors_header_only(head: np.ndarray | bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors header alone (8-byte length + JSON); CodecError if malformed."""
+    head = bytes(head)
+    try:
+        meta = json.loads(head[8:]).get("__metadata__") or {}
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        raise CodecError("not a safetensors header") from None
+    return meta
+
+
+def decompress_file(src: Path, dst: Path, *, threads: int | None = None) -> int:
+    """Write the original ``.safetensors`` of ``src`` (a ``.tzst``) to ``dst`` atomically, streaming.
+
+    Every segment is checked before it is written; nothing is renamed into place unless all
+    pass.  ``dst`` gets ``src``'s permission bits (a derived file keeps its source's).  Returns
+    the bytes written.  Raises CodecError (``dst`` untouched) or OSError.
+    """
+    src, dst = Path(src), Path(dst)
+    if int(read_header(src).get("version", 1)) < 2:
+        data = read_safetensors_bytes(src)
+        atomic_write(dst, data, mode=source_mode(src))
+        return len(data)
+    written = [0]
+
+    def write(f: Any) -> None:
+        for _, arr in iter_original(src, threads=threads):
+            f.write(memoryview(arr))
+            written[0] += arr.nbytes
+
+    atomic_write(dst, write, mode=source_mode(src))
+    return written[0]
+
+
+def compress_bytes(
+    data: bytes | memoryview,
+    *,
+    name: str = "checkpoint.safetensors",
+    base: bytes | memoryview | None = None,
+    base_name: str | None = None,
+    base_chain: int = 0,
+    meta: dict[str, Any] | None = None,
+    threads: int | None = None,
+    sha256: str | None = None,
+) -> list[bytes]:
+    """Compress safetensors bytes to a version 2 ``.tzst``; returns the file as a list of chunks.
+
+    With ``base`` (the previous checkpoint's original bytes) the result is a delta file that
+    needs that base, found by ``base_name`` next to it, to decode; ``base_chain`` is the base's
+    own chain depth (0 for a raw file or a keyframe).  ``sha256``: the original's, if known.
+    Raises CodecError when ``data`` (or ``base``) is not a safetensors file.
+    """
+    chunks: list[bytes] = []
+    src = tzst_v2.BytesSource(data)
+    b = tzst_v2.BytesSource(base) if base is not None else None
+    tzst_v2.compress(
+        src, lambda c: chunks.append(bytes(c)), name=name, base=b, base_name=base_name,
+        base_sha256=hashlib.sha256(b.view).hexdigest() if b is not None else None, base_chain=base_chain,
+        meta=meta, threads=threads or default_threads(), sha256=sha256,
+    )
+    return chunks
 
 
 TMP_SUFFIX = ".tmp"  # a half-written output is <name>.tzst.tmp: the compressor sweeps these after a crash
@@ -621,32 +565,56 @@ def compress_file(
     threads: int | None = None,
     verify: bool = True,
     data: bytes | bytearray | None = None,
+    sha256: str | None = None,
 ) -> dict[str, Any]:
     """Compress ``src`` to ``dst`` (default ``src`` + ``.tzst``), as a delta of ``base`` if given.
 
-    ``base_data`` (and ``data``, for ``src``) may pass original bytes the caller has already.  The
-    output is written as ``tmp_path(dst)``, fsynced and, with ``verify``, read back and decoded
-    before it is renamed into place (``formats.files.atomic_write``).  Returns the header
-    written.  Raises CodecError for an unusable input or a failed verification, OSError from
-    the file system; ``dst`` is then untouched.
+    Streams tensor by tensor: ``src`` and ``base`` (either form) are read range by range, so
+    memory stays at a few frames per thread (``base_data``/``data`` may pass original bytes the
+    caller already holds instead; ``sha256``: the original's, if the caller has it).  The output
+    is written as ``tmp_path(dst)``, fsynced and, with ``verify``, decoded again (every segment's
+    xxh3 checked) before it is renamed into place (``formats.files.atomic_write``).  Returns
+    the index written.  Raises CodecError for an unusable input or a failed verification,
+    OSError from the file system; ``dst`` is then untouched.
     """
     src = Path(src)
     dst = Path(dst) if dst is not None else src.with_name(src.name + SUFFIX)
-    if data is None:
-        data = _read(src)
+    n_threads = threads or default_threads()
+    source: Any = tzst_v2.BytesSource(data) if data is not None else tzst_v2.RawFileSource(src)
+    base_src: Any = None
     chain = 0
-    base_name = None
-    if base is not None:
-        base = Path(base)
-        base_name = raw_name(base)
-        if base_data is None:
-            base_data = read_safetensors_bytes(base)
-        if is_tzst_file(base):
-            chain = int(read_header(base).get("chain", 0))
-    chunks = compress_bytes(data, name=raw_name(src), base=base_data, base_name=base_name, base_chain=chain, meta=meta, threads=threads)
+    base_name = base_sha = None
+    try:
+        if base is not None:
+            base = Path(base)
+            base_name = raw_name(base)
+            if is_tzst_file(base):
+                bh = read_header(base)
+                chain, base_sha = int(bh.get("chain", 0)), bh["original"]["sha256"]
+            if base_data is not None:
+                base_src = tzst_v2.BytesSource(base_data)
+                base_sha = base_sha or hashlib.sha256(base_data).hexdigest()
+            else:
+                base_src = _source(base)
+                base_sha = base_sha or _file_sha256(base)
+        index: dict[str, Any] = {}
 
-    def check(tmp: Path) -> None:
-        decompress_bytes(tmp.read_bytes(), base_data, what=str(tmp), threads=threads)
+        def write(f: Any) -> None:
+            index.update(tzst_v2.compress(source, f.write, name=raw_name(src), base=base_src, base_name=base_name, base_sha256=base_sha,
+                                          base_chain=chain, meta=meta, threads=n_threads, sha256=sha256))
 
-    atomic_write(dst, chunks, tmp=tmp_path(dst), check=check if verify else None)
-    return json.loads(chunks[0][16:])
+        def check(tmp: Path) -> None:
+            reader = tzst_v2.TzstReader(tmp, base=base_src)
+            try:
+                for _ in tzst_v2.iter_segments(reader, n_threads):
+                    pass
+            finally:
+                reader.blob.close()
+
+        # A derived file keeps its source's permissions (a 0600 checkpoint gives a 0600 .tzst).
+        atomic_write(dst, write, tmp=tmp_path(dst), check=check if verify else None, mode=source_mode(src))
+    finally:
+        _close(source)
+        if base_src is not None:
+            _close(base_src)
+    return index

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import IO
 
 SNIFF_BYTES = 1 << 16  # the start-time sniff reads at most this much of a file
+FOLDER_SNIFF_BYTES = 1 << 12  # ... and this much of each file in a folder (folders may hold 100k files)
 CHUNK_CHARS = 1 << 16  # default piece size; a piece is between 1x and 2x of it
 TEXT_SUFFIXES = frozenset({".txt", ".md", ""})
 TOKEN_SUFFIXES = frozenset({".bin", ".npy"})
@@ -115,8 +116,8 @@ def text_problem(head: bytes, complete: bool) -> str | None:
     return None
 
 
-def sniff(path: Path, explicit: bool = True) -> CorpusFile | None:
-    """Classify one file by its name and first 64 KB.
+def sniff(path: Path, explicit: bool = True, nbytes: int = SNIFF_BYTES) -> CorpusFile | None:
+    """Classify one file by its name and first ``nbytes`` (64 KB; 4 KB per file in a folder).
 
     ``explicit``: the user named this file (``--corpus FILE``): unknown extensions are read as
     text if they sniff as text, and anything unreadable raises.  In a folder (``explicit``
@@ -138,8 +139,10 @@ def sniff(path: Path, explicit: bool = True) -> CorpusFile | None:
         return CorpusFile(path, "tokens", name)
     if not explicit and suffix not in TEXT_SUFFIXES:
         return None
-    head = _read_head(path)
-    problem = text_problem(head, complete=len(head) < SNIFF_BYTES)
+    head = _read_head(path, nbytes)
+    problem = text_problem(head, complete=len(head) < nbytes)
+    if problem is None and explicit and len(head) < nbytes and not head.strip(b" \t\r\n\x0b\x0c"):
+        raise DataError(f"corpus is empty (no text): {path}")
     if problem is None:
         return CorpusFile(path, "text", name)
     if explicit:
@@ -171,7 +174,7 @@ def list_corpus(root: Path) -> list[CorpusFile]:
             p = Path(dirpath) / fname
             if not p.is_file():
                 continue
-            cf = sniff(p, explicit=False)
+            cf = sniff(p, explicit=False, nbytes=FOLDER_SNIFF_BYTES)
             if cf is not None:
                 rel = p.relative_to(root)
                 files.append(CorpusFile(cf.path, cf.kind, rel.as_posix(), cf.compression))
@@ -398,7 +401,10 @@ class CorpusReader:
             for piece in _stream_pieces(text.read, self.chunk_chars):
                 if first and not piece.strip() and len(piece) < self.chunk_chars:
                     return  # a blank file is no document
-                yield piece, first, f"{cf.path}: line {line}"
+                at = line
+                if _Replaced.count:  # name the line of the first replacement character
+                    at += piece.count("\n", 0, max(piece.find("\ufffd"), 0))
+                yield piece, first, f"{cf.path}: line {at}"
                 line += piece.count("\n")
                 first = False
 

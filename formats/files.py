@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -27,6 +29,15 @@ def fsync_dir(directory: Path) -> None:
 Chunks = Iterable[bytes | bytearray | memoryview]
 
 
+def source_mode(path: Path) -> int:
+    """The permission bits of ``path`` (e.g. ``0o600``), for a file derived from it to keep.
+
+    Files under HOME keep the daemon's permissions: a ``.tzst`` of a 0600 checkpoint is 0600,
+    not the umask's 0644.  Raises OSError (FileNotFoundError) when ``path`` cannot be stat'ed.
+    """
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
 def default_tmp_path(path: Path) -> Path:
     """The temp sibling ``atomic_write`` uses unless told otherwise: ``.<name>.<pid>.tmp`` (hidden)."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -39,6 +50,7 @@ def atomic_write_with(
     *,
     tmp: Path | None = None,
     check: Callable[[Path], object] | None = None,
+    mode: int | None = None,
 ) -> None:
     """Replace ``path`` by a file that ``write(tmp_path)`` creates, so readers see the old or the new
     file, never a mix: write the temp sibling, (fsync,) ``check`` it, rename, (fsync the folder).
@@ -48,12 +60,19 @@ def atomic_write_with(
     ``tmp`` fixes the temp name (default ``default_tmp_path``), for callers whose crash recovery
     looks for it.  ``check(tmp_path)`` runs on the finished temp file; whatever it raises aborts
     the write.  On any error the temp file is removed and the error propagates (``path`` is untouched).
+    ``mode``: the new file's permission bits (a file derived from another passes the source's,
+    ``source_mode``); None keeps those of the file being replaced, or the umask's default.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tmp) if tmp is not None else default_tmp_path(path)
+    if mode is None:
+        with contextlib.suppress(FileNotFoundError):
+            mode = source_mode(path)  # a rewrite keeps the permissions someone gave the file
     try:
         write(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
         if durable:
             fd = os.open(tmp, os.O_RDONLY)
             try:
@@ -79,8 +98,9 @@ def atomic_write(
     *,
     tmp: Path | None = None,
     check: Callable[[Path], object] | None = None,
+    mode: int | None = None,
 ) -> None:
-    """Replace ``path`` with ``content`` atomically (see ``atomic_write_with`` for ``durable``, ``tmp``, ``check``).
+    """Replace ``path`` with ``content`` atomically (see ``atomic_write_with`` for ``durable``, ``tmp``, ``check``, ``mode``).
 
     ``content``: the bytes, an iterable of byte chunks (written in order, never joined), or a
     callable that writes to the open binary file.  Raises OSError from the file system.
@@ -96,7 +116,7 @@ def atomic_write(
                 for chunk in content:
                     out.write(chunk)
 
-    atomic_write_with(path, write, durable, tmp=tmp, check=check)
+    atomic_write_with(path, write, durable, tmp=tmp, check=check, mode=mode)
 
 
 @contextlib.contextmanager
@@ -106,7 +126,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     On a clean exit every file in it and the folder itself are fsynced, an existing ``target``
     is moved aside, the temp folder renamed to ``target``, the parent fsynced and the old one
     removed.  On an error the temp folder is removed and the error propagates (``target`` is
-    untouched).  Raises OSError from the file system.
+    untouched).  Concurrent writers of one ``target`` are serialised by a lock file
+    ``.<name>.lock`` beside it; the last one to finish wins.  Raises OSError from the file system.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -121,13 +142,16 @@ def atomic_dir(target: Path) -> Iterator[Path]:
                 finally:
                     os.close(fd)
         fsync_dir(tmp)
-        old = None
-        if target.exists():  # rename() cannot replace a non-empty folder: move it aside first
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(target, old)
-        os.rename(tmp, target)
-        fsync_dir(target.parent)
+        # One swap at a time: two writers (DDP ranks, a re-export racing a resume) that both move
+        # the old folder aside and rename theirs in would otherwise fail with ENOTEMPTY/ENOENT.
+        with exclusive_lock(target.parent / f".{target.name}.lock"):
+            old = None
+            if target.exists():  # rename() cannot replace a non-empty folder: move it aside first
+                old = target.parent / f".{target.name}.old-{os.getpid()}"
+                shutil.rmtree(old, ignore_errors=True)
+                os.rename(target, old)
+            os.rename(tmp, target)
+            fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -159,3 +183,19 @@ def load_cursor(path: Path, on_unreadable: str) -> int:
 def save_cursor(path: Path, seq: int) -> None:
     """Atomically and durably replace the cursor file with ``seq`` (an event seq, >= 0)."""
     atomic_write(path, f"{seq}\n".encode())
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created, mode 0600) for the ``with`` block.
+
+    Serialises writers of one shared file or folder across processes (e.g. DDP ranks or two
+    daemons' workers exporting the same stage); blocks until the lock is free.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -306,17 +306,36 @@ class TokenStream:
             out[sel] = self._arrays[s][flat[sel] - self._starts[s]]
         return out.reshape(idx.shape)
 
-    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
-        """``len(starts) x length`` int64 array: row i is tokens ``starts[i] .. starts[i]+length``.
-        Contiguous slices per row (at most two shards each), so a 32 x 1025 batch costs
-        microseconds, not a 32k-element gather."""
-        out = np.empty((len(starts), length), dtype=np.int64)
-        for row, s in enumerate(np.asarray(starts, dtype=np.int64)):
-            a = self._start + int(s)
-            if a < self._start or a + length > self._stop:
-                raise IndexError(f"window [{s}, {s + length}) out of range for {len(self)} tokens")
-            out[row] = self._range(a, a + length)
+    def windows(self, starts: np.ndarray, length: int, out: np.ndarray | None = None) -> np.ndarray:
+        """``len(starts) x length`` array (``out``, else a new int64 one): row i is tokens
+        ``starts[i] .. starts[i]+length``.  Rows inside one shard are copied through a
+        sliding-window view of it (one memcpy per row, no per-token index arithmetic: ~8x faster
+        than a fancy-index gather for 32 x 1025); the rare row that spans two shards is joined."""
+        starts = np.asarray(starts, dtype=np.int64)
+        if out is None:
+            out = np.empty((len(starts), length), dtype=np.int64)
+        if not len(starts):
+            return out
+        if starts.min() < 0 or starts.max() + length > len(self):
+            raise IndexError(f"a window of {length} tokens is out of range for {len(self)} tokens")
+        glob = starts + self._start
+        which = np.searchsorted(self._starts, glob, side="right") - 1
+        inside = glob + length <= self._starts[which + 1]
+        for s in np.unique(which[inside]):
+            rows = np.flatnonzero(inside & (which == s))
+            out[rows] = self._sliding(int(s), length)[glob[rows] - self._starts[s]]
+        for row in np.flatnonzero(~inside):
+            out[row] = self._range(int(glob[row]), int(glob[row]) + length)
         return out
+
+    def _sliding(self, shard: int, length: int) -> np.ndarray:
+        cache = self.__dict__.setdefault("_views", {})
+        view = cache.get((shard, length))
+        if view is None:
+            arr = self._arrays[shard]
+            view = np.lib.stride_tricks.sliding_window_view(arr, length) if len(arr) >= length else arr[:0, None]
+            cache[(shard, length)] = view
+        return view
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:  # type: ignore[no-untyped-def]
         arr = self._range(self._start, self._stop)

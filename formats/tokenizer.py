@@ -53,6 +53,9 @@ class TokenizerSpec:
     pad: str | None
     source: str
     digest: str = field(default="")
+    ids: int = 0  # 1 + the largest id the tokenizer can produce
+    eot_id: int = 0
+    pad_id: int = 0  # the pad token's id, the eot's when there is none
 
     def build(self) -> tokenizers.Tokenizer:
         """A fresh ``tokenizers.Tokenizer`` that never turns document text into special ids."""
@@ -62,20 +65,6 @@ class TokenizerSpec:
         tok.encode_special_tokens = True
         return tok
 
-    @property
-    def ids(self) -> int:
-        """1 + the largest id the tokenizer can produce."""
-        tok = self.build()
-        return max(tok.get_vocab(with_added_tokens=True).values()) + 1
-
-    @property
-    def eot_id(self) -> int:
-        return int(self.build().token_to_id(self.eot))
-
-    @property
-    def pad_id(self) -> int:
-        tok = self.build()
-        return int(tok.token_to_id(self.pad if self.pad is not None else self.eot))
 
 
 def spec_from_json(text: str, source: str, eot: str | None = None, pad: str | None = None) -> TokenizerSpec:
@@ -95,7 +84,8 @@ def spec_from_json(text: str, source: str, eot: str | None = None, pad: str | No
     if pad is None or pad not in vocab:
         pad = next((c for c in PAD_CANDIDATES if c in vocab), None)
     digest = hashlib.sha256(text.encode() + b"\0" + eot.encode()).hexdigest()
-    return TokenizerSpec(json=text, eot=eot, pad=pad, source=source, digest=digest)
+    return TokenizerSpec(json=text, eot=eot, pad=pad, source=source, digest=digest, ids=max(vocab.values()) + 1,
+                         eot_id=vocab[eot], pad_id=vocab[pad if pad is not None else eot])
 
 
 def _special(value: object) -> str | None:

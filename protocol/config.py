@@ -8,6 +8,7 @@ import msgspec
 PRESET_NAMES: tuple[str, ...] = ("tiny", "small", "100m", "500m", "1b")
 MAX_NPROC = 1024
 MAX_SEED = 2**32 - 1
+MAX_PRIORITY = 10**6
 MAX_STEPS = 10**9  # optimizer steps per stage (and --checkpoint-every, --eval-every, ...)
 MAX_GRAD_CKPT_EVERY = 10**4  # blocks: far above any preset's depth
 MAX_NUMBER = 2**53  # any other number in a config: past this a JSON reader loses exactness
@@ -44,6 +45,7 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     micro_batch: int | None = None  # --micro-batch: sequences per forward/backward on each rank
     lr: float | None = None  # --lr: peak LR of every stage (None = each preset's)
     keep_checkpoints: int | None = None  # --keep-checkpoints N (None = 3): latest N kept, see docs/reliability.md
+    priority: int = 0  # --priority N: from tritterd's run queue, higher starts first (then first come)
 
     def stages(self) -> list[str]:
         return list(PRESET_NAMES[PRESET_NAMES.index(self.start) : PRESET_NAMES.index(self.end) + 1])
@@ -66,6 +68,8 @@ def validate_config(config: RunConfig) -> str | None:
         return f"--start {config.start} is bigger than --end {config.end}"
     if problem := _out_of_range(config):
         return problem
+    if not -MAX_PRIORITY <= config.priority <= MAX_PRIORITY:
+        return f"--priority must be between {-MAX_PRIORITY:,} and {MAX_PRIORITY:,}, got {config.priority}"
     if not 1 <= config.steps <= MAX_STEPS:
         return f"--steps must be between 1 and {MAX_STEPS:,}, got {config.steps}"
     if not 1 <= config.nproc <= MAX_NPROC:

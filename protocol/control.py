@@ -54,6 +54,18 @@ class Checkpoint(Request, tag="checkpoint"):
     run: str
 
 
+class Extend(Request, tag="extend"):
+    """Grow a completed run into bigger stages, as the same run (``tritterctl extend``).
+
+    ``end``: the new last preset (bigger than the run's); ``steps`` / ``tokens``: the budget of
+    each new stage (one value = every new stage; None = the run's last stage's budget)."""
+
+    run: str
+    end: str
+    steps: list[int] | None = None
+    tokens: list[int] | None = None
+
+
 class Upload(Request, tag="upload"):
     """Ask for a stage (or every completed stage) of a run to be uploaded: the daemon records
     ``UploadEvent(status="requested")`` for each, and ``tritter-upload`` acts on it."""
@@ -78,7 +90,7 @@ class Catchup(Request, tag="catchup"):
     limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = CATCHUP_BATCH
 
 
-AnyRequest = Union[Ping, Start, Runs, Status, Stop, Pause, Resume, Checkpoint, Upload, Report, Catchup]
+AnyRequest = Union[Ping, Start, Runs, Status, Stop, Pause, Resume, Checkpoint, Upload, Report, Catchup, Extend]
 
 
 class Reply(msgspec.Struct, kw_only=True):

@@ -18,10 +18,13 @@ PROTOCOL_VERSION = 1
 
 # interrupted: the daemon stopped cleanly (SIGTERM) while the run trained; it resumes from
 # ``resume_step`` (its last checkpoint) on the next start, with a ``resumed`` event.
-RunStatus = Literal["started", "paused", "resumed", "completed", "failed", "stopped", "interrupted"]
+# queued: started beyond tritterd's free slots (--slots); it starts in order (priority, then
+# first come) when slots free up, with a ``started`` (or, for a run that ran before, ``resumed``) event.
+RunStatus = Literal["started", "paused", "resumed", "completed", "failed", "stopped", "interrupted", "queued"]
 StageStatus = Literal["started", "completed"]
 Phase = Literal["warmup", "full", "predict", "correct"]
 UploadStatus = Literal["requested", "started", "completed", "failed"]
+CheckpointStatus = Literal["saved", "deleted"]
 
 
 class Event(msgspec.Struct, tag_field="kind", kw_only=True, omit_defaults=False):
@@ -64,6 +67,13 @@ class StageEvent(Event, tag="stage"):
     # ``completed``: what actually ran, False after a fallback to eager, with ``note`` saying why).
     compiled: bool | None = None
     note: str = ""
+    # The stage's global batch (recipe/budget.py), on ``started``: sequences per forward/backward on
+    # each process, micro-batches accumulated per optimizer step, tokens per optimizer step, and the
+    # stage's optimizer steps (from --steps, or from --tokens / tokens_per_step).  0 = not reported.
+    micro_batch: int = 0
+    accum_steps: int = 0
+    tokens_per_step: int = 0
+    steps: int = 0
 
 
 class PhaseEvent(Event, tag="phase"):
@@ -85,8 +95,11 @@ class StepEvent(Event, tag="step"):
     step_time_ms: float
     stage: str
     lr: float
-    tokens: int
+    tokens: int  # training tokens since the start of the current stage (this step included)
     tokens_per_s: float
+    # Training tokens since the start of the run, all stages (this step included); filled in by
+    # the daemon from the completed stages when it logs the step (0 only in logs older than it).
+    run_tokens: int = 0
 
 
 class CheckpointEvent(Event, tag="checkpoint"):
@@ -96,6 +109,9 @@ class CheckpointEvent(Event, tag="checkpoint"):
     bytes: int
     sha256: str
     reason: str = "periodic"  # periodic | stage | manual | stop | shutdown
+    # saved: the file is durable; deleted: retention removed it (--keep-checkpoints; bytes/sha256 of
+    # the file as it was, reason says why it was not kept).  Older logs have no status: saved.
+    status: CheckpointStatus = "saved"
 
 
 class UploadEvent(Event, tag="upload"):
@@ -237,6 +253,7 @@ METRICS_FIELDS: tuple[str, ...] = (
     "stage",
     "lr",
     "tokens",
+    "run_tokens",
     "tokens_per_s",
     "ts",
 )

@@ -6,6 +6,7 @@ The daemon's state is exactly ``fold`` applied to its log from seq 1; clients (t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import msgspec
@@ -25,7 +26,7 @@ from tritter.protocol.events import (
     UploadEvent,
 )
 
-RunLifecycle = Literal["running", "paused", "completed", "failed", "stopped", "interrupted"]
+RunLifecycle = Literal["running", "paused", "completed", "failed", "stopped", "interrupted", "queued"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "stopped"})
 
 
@@ -112,8 +113,13 @@ class RunState(msgspec.Struct, kw_only=True):
     predicted_steps: int = 0
     best_loss: float | None = None
     best_step: int | None = None
-    tokens: int = 0
+    tokens: int = 0  # training tokens of the current stage (the step events' ``tokens``)
+    run_tokens: int = 0  # training tokens of the whole run, every stage (``run_tokens``)
     tokens_per_s: float = 0.0
+    # Recent time per optimizer step, ms: an exponential moving average (weight PACE_ALPHA) of the
+    # step events' step_time_ms, which the worker measures with a monotonic clock around the step
+    # itself, so a pause, a daemon restart or a clock change never inflates it.  0 = no step yet.
+    step_ms: float = 0.0
     started: float = 0.0
     updated: float = 0.0
     error: str = ""
@@ -129,14 +135,66 @@ class RunState(msgspec.Struct, kw_only=True):
     alert_count: int = 0
     alerts: list[AlertRef] = []  # the newest MAX_ALERTS, oldest first
     prepare: PrepareState | None = None  # corpus preparation (prepare events)
+    # The run queue (tritterd --slots; see queue_order): the seq of the event that put the run in
+    # line (0 = not in line; kept while a queued run is held by pause), its 1-based place among
+    # the queued runs (0 = not queued), and whether it ever started (so leaving the queue is a
+    # start or a resume).
+    queued_seq: int = 0
+    queue_position: int = 0
+    launched: bool = False
 
     @property
     def active(self) -> bool:
         return self.status not in TERMINAL
 
 
+def queue_key(state: RunState) -> tuple[int, int]:
+    """Place of a queued run: higher ``config.priority`` first, then first come (``queued_seq``)."""
+    return (-state.config.priority, state.queued_seq)
+
+
+def queue_order(runs: Iterable[RunState]) -> list[RunState]:
+    """The runs waiting for a slot (status ``queued``), the next to start first."""
+    return sorted((r for r in runs if r.status == "queued"), key=queue_key)
+
+
+def is_held(state: RunState) -> bool:
+    """A queued run that was paused: it keeps its place in line but does not start until resumed."""
+    return state.status == "paused" and state.queued_seq > 0
+
+
+def _renumber_queue(runs: dict[str, RunState]) -> None:
+    for run in runs.values():
+        run.queue_position = 0
+    for place, run in enumerate(queue_order(runs.values()), start=1):
+        run.queue_position = place
+
+
+def _apply_queue(state: RunState, event: RunEvent) -> None:
+    """Where a run event moves the run with respect to tritterd's queue."""
+    if event.status == "queued":
+        if state.queued_seq == 0:  # a held run coming back keeps its place
+            state.queued_seq = event.seq
+        if not state.started:
+            state.started = event.ts  # when it was submitted; ``started`` again when it starts
+    elif event.status == "paused":
+        if state.status != "queued":
+            state.queued_seq = 0  # paused while training: a later resume queues it anew
+    else:
+        state.queued_seq = 0
+    if event.status == "started":
+        state.launched = True
+
+
 def _apply_run(state: RunState, event: RunEvent) -> None:
-    if event.status in ("started", "resumed"):
+    _apply_queue(state, event)
+    if event.config is not None and event.status in ("queued", "resumed"):  # a new or extended run
+        state.config = event.config
+        state.total_steps = event.config.total_steps()
+    if event.status == "queued":
+        state.status = "queued"
+        state.error = ""
+    elif event.status in ("started", "resumed"):
         state.status = "running"
         state.error = ""
         if event.resume_step is not None:
@@ -179,6 +237,28 @@ def _apply_stage(state: RunState, event: StageEvent) -> None:
         stage.export_path = event.export_path
 
 
+PACE_ALPHA = 0.1  # ~20 recent steps carry most of the weight: smooth, yet follows a stage change
+
+
+def run_tokens_at(state: RunState, event: StepEvent) -> int:
+    """Run-wide tokens after ``event``: the tokens of every earlier stage plus ``event.tokens``.
+
+    ``state`` is the run before (or while) folding ``event``; stages are in ``state.stages``
+    in order, the current one last.
+    """
+    earlier = sum(s.tokens for s in state.stages if s.stage != event.stage and s.status == "completed")
+    return earlier + event.tokens
+
+
+def eta_seconds(state: RunState) -> float | None:
+    """Seconds until the run's last step at its recent pace (``step_ms``); None when it is not
+    training or no step has been timed yet.  Evals and checkpoints are not in the pace, so this
+    is a slight underestimate, never inflated by a pause."""
+    if state.status != "running" or state.step_ms <= 0 or state.total_steps <= 0:
+        return None
+    return max(0, state.total_steps - state.current_step) * state.step_ms / 1000.0
+
+
 def _apply_step(state: RunState, event: StepEvent) -> None:
     state.current_step = event.step
     state.current_loss = event.loss
@@ -190,7 +270,10 @@ def _apply_step(state: RunState, event: StepEvent) -> None:
     else:
         state.total_backward += 1
     state.tokens = event.tokens
+    state.run_tokens = event.run_tokens or run_tokens_at(state, event)
     state.tokens_per_s = event.tokens_per_s
+    state.step_ms = event.step_time_ms if state.step_ms <= 0 else (
+        (1 - PACE_ALPHA) * state.step_ms + PACE_ALPHA * event.step_time_ms)
     if state.best_loss is None or event.loss < state.best_loss:
         state.best_loss = event.loss
         state.best_step = event.step
@@ -240,6 +323,7 @@ def fold(runs: dict[str, RunState], event: AnyEvent) -> RunState | None:
         state = runs[event.run_id] = RunState(run_id=event.run_id, run_name=event.run_name)
     if isinstance(event, RunEvent):
         _apply_run(state, event)
+        _renumber_queue(runs)
     elif isinstance(event, StageEvent):
         _apply_stage(state, event)
     elif isinstance(event, StepEvent):
@@ -256,7 +340,7 @@ def fold(runs: dict[str, RunState], event: AnyEvent) -> RunState | None:
         _apply_alert(state, event)
     elif isinstance(event, PrepareEvent):
         state.prepare = PrepareState(**{f: getattr(event, f) for f in PrepareState.__struct_fields__})
-    elif isinstance(event, CheckpointEvent):
+    elif isinstance(event, CheckpointEvent) and event.status == "saved":  # a deletion is not a resume point
         state.last_checkpoint = CheckpointRef(
             path=event.path, step=event.step, stage=event.stage, bytes=event.bytes, sha256=event.sha256,
             reason=event.reason,

@@ -12,7 +12,7 @@ Memory (bytes, per rank; "eager" PyTorch, which is what the model is without tor
 * weights: fp32, 4 B/param; gradients: fp32, 4 B/param (autocast keeps master weights and their
   gradients fp32); AdamW: ``exp_avg`` + ``exp_avg_sq`` fp32 = 8 B/param, plus a 4-byte ``step``
   per parameter tensor.
-* hybrid: the update predictor's history (``hybrid_bytes_per_param``).
+* hybrid: the update predictor's fp16 update history (``hybrid_bytes_per_param``: 4 B/param).
 * bf16 weight copies (CUDA): autocast caches one bf16 cast of every matmul weight during the
   forward (2 B per matmul parameter); the casts of stored blocks stay alive through backward.
 * activations kept for backward, per token of a micro-batch (``activation_bytes_per_token``),
@@ -25,7 +25,7 @@ Memory (bytes, per rank; "eager" PyTorch, which is what the model is without tor
     fp32 log-sum-exp) ``+ 8`` (two fp32 rsqrt);
   - a checkpointed block (``--grad-ckpt-every``): only its fp32 input, ``4H``;
   - the output: ``8H + aH`` (final norm) ``+ 4V`` (fp32 log-softmax) ``+ 4 + 16`` (rsqrt, int64
-    inputs and labels), plus the RoPE tables ``2 * a * head_dim`` per position.
+    inputs and labels), plus the RoPE tables ``2 * a * head_dim`` per position and one fp32 scalar.
 
 * transient at the peak (the end of the forward / start of the backward): the logits in bf16
   (``2V``) and fp32 (``4V``) while the log-softmax is taken, then its gradient (``8V``), plus
@@ -96,14 +96,14 @@ def matmul_params(shape: ModelShape) -> int:
     return shape.num_layers * block_matmul_params(shape) + shape.vocab_size * shape.hidden_size
 
 
-def hybrid_bytes_per_param(history: int = 4, element_bytes: int = FP32) -> int:
-    """The hybrid predictor's state per parameter: ``history`` past updates of ``element_bytes``.
+def hybrid_bytes_per_param(order: int = 2, element_bytes: int = BF16) -> int:
+    """The hybrid predictor's state per parameter: the last ``order`` updates in fp16 (2 bytes).
 
-    Mirrors ``daemon/engine/hybrid.py`` (``UpdatePredictor``: K = ``HybridSettings.history``
-    LR-normalised updates per parameter tensor); ``tests/test_planner.py`` checks it against the
-    buffers of a real ``HybridController``.
+    Mirrors ``daemon/engine/hybrid.py`` (``UpdatePredictor``'s lean state: ``HybridSettings.order``
+    fp16 update tensors; the Gram band of the ``history`` fit is host scalars);
+    ``tests/test_planner.py`` checks it against every tensor a real ``HybridController`` holds.
     """
-    return history * element_bytes
+    return order * element_bytes
 
 
 def flops_per_token(shape: ModelShape, seq_len: int) -> int:
@@ -174,7 +174,7 @@ def plan_stage(
     batch: BatchPlan,
     grad_ckpt_every: int,
     hybrid: bool = True,
-    hybrid_history: int = 4,
+    hybrid_order: int = 2,
 ) -> StagePlan:
     """Memory and FLOPs of training ``preset`` with ``batch`` (see the module doc for each term).
 
@@ -186,10 +186,10 @@ def plan_stage(
     tokens = batch.micro_batch * batch.seq_len  # one micro-batch on one rank
     weights, grads = FP32 * n, FP32 * n
     optimizer = 2 * FP32 * n + FP32 * parameter_tensors(shape)
-    hybrid_bytes = hybrid_bytes_per_param(hybrid_history) * n if hybrid else 0
+    hybrid_bytes = hybrid_bytes_per_param(hybrid_order) * n if hybrid else 0
     per_token = activation_bytes_per_token(shape, act, grad_ckpt_every)
     rope = 2 * act * shape.head_dim * batch.seq_len
-    activations = per_token * tokens + rope
+    activations = per_token * tokens + rope + 4  # + the loss's fp32 total weight (a scalar)
     ckpt = checkpointed_blocks(shape.num_layers, grad_ckpt_every)
     casts_all = BF16 * matmul_params(shape) if cuda else 0
     casts_kept = casts_all - (BF16 * ckpt * block_matmul_params(shape) if cuda else 0)

@@ -69,13 +69,15 @@ _PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         "tiny",
         ModelShape(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=352),
-        TrainSettings(batch_size=16, seq_len=128, lr=3e-3, warmup_steps=20, eval_every=25, checkpoint_every=25),
+        # eval_every: periodic held-out eval (8192 tokens, forward only) costs ~1.3 steps here: every 50 ~ 3%.
+        TrainSettings(batch_size=16, seq_len=128, lr=3e-3, warmup_steps=20, eval_every=50, checkpoint_every=25),
     ),
     "small": Preset(
         "small",
         ModelShape(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=704),
         # batch 8, not 16: at 16 a step takes ~0.85 s on 2 CPU cores (lm_head + 4 blocks), at 8 ~0.5 s.
-        TrainSettings(batch_size=8, seq_len=128, lr=2e-3, warmup_steps=20, eval_every=25, checkpoint_every=25),
+        # eval_every 100: at batch 8 one eval costs ~2.7 steps (bench/monitoring.py, docs/benchmarks.md).
+        TrainSettings(batch_size=8, seq_len=128, lr=2e-3, warmup_steps=20, eval_every=100, checkpoint_every=25),
     ),
     "100m": Preset(
         "100m",

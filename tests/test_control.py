@@ -93,21 +93,24 @@ def test_sd_notify_ready_watchdog_stopping(home: Path, tmp_path: Path) -> None:
     address = str(tmp_path / "notify.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(address)
-    listener.settimeout(30)
+    listener.settimeout(120)  # bounds only: each wait ends on the message it waits for
     daemon = Daemon(home, ["--no-recorder"])
     daemon.start(env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"}, ready=False)
     try:
         seen: list[str] = []
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while not any("WATCHDOG=1" in m for m in seen) and time.monotonic() < deadline:
             seen.append(listener.recv(4096).decode())
         assert "READY=1" in seen[0] and "STATUS=" in seen[0]
         assert any("WATCHDOG=1" in m for m in seen)
         os.kill(daemon.pid, signal.SIGTERM)
-        while True:
-            message = listener.recv(4096).decode()
-            if "STOPPING=1" in message:
-                break
+        # Watchdog pings keep arriving until it stops, so the recv timeout alone would never end
+        # this loop: bound it, and say what came instead of STOPPING=1.
+        deadline = time.monotonic() + 120
+        after: list[str] = []
+        while not any("STOPPING=1" in m for m in after):
+            assert time.monotonic() < deadline, f"no STOPPING=1 within 120 s of SIGTERM; got {after[-5:]}"
+            after.append(listener.recv(4096).decode())
         assert daemon.process is not None and daemon.process.wait(timeout=60) == 0
     finally:
         daemon.stop()

@@ -65,29 +65,38 @@ def _tensors_held(obj: object, seen_objs: set[int], out: list[torch.Tensor]) -> 
 
 
 def test_hybrid_bytes_match_the_controller_buffers() -> None:
-    """Run the controller through enough true steps to fill its history, then count every tensor
-    it holds (the model's own parameters excluded)."""
+    """Drive the controller through enough true steps to fill its history (predicted ones too),
+    then count every tensor it holds besides the model's parameters and AdamW's state."""
     preset = get_preset("tiny")
     torch.manual_seed(0)
     model = LlamaForCausalLM(preset.shape)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.02)
-    controller = HybridController(model)
     optimizer = make_optimizer(model, preset)
+    controller = HybridController(model, optimizer)
     x = torch.randint(0, preset.shape.vocab_size, (2, 16))
-    for _ in range(controller.settings.history + 2):
-        controller.predictor.before_step()
-        model(x, labels=x).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        controller.predictor.after_step(1e-3)
+    for step in range(controller.settings.history + controller.settings.full_steps + 4):
+        plan = controller.before_step(step, 0)
+        norm = None
+        if plan.predicted:
+            with torch.no_grad():
+                loss = model(x, labels=x)
+        else:
+            loss = model(x, labels=x)
+            loss.backward()
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        controller.after_step(plan, float(loss.detach()), 1e-3, norm)
     held: list[torch.Tensor] = []
     _tensors_held(controller, set(), held)
-    own = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    buffers = [t for t in held if t.untyped_storage().data_ptr() not in own]
+    others = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    others |= {v.untyped_storage().data_ptr() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)}
+    buffers = [t for t in held if t.untyped_storage().data_ptr() not in others]
     plan = plan_stage(preset, cuda=False, batch=BatchPlan(micro_batch=1, accum=1, world=1, seq_len=16),
                       grad_ckpt_every=0, hybrid=True)
-    assert plan.hybrid_bytes == _storage_bytes(buffers)
+    assert plan.hybrid_bytes == _storage_bytes(buffers) == 4 * plan.params  # the issue's bound: <= 4 B/param
+    assert plan.hybrid_bytes == sum(t.numel() * t.element_size() for t in controller.tensors().values())  # checkpointed
 
 
 def _saved_activation_bytes(name: str, batch: int, seq: int, bf16: bool, every: int) -> tuple[int, int]:

@@ -43,18 +43,24 @@ def test_recorder_killed_mid_run_writes_each_step_once(daemon: Daemon, home: Pat
 
 def test_sigterm_checkpoints_and_the_next_start_resumes(daemon: Daemon, home: Path) -> None:
     daemon.start()
-    run_id = start_tiny(home, 16, 100)  # no periodic checkpoint before the shutdown one
+    # Far more steps than can happen before the SIGTERM (so the run is surely mid-way) and no
+    # periodic checkpoint: the only one is the shutdown's.  The test stops it after the resume.
+    run_id = start_tiny(home, 100_000, 100_000)
     follow_until(home, step_reached(run_id, 5))
     assert daemon.terminate() == 0
     daemon.start()
     evs = run_events(home, run_id)
     checkpoints = [e for e in evs if e["kind"] == "checkpoint"]
-    assert checkpoints and checkpoints[0]["reason"] == "shutdown"
-    assert ctl(home, "wait", run_id, "--timeout", "300", check=False).returncode == 0
-    evs = run_events(home, run_id)
-    resumed = [e for e in evs if e["kind"] == "run" and e["status"] == "resumed"]
-    assert [r["resume_step"] for r in resumed] == [checkpoints[0]["step"]]
-    assert [e["step"] for e in evs if e["kind"] == "step"] == list(range(1, 17))
+    assert [c["reason"] for c in checkpoints] == ["shutdown"] and checkpoints[0]["step"] >= 5
+    head = evs[-1]["seq"]
+    resumed = follow_until(home, lambda e: e.get("run_id") == run_id and e["kind"] == "run" and e["status"] == "resumed",
+                           since=head)
+    assert resumed["resume_step"] == checkpoints[0]["step"]
+    follow_until(home, step_reached(run_id, checkpoints[0]["step"] + 2), since=head)
+    ctl(home, "stop", run_id)
+    assert ctl(home, "wait", run_id, "--timeout", "120", check=False).returncode == 1  # stopped
+    steps = [e["step"] for e in run_events(home, run_id) if e["kind"] == "step"]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= checkpoints[0]["step"] + 2
 
 
 def test_worker_killed_fails_the_run_and_resume_continues(daemon: Daemon, home: Path) -> None:

@@ -22,6 +22,9 @@ from typing import Any
 
 from tritter.clients.cli_args import bounded_int
 from tritter.formats import codec, sniff
+from tritter.formats.checkpoints import SUFFIX, is_compressed, raw_name
+from tritter.formats.files import atomic_write, source_mode
+from tritter.formats.safetensors_stream import verify_content
 from tritter.protocol.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, OneLineParser
 
 EXIT_BAD_INPUT = EXIT_ERROR  # kept: the name other modules import
@@ -56,7 +59,7 @@ def _kind(path: Path, want: str | None = None) -> str:
 def _compress(args: argparse.Namespace) -> int:
     src = Path(args.file)
     _kind(src, sniff.SAFETENSORS)
-    out = Path(args.output) if args.output else src.with_name(src.name + codec.SUFFIX)
+    out = Path(args.output) if args.output else src.with_name(src.name + SUFFIX)
     _check_out(out, args.force)
     base = Path(args.delta_from) if args.delta_from else None
     if base is not None and base.resolve().parent != out.resolve().parent:
@@ -72,30 +75,12 @@ def _compress(args: argparse.Namespace) -> int:
 def _decompress(args: argparse.Namespace) -> int:
     src = Path(args.file)
     _kind(src, sniff.TZST)
-    default = codec.raw_name(src) if codec.is_compressed(src) else src.name + ".safetensors"  # x.bin -> x.bin.safetensors
+    default = raw_name(src) if is_compressed(src) else src.name + ".safetensors"  # x.bin -> x.bin.safetensors
     out = Path(args.output) if args.output else src.with_name(default)
     _check_out(out, args.force)
-    data = codec.read_safetensors_bytes(src)  # checks every digest before anything is written
-    codec.write_atomic(out, [data])
-    print(f"{out}: {len(data) / 1e6:.2f} MB")
+    size = codec.decompress_file(src, out)  # streams; every digest checked before the rename; keeps src's permissions
+    print(f"{out}: {size / 1e6:.2f} MB")
     return 0
-
-
-def _torch_dtype(dtype: str) -> str:
-    names = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
-             "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
-    return "torch." + names.get(dtype, dtype.lower())
-
-
-def _content_digest(data: bytes | bytearray) -> str:
-    """The tritter checkpoint's ``content.sha256`` (see daemon/engine/checkpoint.py), without torch."""
-    _, spans, _ = codec.parse_safetensors(data)
-    view = memoryview(data)
-    h = hashlib.sha256()
-    for s in sorted(spans, key=lambda s: s.name):
-        h.update(f"{s.name}|{_torch_dtype(s.dtype)}|{tuple(s.shape)}\n".encode())
-        h.update(view[s.start : s.end])
-    return h.hexdigest()
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -113,16 +98,13 @@ def _verify(args: argparse.Namespace) -> int:
         _, spans, meta = codec.parse_safetensors(data)
         if spans and len(data) != spans[-1].end:
             raise codec.CodecError(f"{path}: {len(data) - spans[-1].end} stray bytes after the last tensor")
-        if "content.sha256" in meta:
-            if _content_digest(data) != meta["content.sha256"]:
-                raise codec.CodecError(f"{path}: content checksum mismatch (corrupt checkpoint)")
-            what = f"{len(spans)} tensors match content.sha256"
-        else:
-            what = f"{len(spans)} tensors, well-formed (no content.sha256 to check)"
+        intact = verify_content(data)
+        if intact is False:
+            raise codec.CodecError(f"{path}: content checksum mismatch (corrupt checkpoint)")
+        what = f"{len(spans)} tensors match the content digest" if intact else f"{len(spans)} tensors, well-formed (no content digest to check)"
     sha = hashlib.sha256(data).hexdigest()
     # the content digest of a tritter checkpoint inside a .tzst is checked too, when present
-    meta = codec.safetensors_metadata(data)
-    if compressed and "content.sha256" in meta and _content_digest(data) != meta["content.sha256"]:
+    if compressed and verify_content(data) is False:
         raise codec.CodecError(f"{path}: content checksum mismatch (the original checkpoint was corrupt)")
     print(f"{path}: OK, {what}; sha256 {sha}")
     return 0

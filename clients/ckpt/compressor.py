@@ -6,7 +6,8 @@ An ordinary subscriber, like ``tritter-record``: its cursor (the last seq it has
 
 1. compresses ``runs/<id>/<path>`` next to itself — as a delta of the run's previous checkpoint
    when that one is of the same stage and the chain is shorter than ``--keyframe-every``,
-   otherwise as a full keyframe (always for a stage-final checkpoint, reason ``stage``);
+   otherwise as a full keyframe (always for a stage-final checkpoint, reason ``stage``); a
+   delta larger than ``DELTA_PAYS`` (90%) of its chain's keyframe is rewritten as a keyframe;
 2. writes it as ``<name>.tzst.tmp``, fsyncs, reads it back and decodes it against the
    original's sha256, and only then renames it into place and removes the raw file;
 3. applies retention to the run's compressed checkpoints: the newest ``--keep-last`` N, every
@@ -44,6 +45,7 @@ log = logging.getLogger("tritter-compress")
 
 DEFAULT_KEEP_LAST = 5
 DEFAULT_KEYFRAME_EVERY = 8
+DELTA_PAYS = 0.9  # a delta over 90% of its keyframe's size is rewritten as a keyframe
 
 
 @dataclass(frozen=True)
@@ -83,14 +85,13 @@ class Compressor(Sink[CompressSettings]):
     lock_file = "compress.lock"
     cursor_file = "compress.cursor"
     redo_note = "finished work is not redone"
+    settings_type = CompressSettings
 
     def __init__(self, layout: Layout, settings: CompressSettings | None = None, source: Target | None = None) -> None:
         super().__init__(layout, settings, source)
         self._last: dict[str, _Original] = {}
         self.compressed = 0  # outputs written by this process (for logs and tests)
 
-    def default_settings(self) -> CompressSettings:
-        return CompressSettings()
 
     def describe(self) -> str:
         return (f"compressing checkpoints under {self.layout.runs} "
@@ -171,7 +172,10 @@ class Compressor(Sink[CompressSettings]):
         base, base_data, why = self._choose_base(event, raw)
         meta = {"run_id": event.run_id, "step": event.step, "stage": event.stage, "reason": event.reason, "seq": event.seq}
         t0 = time.monotonic()
-        header = codec.compress_file(raw, out, base=base, base_data=base_data, meta=meta, threads=self.settings.threads, data=data)
+        header = codec.compress_file(raw, out, base=base, base_data=base_data, meta=meta, threads=self.settings.threads, data=data, sha256=sha)
+        if base is not None and not self._delta_pays(out, base):
+            why = f"a delta was {out.stat().st_size / 1e6:.2f} MB, over {DELTA_PAYS:.0%} of the last keyframe"
+            header = codec.compress_file(raw, out, meta=meta, threads=self.settings.threads, data=data, sha256=sha)
         self.compressed += 1
         after = os.stat(raw)
         if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
@@ -213,11 +217,28 @@ class Compressor(Sink[CompressSettings]):
         base_data = last.data if last is not None and last.name == raw_name(base) and last.sha256 == sha else None
         if base_data is None:
             try:
-                base_data = codec.read_safetensors_bytes(base)
+                codec.base_chain(base)  # every link present and matching; the codec reads the base tensor by tensor
             except codec.CodecError as exc:
                 log.warning("%s", exc)
                 return None, None, "previous checkpoint unreadable"
         return base, base_data, ""
+
+    @staticmethod
+    def _delta_pays(out: Path, base: Path) -> bool:
+        """True when the delta just written is at most ``DELTA_PAYS`` of its chain's keyframe (by size on disk).
+
+        Measured, not guessed: early in training (large updates) or for tensors that moved a
+        lot, XOR deltas stop paying, and a chain link that saves little still costs a decode on
+        resume.  The keyframe stands in for this checkpoint's own full size (same model, same
+        statistics); with a raw base there is nothing to compare and the delta is kept.
+        """
+        try:
+            keyframe = codec.base_chain(base)[0]
+        except codec.CodecError:
+            return True
+        if not is_compressed(keyframe):
+            return True
+        return out.stat().st_size <= DELTA_PAYS * keyframe.stat().st_size
 
     # -- retention ------------------------------------------------------------------------------
     def retain(self, run_id: str) -> list[Path]:

@@ -30,6 +30,7 @@ from prompt_toolkit.styles import Style
 
 from tritter.clients.connection import Connection, DaemonUnavailable, RequestFailed
 from tritter.clients.subscription import DISCONNECTED, LIVE, Subscription
+from tritter.clients.tui.monitor_keys import MONITOR_STYLES, add_monitoring_keys
 from tritter.clients.tui.model import Confirm, Monitor, RunsDirSource, ViewState
 from tritter.clients.tui.render import Chrome, Line, fit, screen
 from tritter.protocol.control import Checkpoint, Pause, Ping, Request, Resume, Stop
@@ -63,6 +64,7 @@ STYLE = Style.from_dict({
     "confirm": "bg:#d7d700 #000000 bold",
     "help": "bg:#303030 #ffffff",
     "help.border": "bg:#303030 #ffaf00",
+    **MONITOR_STYLES,
 })
 
 _REQUESTS: dict[str, Callable[..., Request]] = {"pause": Pause, "resume": Resume, "stop": Stop, "checkpoint": Checkpoint}
@@ -220,6 +222,8 @@ class Tui:
         @kb.add("r", filter=free)
         def _refresh(event: KeyPressEvent) -> None:
             self.refresh()
+
+        add_monitoring_keys(kb, free, self)
 
         for key, op in (("p", "pause"), ("s", "stop"), ("c", "checkpoint")):
             kb.add(key, filter=free)(lambda event, op=op: self.ask(op))

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import msgspec
 
-from tritter.protocol.events import AnyEvent, RunEvent, StepEvent
+from tritter.clients.tui.extras import RunExtras, read_offline
+from tritter.protocol.events import AnyEvent, EvalEvent, RunEvent, SampleEvent, StepEvent, SystemEvent
 from tritter.protocol.state import RunState, fold
+from tritter.protocol.state import eta_seconds as state_eta_seconds
 
 ETA_WINDOW = 20  # recent steps used for the step rate: long enough to smooth, short enough to follow growth
 
@@ -133,14 +135,15 @@ class RunHistory:
         return span / steps if span > 0 and steps > 0 else None
 
 
-def eta_seconds(state: RunState, history: RunHistory | None) -> float | None:
-    """Seconds left at the recent pace; None when the run is not moving or we cannot tell yet."""
-    if state.status != "running" or history is None or state.total_steps <= 0:
-        return None
-    pace = history.seconds_per_step()
-    if pace is None:
-        return None
-    return max(0, state.total_steps - max(state.current_step, history.last_step)) * pace
+def eta_seconds(state: RunState, history: RunHistory | None = None) -> float | None:
+    """Seconds left at the recent pace; None when the run is not moving or we cannot tell yet.
+
+    The pace is the run state's ``step_ms`` (recent step times, measured on a monotonic clock
+    by the worker), the same figure ``tritterctl status`` shows: event timestamps would count a
+    pause or a daemon restart as training time, and a clock set back would make it negative.
+    ``history`` is accepted for callers that pass it; it is not needed.
+    """
+    return state_eta_seconds(state)
 
 
 @dataclass
@@ -162,6 +165,12 @@ class ViewState:
     confirm: Confirm | None = None
     message: str = ""
     message_is_error: bool = False
+    # Monitoring views (clients/tui/monitor_views.py).
+    smoothing: float = 0.0  # debiased-EMA weight of the loss chart (m cycles SMOOTHING_LEVELS)
+    marked: set[str] = field(default_factory=set)  # run ids marked for the overlay (space)
+    overlay: bool = False  # o: the marked runs' loss curves on one chart
+    by_tokens: bool = False  # x: align the overlay by tokens trained instead of by step
+    alerts: bool = False  # a: the alert list
 
 
 class Monitor:
@@ -170,6 +179,7 @@ class Monitor:
     def __init__(self) -> None:
         self.runs: dict[str, RunState] = {}
         self.history: dict[str, RunHistory] = {}
+        self.extras: dict[str, RunExtras] = {}  # eval curve, tokens, latest sample and system (extras.py)
         self.version = 0  # bumped on every change: the app redraws only when it moved
         self.last_seq = 0
         self.events = 0
@@ -182,10 +192,18 @@ class Monitor:
         self.version += 1
         if state is None:
             return
+        if isinstance(event, StepEvent | EvalEvent | SampleEvent | SystemEvent):
+            self.extras_of(event.run_id).add(event)
         if isinstance(event, StepEvent):
             self.history_of(event.run_id).add(event)
         elif isinstance(event, RunEvent) and event.status == "started" and not state.run_name and event.config:
             state.run_name = event.config.name
+
+    def extras_of(self, run_id: str) -> RunExtras:
+        extras = self.extras.get(run_id)
+        if extras is None:
+            extras = self.extras[run_id] = RunExtras()
+        return extras
 
     def history_of(self, run_id: str) -> RunHistory:
         history = self.history.get(run_id)
@@ -201,6 +219,7 @@ class Monitor:
     def add_step(self, run_id: str, event: StepEvent) -> None:
         """Offline: one ``metrics.jsonl`` line."""
         self.history_of(run_id).add(event)
+        self.extras_of(run_id).add(event)
         state = self.runs.get(run_id)
         if state is not None and event.step >= state.current_step:
             # run.json may lag its metrics (or the daemon died): show the newest step we have.
@@ -246,6 +265,7 @@ class _Folder:
     metrics_offset: int = 0
     metrics_ino: int | None = None
     bad_lines: int = 0
+    extra_offsets: dict[str, int] = field(default_factory=dict)  # eval.jsonl / samples.jsonl bytes read
 
 
 class RunsDirSource:
@@ -272,6 +292,9 @@ class RunsDirSource:
                 folder = self.folders[path.name] = _Folder(path)
             changed |= self._poll_state(folder, monitor)
             changed |= self._poll_metrics(folder, monitor)
+            if read_offline(folder.path, monitor.extras_of(path.name), folder.extra_offsets):
+                monitor.version += 1
+                changed = True
         return changed
 
     def _poll_state(self, folder: _Folder, monitor: Monitor) -> bool:

@@ -15,7 +15,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tritter.clients.data_cmd import prepare_line
+from tritter.clients.tui.extras import RunExtras
+from tritter.clients.tui.monitor_views import (
+    Scale,
+    alert_line,
+    alerts_view,
+    extra_layers,
+    merge,
+    overlay_view,
+    sample_pane,
+    system_pane,
+)
 from tritter.clients.tui.model import PHASES, Monitor, RunHistory, StageMark, ViewState, eta_seconds
+from tritter.formats.text import clip, display_width, printable
+from tritter.formats.text import fit as fit_text
 from tritter.protocol.state import RunState
 
 Fragment = tuple[str, str]
@@ -23,6 +37,7 @@ Line = list[Fragment]
 
 GUTTER = 8  # y-axis labels left of the chart; the sparkline and timeline keep the same left edge
 MIN_CHART_ROWS = 3
+MONITOR_CHART_ROWS = 8  # the system and sample panes only show while the chart keeps this many rows
 SPARK = "▁▂▃▄▅▆▇█"
 # Height = compute: predicted steps cost no backward pass, so they are the low bars.
 PHASE_GLYPHS: dict[str, str] = {"warmup": "▆", "full": "█", "predict": "▁", "correct": "▄"}
@@ -39,6 +54,11 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("s", "stop the selected run (asks y/n)"),
     ("c", "write a checkpoint of the selected run now (asks y/n)"),
     ("y / n", "answer the confirmation prompt"),
+    ("m", "smoothing off/0.6/0.9/0.99 (debiased EMA, raw curve faint)"),
+    ("space", "mark or unmark the selected run for the overlay"),
+    ("o", "overlay the loss curves of the marked runs (2+)"),
+    ("x", "overlay x axis: global step or tokens trained"),
+    ("a", "the alert list (all runs, newest first)"),
     ("?", "show or hide this help"),
     ("Esc", "close this help, cancel a prompt"),
     ("q", "quit (also Ctrl-C)"),
@@ -83,15 +103,24 @@ def fmt_bytes(n: int) -> str:
 
 # -- lines of exact width ----------------------------------------------------------------------
 def fit(line: Line, width: int, style: str = "") -> Line:
-    """Clip or pad ``line`` to exactly ``width`` characters (pad in ``style``)."""
+    """Clip or pad ``line`` to exactly ``width`` terminal cells (pad in ``style``).
+
+    Cells, not characters: a CJK character takes two, and control characters are shown
+    escaped (formats/text.py), so user text cannot shift the columns after it.
+    """
     out: Line = []
     used = 0
     for frag_style, text in line:
         if used >= width:
             break
-        text = text[: width - used]
+        cells = display_width(text)
+        if used + cells > width:
+            text = clip(text, width - used, ellipsis="")
+            cells = display_width(text)
+        else:
+            text = printable(text)
         out.append((frag_style, text))
-        used += len(text)
+        used += cells
     if used < width:
         out.append((style, " " * (width - used)))
     return out
@@ -184,9 +213,11 @@ class Chart:
     ticks: str  # first step, stage names at their boundaries, last step
     boundary_columns: list[int]
     log_scale: bool
+    styles: list[list[str]] | None = None  # per cell, where extra curves are drawn (monitor_views)
 
 
-def loss_chart(history: RunHistory, width: int, height: int) -> Chart:
+def loss_chart(history: RunHistory, width: int, height: int, extras: RunExtras | None = None,
+               smoothing: float = 0.0) -> Chart:
     """A braille line chart of loss over steps, ``width`` x ``height`` cells, stage starts marked.
 
     The y scale is logarithmic (loss falls fast early and slowly later; a log axis shows both)
@@ -203,6 +234,12 @@ def loss_chart(history: RunHistory, width: int, height: int) -> Chart:
     log_scale = bool(len(values)) and float(values.min()) > 0
     scaled = np.log(values) if log_scale else values
     lo, hi = (float(scaled.min()), float(scaled.max())) if len(values) else (0.0, 1.0)
+    if len(values) and extras is not None and len(extras.eval_losses):  # the eval curve fits too
+        ev = _np(extras.eval_losses)
+        ev = ev[np.isfinite(ev) & (ev > 0)] if log_scale else ev[np.isfinite(ev)]
+        if len(ev):
+            ev = np.log(ev) if log_scale else ev
+            lo, hi = min(lo, float(ev.min())), max(hi, float(ev.max()))
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5, hi + 0.5
 
@@ -228,6 +265,14 @@ def loss_chart(history: RunHistory, width: int, height: int) -> Chart:
                         plot(gx, y)
             previous = (x, last)
 
+    cell_styles = None
+    if len(values) and (smoothing > 0 or (extras is not None and len(extras.eval_steps))):
+        # Smoothed and eval curves over the raw one (raw faint while smoothing is on).
+        scale = Scale(float(steps[0]), float(steps[-1]), lo, hi, dots_x, dots_y, log_scale)
+        layers = [(grid, "class:dim" if smoothing > 0 else "class:chart"),
+                  *extra_layers(steps, losses, extras, smoothing, scale, width, height)]
+        merged, cell_styles = merge(layers, width, height)
+        grid = [[ord(ch) - 0x2800 if ch != " " else 0 for ch in row] for row in merged]
     lines = ["".join(chr(0x2800 + bits) if bits else " " for bits in row) for row in grid]
     boundary_columns = _boundary_columns(history, width)
     for col in boundary_columns:  # a dotted rule where the line is not: the line stays readable
@@ -239,7 +284,7 @@ def loss_chart(history: RunHistory, width: int, height: int) -> Chart:
             value = hi - (row * 4 + 1.5) / max(1, dots_y - 1) * (hi - lo)  # the middle of the row
             labels[row] = fmt_loss(math.exp(value) if log_scale else value)
     axis = "".join("┴" if c in boundary_columns else "─" for c in range(width))
-    return Chart(lines, labels, axis, _ticks(history, width), boundary_columns, log_scale)
+    return Chart(lines, labels, axis, _ticks(history, width), boundary_columns, log_scale, cell_styles)
 
 
 def _mark_columns(history: RunHistory, width: int) -> list[tuple[int, StageMark]]:
@@ -341,8 +386,7 @@ def _columns(width: int) -> list[Column]:
 
 
 def _cell(text: str, column: Column) -> str:
-    text = text if len(text) <= column.width else text[: column.width - 1] + "…"
-    return text.rjust(column.width) if column.right else text.ljust(column.width)
+    return fit_text(text, column.width, right=column.right)  # display cells, control chars escaped
 
 
 def run_row(state: RunState, history: RunHistory | None, width: int) -> list[str]:
@@ -350,12 +394,16 @@ def run_row(state: RunState, history: RunHistory | None, width: int) -> list[str
     step = f"{state.current_step}/{state.total_steps}" if state.total_steps else str(state.current_step)
     rate = fmt_si(state.tokens_per_s) if state.tokens_per_s else "-"
     eta = fmt_duration(eta_seconds(state, history)) if state.status == "running" else "-"
-    return [state.run_name or state.run_id, state.status, state.current_stage or "-", step,
+    name = state.run_name or state.run_id
+    if state.alert_count:  # runs with alerts stand out: "!N name" (a lists them)
+        name = f"!{state.alert_count} {name}"
+    return [name, state.status, state.current_stage or "-", step,
             fmt_loss(state.current_loss), state.current_phase or "-", rate, eta]
 
 
 def runs_table(runs: Sequence[RunState], history: dict[str, RunHistory], selected: str | None,
-               width: int, height: int, empty: str = "no runs yet (start one with: tritterctl start)") -> list[Line]:
+               width: int, height: int, empty: str = "no runs yet (start one with: tritterctl start)",
+               marked: frozenset[str] | set[str] = frozenset()) -> list[Line]:
     """Header plus one row per run; scrolls to keep the selected row visible within ``height``."""
     columns = _columns(width)
     header = "  " + " ".join(_cell(c.title, c) for c in columns)
@@ -370,7 +418,7 @@ def runs_table(runs: Sequence[RunState], history: dict[str, RunHistory], selecte
         cells = run_row(state, history.get(state.run_id), width)
         is_selected = i == index
         base = "class:selected" if is_selected else ""
-        line: Line = [(base, "▸ " if is_selected else "  ")]
+        line: Line = [(base, ("▸" if is_selected else " ") + ("*" if state.run_id in marked else " "))]
         for n, (text, column) in enumerate(zip(cells, columns)):
             style = f"{base} class:status.{state.status}" if n == 1 else base
             line.append((base, "" if n == 0 else " "))
@@ -399,8 +447,11 @@ def _checkpoint_line(state: RunState, width: int) -> str:
     return line if len(line) <= width else line.replace(ck.path, ck.path.rsplit("/", 1)[-1])  # the file name
 
 
-def detail(state: RunState, history: RunHistory | None, width: int, height: int) -> list[Line]:
-    """The selected run: summary, loss chart, grad norm, phases, prediction stats, stages, checkpoint."""
+def detail(state: RunState, history: RunHistory | None, width: int, height: int,
+           extras: RunExtras | None = None, smoothing: float = 0.0, now: float | None = None) -> list[Line]:
+    """The selected run: summary, loss chart (with the eval curve, optionally smoothed), grad norm,
+    phases, prediction stats, stages, checkpoint; alerts, system figures and the latest sample
+    when there is room for them."""
     history = history or RunHistory()
     title = f"▸ {state.run_name or state.run_id} · {state.run_id} · "
     status_line: Line = [("class:header", title), (f"class:header class:status.{state.status}", state.status)]
@@ -412,6 +463,17 @@ def detail(state: RunState, history: RunHistory | None, width: int, height: int)
     progress = (f"step {state.current_step}/{state.total_steps} · stage {state.current_stage or '-'} · "
                 f"phase {state.current_phase or '-'} · loss {fmt_loss(state.current_loss)}{best}")
     top: list[Line] = [status_line, [("", progress)]]
+    latest_eval = (extras.eval_steps[-1], extras.eval_losses[-1]) if extras is not None and extras.eval_steps else \
+        (state.eval_step, state.eval_loss) if state.eval_loss is not None else None  # offline: eval.jsonl
+    if latest_eval is not None:
+        step_, loss_ = latest_eval
+        ppl = math.exp(loss_) if loss_ < 700 else math.inf
+        top.append([("class:eval", f"eval {fmt_loss(loss_)} (ppl {ppl:.4g}) @ {step_}"),
+                    ("class:dim", " · periodic held-out loss")])
+    if (alerts := alert_line(state)) is not None:
+        top.append(alerts)
+    if state.prepare is not None:  # corpus tokenizing progress, then the data's identity
+        top.append([("class:dim", f"data {prepare_line(state.prepare)}")])
 
     share, error = history.predicted_share, history.mean_prediction_error
     gnorms = _np(history.grad_norms)
@@ -428,15 +490,27 @@ def detail(state: RunState, history: RunHistory | None, width: int, height: int)
         [("", _checkpoint_line(state, width))],
     ]
     plot_width = max(1, width - GUTTER)
+    # The system pane, then the latest sample, while the chart keeps at least MONITOR_CHART_ROWS rows.
+    fixed = len(top) + 1 + 2 + 2 + len(bottom)
+    for section in (system_pane(extras.system if extras else None, now),
+                    sample_pane(extras.sample if extras else None, 4)):
+        if section and height - fixed - len(section) >= MONITOR_CHART_ROWS:
+            bottom.extend(section)
+            fixed += len(section)
     # Lines besides the chart rows: top, caption, axis, ticks, gnorm, phase, bottom.
     chart_rows = max(MIN_CHART_ROWS, height - len(top) - 1 - 2 - 2 - len(bottom))
-    chart = loss_chart(history, plot_width, chart_rows)
+    chart = loss_chart(history, plot_width, chart_rows, extras, smoothing)
     scale = "log scale" if chart.log_scale else "linear scale"
     caption: Line = [("class:dim", f"loss ({scale}) · {gnorm_range} · {BOUNDARY} stage boundary")]
+    if extras is not None and len(extras.eval_steps):
+        caption.append(("class:eval", " · ━ held-out eval"))
+    if smoothing > 0:
+        caption.append(("class:smooth", f" · smoothed {smoothing:g} (m)"))
     body: list[Line] = [*top, caption]
-    for label, row in zip(chart.labels, chart.lines):
+    for r, (label, row) in enumerate(zip(chart.labels, chart.lines)):
         tick = "┤" if label else "│"
-        body.append([("class:dim", f"{label:>{GUTTER - 1}}{tick}"), *_chart_row(row)])
+        cells = chart.styles[r] if chart.styles is not None else None
+        body.append([("class:dim", f"{label:>{GUTTER - 1}}{tick}"), *_chart_row(row, cells)])
     body.append([("class:dim", " " * (GUTTER - 1) + "└" + chart.axis)])
     body.append([("class:dim", " " * GUTTER + chart.ticks)])
     body.append([("class:dim", "gnorm".rjust(GUTTER - 1) + " "),
@@ -446,8 +520,9 @@ def detail(state: RunState, history: RunHistory | None, width: int, height: int)
     return [fit(line, width) for line in body[:height]]
 
 
-def _chart_row(row: str) -> Line:
-    return _group([("class:boundary" if ch == BOUNDARY else "class:chart", ch) for ch in row])
+def _chart_row(row: str, cells: list[str] | None = None) -> Line:
+    return _group([("class:boundary" if ch == BOUNDARY else (cells[i] if cells and cells[i] else "class:chart"), ch)
+                   for i, ch in enumerate(row)])
 
 
 # -- help, bars, the whole screen --------------------------------------------------------------
@@ -506,11 +581,17 @@ def status_bar(view: ViewState, chrome: Chrome, width: int) -> Line:
 def body(monitor: Monitor, view: ViewState, width: int, height: int, empty: str | None = None) -> list[Line]:
     runs = monitor.ordered()
     state = monitor.selected(view)
-    if view.detail and state is not None:
-        lines = detail(state, monitor.history.get(state.run_id), width, height)
+    marked = [r for r in runs if r.run_id in view.marked]
+    if view.alerts:
+        lines = alerts_view(runs, width, height)
+    elif view.overlay and len(marked) >= 2:
+        lines = overlay_view(marked, monitor.history, monitor.extras, view.by_tokens, view.smoothing, width, height, GUTTER)
+    elif view.detail and state is not None:
+        lines = detail(state, monitor.history.get(state.run_id), width, height,
+                       monitor.extras.get(state.run_id), view.smoothing)
     else:
         kwargs = {"empty": empty} if empty else {}
-        lines = runs_table(runs, monitor.history, view.selected, width, height, **kwargs)
+        lines = runs_table(runs, monitor.history, view.selected, width, height, marked=view.marked, **kwargs)
         if runs and len(lines) < height - 1:
             lines += [[("", "")], [("class:dim", "  j/k select · d details · p pause/resume · s stop · c checkpoint")]]
     lines = [fit(line, width) for line in lines[:height]]

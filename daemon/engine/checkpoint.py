@@ -16,13 +16,17 @@ One file holds everything needed to resume bit-identically:
   ``extra.{name}``, returned by ``load_checkpoint`` in ``LoadedCheckpoint.extra``.
 
 safetensors validates the header and file length, but not the tensor bytes,
-so metadata ``content.sha256`` digests every tensor and loading re-checks it:
-a truncated or bit-flipped file raises ``CheckpointError`` and the caller can
-fall back to the previous checkpoint.
+so metadata ``content.xxh3_128`` digests every tensor and loading re-checks it
+(files written before it carry ``content.sha256``, still checked): a truncated or
+bit-flipped file raises ``CheckpointError`` and the caller can fall back to the
+previous checkpoint.
 
-Writes are atomic: a ``.tmp`` sibling is written, fsynced and renamed over the
-target, then the directory is fsynced, so a crash leaves either the old file
-or the complete new one (plus at most a stray ``.tmp``, which listing ignores).
+Writes are atomic and one-pass (``formats/safetensors_stream.py``): a hidden ``.tmp``
+sibling is written while its SHA-256 is computed, fsynced and renamed over the target,
+then the directory is fsynced, so a crash leaves either the old file or the complete new
+one (plus at most a stray ``.tmp``, which listing ignores).  ``snapshot_checkpoint`` +
+``write_snapshot`` split a save into the part training waits for (a host copy) and the
+part a background thread does (``daemon/engine/async_checkpoint.py``).
 """
 
 from __future__ import annotations
@@ -35,20 +39,20 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import safetensors.torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 # Resume reads compressed checkpoints (formats/codec.py) transparently.
 from tritter.formats.checkpoints import checkpoint_path, is_compressed, list_checkpoint_files
-from tritter.formats.codec import CodecError, read_safetensors_bytes, safetensors_metadata
+from tritter.formats.codec import CodecError, read_safetensors_bytes, read_tensors, safetensors_metadata
 from tritter.recipe.presets import ModelShape
-from tritter.formats.files import fsync_dir
+from tritter.formats.safetensors_stream import DIGEST_KEY, Blob, content_digest, verify_content, write_safetensors
 
 FORMAT = "tritter-checkpoint/1"
 _MODEL_PREFIXES = ("model.", "lm_head.")
@@ -119,21 +123,15 @@ def _numpy_state_json(state: tuple) -> list:
 # --- helpers ---------------------------------------------------------------
 
 
-def _content_digest(tensors: dict[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        t = tensors[key]
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()
-
-
 def _to_cpu(t: Tensor) -> Tensor:
     return t.detach().to("cpu").contiguous()
 
 
-def _model_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """State dict on CPU with shared tensors stored once; returns (tensors, alias -> stored key)."""
+def _model_tensors(model: nn.Module, copy: Callable[[str, Tensor], Tensor] | None = None) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """State dict on CPU with shared tensors stored once; returns (tensors, alias -> stored key).
+
+    ``copy(key, tensor)`` makes each stored tensor (default: ``_to_cpu``, no copy for a CPU tensor).
+    """
     tensors: dict[str, Tensor] = {}
     tied: dict[str, str] = {}
     seen: dict[tuple, str] = {}
@@ -143,7 +141,7 @@ def _model_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]
             tied[key] = seen[ident]
         else:
             seen[ident] = key
-            tensors[key] = _to_cpu(t)
+            tensors[key] = copy(key, t) if copy is not None else _to_cpu(t)
     return tensors, tied
 
 
@@ -158,6 +156,133 @@ def _json_default(obj: Any) -> Any:
 # --- save / load -----------------------------------------------------------
 
 
+# safetensors dtype names (https://github.com/huggingface/safetensors, "Format").
+_ST_DTYPE = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+
+
+@dataclass
+class CheckpointSnapshot:
+    """Everything a checkpoint file holds, copied to host memory so training can go on.
+
+    ``tensors``: name → CPU tensor that nothing else references (a private copy, pinned when it
+    came from a GPU); ``metadata``: the safetensors metadata (str → str); ``step``: the global
+    optimizer step (or None).  Written by ``write_snapshot``, possibly in another thread.
+    """
+
+    tensors: dict[str, Tensor]
+    metadata: dict[str, str]
+    step: int | None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensor data (the file is this plus a header of a few KB)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def _bytes(t: Tensor) -> np.ndarray:
+    """A CPU tensor's memory as a flat uint8 numpy array (no copy)."""
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+class HostBuffers:
+    """Host tensors reused from one snapshot to the next, by checkpoint key.
+
+    Fresh memory costs page faults (and, for pinned memory, a slow registration), often more
+    than the copy itself; reusing last time's buffers makes a snapshot one memcpy per tensor.
+    A buffer may be reused only once the write that read it has finished: the trainer finishes
+    the write in flight before taking the next snapshot.
+    """
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, Tensor] = {}
+
+    def copy(self, key: str, t: Tensor) -> Tensor:
+        """``t`` copied into the buffer for ``key`` (allocated, pinned if ``t`` is on a GPU, when
+        missing or of another shape or dtype); a CUDA copy is asynchronous until synchronised."""
+        t = t.detach()
+        buf = self._by_key.get(key)
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+            buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=t.device.type == "cuda")
+            self._by_key[key] = buf
+        if t.device.type == "cuda":
+            buf.copy_(t, non_blocking=True)
+        elif t.numel():
+            # A plain memcpy (numpy, GIL released): torch's copy_ wakes its intra-op thread pool
+            # for each tensor, which costs more than the copy on a busy machine.
+            np.copyto(_bytes(buf), _bytes(t.contiguous()))
+        return buf
+
+
+def snapshot_checkpoint(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    trainer_state: dict,
+    extra_tensors: dict[str, Tensor] | None = None,
+    buffers: HostBuffers | None = None,
+) -> CheckpointSnapshot:
+    """Copy model weights, AdamW state, RNG states, ``trainer_state`` and ``extra_tensors`` to host memory.
+
+    This is the only part of a checkpoint the training loop waits for (one device → host copy,
+    like torchtitan's async checkpointing); ``write_snapshot`` does the rest.  ``buffers``
+    reuses host memory across snapshots (see ``HostBuffers``; default: fresh memory).  Raises
+    TypeError when ``trainer_state`` is not JSON-serialisable (before anything is copied).
+    """
+    metadata = {
+        "format": FORMAT,
+        "tritter": json.dumps(trainer_state, default=_json_default),  # fail before copying anything
+    }
+    on_gpu = any(p.device.type == "cuda" for p in model.parameters())
+    host = buffers or HostBuffers()
+    tensors, tied = _model_tensors(model, host.copy)
+    metadata["tied"] = json.dumps(tied)
+    for name, value in (extra_tensors or {}).items():
+        tensors[_EXTRA_PREFIX + name] = host.copy(_EXTRA_PREFIX + name, value)
+    shape = getattr(model, "shape", None)
+    if isinstance(shape, ModelShape):
+        metadata["model.shape"] = json.dumps(dataclasses.asdict(shape))
+    if optimizer is not None:
+        opt_state = optimizer.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for idx, state in opt_state["state"].items():
+            for name, value in state.items():
+                if isinstance(value, Tensor):
+                    tensors[f"optim.{idx}.{name}"] = host.copy(f"optim.{idx}.{name}", value)
+                else:
+                    scalars.setdefault(str(idx), {})[name] = value
+        metadata["optim.param_groups"] = json.dumps(opt_state["param_groups"], default=_json_default)
+        metadata["optim.scalars"] = json.dumps(scalars, default=_json_default)
+    rng = capture_rng()
+    tensors["rng.torch"] = rng["torch"]
+    for i, state in enumerate(rng["cuda"]):
+        tensors[f"rng.cuda.{i}"] = state
+    metadata["rng.python"] = json.dumps(rng["python"])
+    metadata["rng.numpy"] = json.dumps(_numpy_state_json(rng["numpy"]))
+    if on_gpu:
+        torch.cuda.synchronize()  # the pinned copies are complete before another thread reads them
+    step = trainer_state.get("step")
+    return CheckpointSnapshot(tensors=tensors, metadata=metadata, step=None if step is None else int(step))
+
+
+def _blob(name: str, t: Tensor) -> Blob:
+    flat = t.reshape(-1)
+    data = memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+    return Blob(name, _ST_DTYPE[t.dtype], tuple(t.shape), data)
+
+
+def write_snapshot(path: Path, snapshot: CheckpointSnapshot) -> CheckpointInfo:
+    """Write ``snapshot`` to ``path`` atomically and durably, in one streaming pass that also
+    computes the file's SHA-256 (formats/safetensors_stream.py).  Safe to call from a background
+    thread.  Raises OSError from the file system (ENOSPC on a full disk); ``path`` is then untouched.
+    """
+    path = Path(path)
+    blobs = [_blob(name, t) for name, t in snapshot.tensors.items()]
+    written = write_safetensors(path, blobs, snapshot.metadata)
+    return CheckpointInfo(path=path, bytes=written.bytes, sha256=written.sha256, step=snapshot.step)
+
+
 def save_checkpoint(
     path: Path,
     model: nn.Module,
@@ -165,59 +290,11 @@ def save_checkpoint(
     trainer_state: dict,
     extra_tensors: dict[str, Tensor] | None = None,
 ) -> CheckpointInfo:
-    """Atomically write model, optimizer, RNG, trainer state and ``extra_tensors`` to ``path``."""
-    path = Path(path)
-    tensors, tied = _model_tensors(model)
-    for name, value in (extra_tensors or {}).items():
-        tensors[_EXTRA_PREFIX + name] = _to_cpu(value)
-    metadata = {
-        "format": FORMAT,
-        "tritter": json.dumps(trainer_state, default=_json_default),  # fail before touching disk
-        "tied": json.dumps(tied),
-    }
-    shape = getattr(model, "shape", None)
-    if isinstance(shape, ModelShape):
-        metadata["model.shape"] = json.dumps(dataclasses.asdict(shape))
+    """Atomically write model, optimizer, RNG, trainer state and ``extra_tensors`` to ``path`` (blocking).
 
-    if optimizer is not None:
-        opt_state = optimizer.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for idx, state in opt_state["state"].items():
-            for name, value in state.items():
-                if isinstance(value, Tensor):
-                    tensors[f"optim.{idx}.{name}"] = _to_cpu(value)
-                else:
-                    scalars.setdefault(str(idx), {})[name] = value
-        metadata["optim.param_groups"] = json.dumps(opt_state["param_groups"], default=_json_default)
-        metadata["optim.scalars"] = json.dumps(scalars, default=_json_default)
-
-    rng = capture_rng()
-    tensors["rng.torch"] = rng["torch"]
-    for i, state in enumerate(rng["cuda"]):
-        tensors[f"rng.cuda.{i}"] = state
-    metadata["rng.python"] = json.dumps(rng["python"])
-    metadata["rng.numpy"] = json.dumps(_numpy_state_json(rng["numpy"]))
-    metadata["content.sha256"] = _content_digest(tensors)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except SafetensorError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _as_os_error(exc, tmp) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-    with open(path, "rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-    step = trainer_state.get("step")
-    return CheckpointInfo(path=path, bytes=path.stat().st_size, sha256=sha256, step=None if step is None else int(step))
+    Same as ``write_snapshot(path, snapshot_checkpoint(...))``; see those for errors.
+    """
+    return write_snapshot(path, snapshot_checkpoint(model, optimizer, trainer_state, extra_tensors))
 
 
 def _as_os_error(exc: SafetensorError, path: Path) -> Exception:
@@ -234,24 +311,51 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def load_checkpoint(path: Path) -> LoadedCheckpoint:
-    """Read and verify a checkpoint; raises ``CheckpointError`` if it is unusable."""
+_TORCH_DTYPE = {name: dtype for dtype, name in _ST_DTYPE.items()}
+
+
+def _load_compressed(path: Path) -> tuple[dict[str, str], dict[str, Tensor], bool | None]:
+    """(metadata, tensors on CPU, content digest matches) of a ``.safetensors.tzst`` checkpoint.
+
+    Each tensor is decoded straight into its own buffer (``formats.codec.read_tensors``, frames
+    checked by xxh3 as they decode) and wrapped without a copy; an older checkpoint without
+    ``content.xxh3_128`` goes through the whole-file bytes.  Raises CodecError.
+    """
+    metadata, arrays = read_tensors(path)
+    if DIGEST_KEY not in metadata or any(d not in _TORCH_DTYPE for d, _, _ in arrays.values()):
+        data = read_safetensors_bytes(path)
+        return safetensors_metadata(data), safetensors.torch.load(bytes(data)), verify_content(data)
+    intact = content_digest(Blob(k, d, s, memoryview(a)) for k, (d, s, a) in arrays.items()) == metadata[DIGEST_KEY]
+    tensors = {k: torch.from_numpy(a).view(_TORCH_DTYPE[d]).reshape(s) for k, (d, s, a) in arrays.items()}
+    return metadata, tensors, intact
+
+
+def load_checkpoint(path: Path, device: torch.device | str | None = None) -> LoadedCheckpoint:
+    """Read and verify a checkpoint; raises ``CheckpointError`` if it is unusable.
+
+    ``device``: where model and optimizer tensors are created (default CPU).  An uncompressed
+    file is read through a memory map straight onto that device, so N data-parallel ranks on
+    one node share the page cache instead of holding N host copies; RNG states stay on CPU.
+    """
     path = Path(path)
+    target = str(device) if device is not None else "cpu"
     try:
         if is_compressed(path):  # written by tritter-compress; may be a delta on an older one
-            data = read_safetensors_bytes(path)
-            metadata = safetensors_metadata(data)
-            tensors = safetensors.torch.load(bytes(data))
+            metadata, tensors, intact = _load_compressed(path)
+            if target != "cpu":
+                tensors = {k: v if k.startswith("rng.") else v.to(target) for k, v in tensors.items()}
         else:
-            with safe_open(str(path), framework="pt") as f:
+            intact = verify_content(path)
+            with safe_open(str(path), framework="pt", device=target) as f:
                 metadata = f.metadata() or {}
                 tensors = {key: f.get_tensor(key) for key in f.keys()}
+            tensors.update({k: v.cpu() for k, v in tensors.items() if k.startswith("rng.")})
     except (SafetensorError, CodecError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: unreadable checkpoint ({_one_line(exc)})") from exc
 
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} file (format={metadata.get('format')!r})")
-    if _content_digest(tensors) != metadata.get("content.sha256"):
+    if not intact:  # False: the bytes changed; None: no digest at all (not written by tritter)
         raise CheckpointError(f"{path}: content checksum mismatch (corrupt checkpoint)")
 
     try:

@@ -12,10 +12,12 @@ folder, JSONL (plain/.gz/.zst), Parquet, or pre-tokenized ``.bin``/``.npy`` used
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -28,9 +30,12 @@ import xxhash
 import zstandard
 
 from tritter.daemon.engine.prepare import DocumentSource, PrepareStatus, cached_or_build
+from tritter.formats.files import atomic_write
 from tritter.formats.corpus import CHUNK_CHARS, CorpusFile, CorpusReader, DataError, corpus_digest, list_corpus
 from tritter.formats.shards import DEFAULT_SHARD_TOKENS, TokenStream, stream_digest
 from tritter.formats.tokenizer import EOT, PAD, TokenizerSpec, load_tokenizer_spec, model_vocab_size, spec_from_json
+from tritter.protocol.config import RunConfig
+from tritter.protocol.events import PrepareEvent
 
 DEFAULT_VOCAB_SIZE = 8192
 EMBEDDED_SOURCE = "embedded corpus"
@@ -62,6 +67,7 @@ def split_embedded_documents(text: str) -> list[str]:
     return [doc for doc in text.split(EMBEDDED_SEPARATOR) if doc.strip()]
 
 
+@functools.cache  # immutable; parsing the 237 KB json costs ~0.1 s
 def embedded_tokenizer_spec() -> TokenizerSpec:
     """The default tokenizer (daemon/assets/tokenizer.json): byte-level BPE, 8192 ids,
     ``<|endoftext|>`` = 0, ``<|pad|>`` = 1."""
@@ -185,6 +191,7 @@ def load_token_data(
     progress: Callable[[PrepareStatus], None] | None = None,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     chunk_chars: int = CHUNK_CHARS,
+    batch_chars: int | None = None,
 ) -> TokenData:
     """Tokenize the embedded corpus (``corpus=None``) or a user corpus into shards under
     ``cache_dir`` (reused when the corpus content, tokenizer and options are the same; a
@@ -193,7 +200,8 @@ def load_token_data(
     ``tokenizer``: ``--tokenizer PATH`` (None: embedded); ``text_field``: the JSONL/Parquet
     field; ``progress``: called with PrepareStatus while hashing/tokenizing.  Without
     ``cache_dir`` the shards go to a temporary folder and are read into memory (tests, small
-    corpora).  Raises DataError (one line) for bad input.
+    corpora).  ``shard_tokens``/``chunk_chars``/``batch_chars``: see formats/shards.py,
+    formats/corpus.py, prepare.py (tests make them small).  Raises DataError (one line).
     """
     spec = tokenizer_spec(tokenizer)
     tok_ids = spec.ids
@@ -232,7 +240,8 @@ def load_token_data(
         try:
             meta = {"key": key, "source": source, "corpus_digest": cdigest, "tokenizer": spec.source,
                     "tokenizer_digest": spec.digest, "text_field": text_field}
-            stream, info = cached_or_build(factory, spec, directory, meta, shard_tokens=shard_tokens, progress=progress)  # type: ignore[assignment]
+            stream, info = cached_or_build(factory, spec, directory, meta, shard_tokens=shard_tokens, progress=progress,
+                                           batch_chars=batch_chars)  # type: ignore[assignment]
             if tmp is not None:
                 stream = np.asarray(stream)  # read into memory before the folder goes
         finally:
@@ -240,6 +249,8 @@ def load_token_data(
                 shutil.rmtree(tmp, ignore_errors=True)
         digest = stream_digest(info)
     n = len(stream)
+    if n == 0:
+        raise DataError(f"corpus is empty (no text): {source}")
     if n < _MIN_TOKENS:
         raise DataError(f"corpus too small: {n} tokens (need at least {_MIN_TOKENS}): {source}")
     if progress is not None:
@@ -254,13 +265,76 @@ def load_token_data(
     )
 
 
+# --------------------------------------------------------------------------- a run's data
+
+IDENTITY_FILE = "data.json"  # in the run folder: the identity of the data the run started on
+
+
+def prepare_event(status: PrepareStatus, data: TokenData | None = None) -> PrepareEvent:
+    """A ``prepare`` event for ``status``; with ``data``, the ``ready`` event naming its identity."""
+    event = PrepareEvent(
+        stage=status.stage, bytes_done=status.bytes_done, bytes_total=status.bytes_total, tokens=status.tokens,  # type: ignore[arg-type]
+        mb_per_s=round(status.mb_per_s, 3), eta_s=None if status.eta_s is None else round(status.eta_s, 1),
+        documents=status.documents, replaced=status.replaced, replaced_at=status.replaced_at,
+    )
+    if data is not None:
+        event.corpus_digest, event.tokenizer_digest, event.vocab_size = data.corpus_digest, data.tokenizer_digest, data.vocab_size
+    return event
+
+
+def load_run_data(
+    run_id: str, run_dir: Path, config: RunConfig, cache_dir: Path | None, emit: Callable[[PrepareEvent], None],
+    min_interval_s: float = 1.0,
+) -> TokenData:
+    """The token data of a run (``config.corpus``/``tokenizer``/``text_field``), reporting
+    ``prepare`` events through ``emit`` (at most one a second per stage, plus ``ready``), and
+    checked against the identity recorded in ``run_dir/data.json`` when the run started: a
+    changed corpus or tokenizer raises DataError naming it (the file is left as it was, so the
+    run resumes once the original data is back).  Writes that file on a run's first load."""
+    last: dict[str, float] = {}
+
+    def report(status: PrepareStatus) -> None:
+        now = time.monotonic()
+        if status.stage in ("tokenizing", "hashing", "checking") and now - last.get(status.stage, -1e9) < min_interval_s:
+            return
+        last[status.stage] = now
+        if status.stage != "ready":
+            _emit_prepare(emit, run_id, prepare_event(status))
+        else:
+            ready.append(status)
+
+    ready: list[PrepareStatus] = []
+    data = load_token_data(cache_dir, config.corpus and Path(config.corpus), tokenizer=config.tokenizer,
+                           text_field=config.text_field, progress=report)
+    path = Path(run_dir) / IDENTITY_FILE
+    try:
+        recorded = json.loads(path.read_text())
+    except FileNotFoundError:
+        recorded = None
+        atomic_write(path, (json.dumps(data.identity(), indent=1) + "\n").encode())
+    except (OSError, ValueError):
+        recorded = None  # unreadable: the checkpoints' own record still guards the resume
+    problem = identity_change(recorded, data)
+    if problem:
+        raise DataError(problem)
+    if ready:
+        _emit_prepare(emit, run_id, prepare_event(ready[-1], data))
+    return data
+
+
+def _emit_prepare(emit: Callable[[PrepareEvent], None], run_id: str, event: PrepareEvent) -> None:
+    event.run_id, event.ts = run_id, time.time()
+    emit(event)
+
+
 # --------------------------------------------------------------------------- batches
 
 
 def _windows(tokens: np.ndarray | TokenStream, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) int64 tensors of shape (len(starts), seq_len): windows of seq_len+1 tokens, shifted by one."""
-    if isinstance(tokens, TokenStream):  # shards: one contiguous slice per row
-        chunk = torch.from_numpy(tokens.windows(starts, seq_len + 1))
+    if isinstance(tokens, TokenStream):  # shards: one contiguous slice per row, straight into the tensor
+        chunk = torch.empty((len(starts), seq_len + 1), dtype=torch.int64)
+        tokens.windows(starts, seq_len + 1, out=chunk.numpy())
     else:
         idx = starts[:, None] + np.arange(seq_len + 1)[None, :]  # one vectorised gather
         chunk = torch.from_numpy(np.asarray(tokens[idx]).astype(np.int64))

@@ -11,15 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-
-class Controls(Protocol):
-    def poll(self) -> str | None: ...
-    def wait(self) -> str: ...
+from tritter.daemon.worker_protocol import Command, Controls
 
 
 @dataclass(frozen=True)
@@ -78,6 +76,31 @@ def broadcast(ranks: Ranks, value: T) -> T:
     return box[0]
 
 
+def on_main(ranks: Ranks, work: Callable[[], T]) -> T:
+    """Run ``work`` on rank 0 only; every rank returns its result once it is done (a barrier).
+
+    For files all ranks share (exports, checkpoints): one writer, and no rank reads them before
+    they exist.  ``work``'s result must be picklable.  If it raises, rank 0 re-raises the error
+    and the other ranks raise RuntimeError with its message, so no rank is left waiting.
+    """
+    if not ranks.distributed:
+        return work()
+    result: T | None = None
+    problem: str | None = None
+    error: BaseException | None = None
+    if ranks.main:
+        try:
+            result = work()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks know
+            error, problem = exc, str(exc) or type(exc).__name__
+    result, problem = broadcast(ranks, (result, problem))
+    if error is not None:
+        raise error
+    if problem is not None:
+        raise RuntimeError(f"rank 0 failed: {problem}")
+    return result  # type: ignore[return-value]
+
+
 class RankControls:
     """Commands as rank 0 receives them, handed to every rank at the same point of the loop."""
 
@@ -85,10 +108,12 @@ class RankControls:
         self.ranks = ranks
         self.inner = inner  # rank 0's line to the daemon; None on the other ranks
 
-    def poll(self) -> str | None:
+    def poll(self) -> Command | None:
+        """Rank 0's pending command (or None), the same on every rank."""
         return broadcast(self.ranks, self.inner.poll() if self.inner else None)
 
-    def wait(self) -> str:
+    def wait(self) -> Command:
+        """Block until rank 0 receives a command; every rank returns it."""
         command = broadcast(self.ranks, self.inner.wait() if self.inner else None)
         assert command is not None
         return command

@@ -36,7 +36,7 @@ class WatchSettings:
     warmup_steps: int = 10
     cooldown_steps: int = 25
     divergence_margin: float = 0.2
-    divergence_patience: int = 20
+    divergence_patience: int = 10
     grad_norm_factor: float = 10.0
 
 

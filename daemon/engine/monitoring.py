@@ -50,10 +50,10 @@ SYSTEM_INTERVAL_S = 10.0
 
 @dataclass
 class MonitorSettings:
-    """Cadences (steps; 0 = off) and sampling settings of one run."""
+    """Cadences (steps; 0 = off; None = the current stage preset's default) and sampling settings."""
 
-    eval_every: int
-    sample_every: int
+    eval_every: int | None
+    sample_every: int | None
     prompts: Sequence[str] = DEFAULT_PROMPTS
     max_new_tokens: int = MAX_NEW_TOKENS
     temperature: float = TEMPERATURE
@@ -79,6 +79,8 @@ class Host(Protocol):
     def tokenizer(self) -> Any: ...
     @property
     def context(self) -> int: ...
+    @property
+    def preset_eval_every(self) -> int: ...
     def emit(self, event: AnyEvent) -> None: ...
     def heldout(self) -> list[tuple[torch.Tensor, torch.Tensor]]: ...
 
@@ -102,6 +104,10 @@ class TrainerHost:
     @property
     def context(self) -> int:
         return int(self.trainer.preset.train.seq_len)
+
+    @property
+    def preset_eval_every(self) -> int:
+        return int(self.trainer.preset.train.eval_every)
 
     @property
     def tokenizer(self) -> Any:
@@ -196,9 +202,10 @@ class RunMonitor:
         for alert in self.watch.observe(event.step, event.loss, event.gradient_norm):
             host.emit(alert)
         s = self.settings
-        if s.eval_every and event.step % s.eval_every == 0:
+        eval_every, sample_every = self.cadence()
+        if eval_every and event.step % eval_every == 0:
             host.emit(self.evaluate(event.step, event.stage))
-        if s.sample_every and event.step % s.sample_every == 0:
+        if sample_every and event.step % sample_every == 0:
             host.emit(self.sample(event.step, event.stage))
         now = time.monotonic()
         if now - self._last_system >= s.system_interval_s:
@@ -206,6 +213,14 @@ class RunMonitor:
             if self.system is None:
                 self.system = SystemSampler(self._gpu_ids)
             host.emit(self.system.sample(event.step))
+
+    def cadence(self) -> tuple[int, int]:
+        """(eval_every, sample_every) in steps for the current stage (0 = off)."""
+        s = self.settings
+        default = self.host.preset_eval_every
+        eval_every = default if s.eval_every is None else s.eval_every
+        sample_every = SAMPLE_EVERY_FACTOR * default if s.sample_every is None else s.sample_every
+        return eval_every, sample_every
 
     def nonfinite(self, step: int, message: str, value: float = math.nan) -> None:
         """The trainer met a NaN/inf loss at ``step`` (and is about to fail the run): say so first."""
@@ -250,14 +265,12 @@ class RunMonitor:
             self.system.close()
 
 
-def settings_for(config: Any, preset_eval_every: int) -> MonitorSettings:
+def settings_for(config: Any) -> MonitorSettings:
     """A run's cadences: ``--eval-every`` / ``--sample-every`` / ``--sample-prompts`` from its
-    ``RunConfig``, else the first stage preset's ``eval_every`` and ``SAMPLE_EVERY_FACTOR`` times it."""
-    eval_every = config.eval_every if getattr(config, "eval_every", None) is not None else preset_eval_every
-    sample_every = config.sample_every if getattr(config, "sample_every", None) is not None \
-        else SAMPLE_EVERY_FACTOR * preset_eval_every
+    ``RunConfig``; unset cadences follow each stage preset's ``eval_every`` (samples: ``SAMPLE_EVERY_FACTOR`` times it)."""
     prompts = tuple(getattr(config, "sample_prompts", None) or DEFAULT_PROMPTS)
-    return MonitorSettings(eval_every=eval_every, sample_every=sample_every, prompts=prompts, seed=config.seed)
+    return MonitorSettings(eval_every=getattr(config, "eval_every", None), sample_every=getattr(config, "sample_every", None),
+                           prompts=prompts, seed=config.seed)
 
 
 def gpu_ids(device: torch.device, world: int) -> list[str | int]:
@@ -276,7 +289,5 @@ def monitor_for(trainer: Any) -> RunMonitor | None:
     """The monitor of a ``Trainer`` (rank 0 reports; other ranks get None)."""
     if not trainer.ranks.main:
         return None
-    from tritter.recipe.presets import get_preset  # the first stage's cadence, like the held-out set
-
-    settings = settings_for(trainer.config, get_preset(trainer.stages[0]).train.eval_every)
+    settings = settings_for(trainer.config)
     return RunMonitor(TrainerHost(trainer), settings, gpu_ids(trainer.device, trainer.ranks.world))

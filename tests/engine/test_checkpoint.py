@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tritter.daemon.engine import checkpoint as ckpt
+from tritter.formats import safetensors_stream
 from tritter.daemon.engine.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -162,11 +163,11 @@ def test_failed_write_leaves_no_partial_file(saved, monkeypatch) -> None:
     path, model, opt = saved
     good = path.read_bytes()
 
-    def broken_save(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")  # simulate a crash mid-write (e.g. disk full)
+    def broken_chunks(header, blobs):
+        yield memoryview(b"partial")  # part of the file reaches the disk, then the write fails
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt, "save_file", broken_save)
+    monkeypatch.setattr(safetensors_stream, "_chunks", broken_chunks)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, model, opt, {"step": 2})  # overwrite attempt
     with pytest.raises(OSError):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tritter.daemon.engine import data as D
+from tritter.formats.shards import TokenStream, read_index
 
 PROSE = (
     "It is a truth universally acknowledged, that a single man in possession\n"
@@ -62,16 +63,19 @@ def test_tokenizer_round_trips(tok, text):
     assert tok.decode(tok.encode(text).ids) == text
 
 
-def test_eot_in_text_is_one_token(tok):
+def test_eot_in_text_is_not_a_special_id(tok):
     ids = tok.encode("end.<|endoftext|>Start").ids
-    assert ids.count(0) == 1
+    assert 0 not in ids and tok.decode(ids) == "end.<|endoftext|>Start"
 
 
-def test_chunked_encoding_matches_whole(tok, monkeypatch):
-    monkeypatch.setattr(D, "_CHUNK_CHARS", 50)  # force many chunk boundaries
+def test_chunked_encoding_matches_whole(tok):
+    from tritter.formats.corpus import split_text
+
     text = PROSE * 20 + "no-newline-tail " * 30
-    assert len(list(D._chunks(text))) > 5
-    np.testing.assert_array_equal(D.encode_documents(tok, [text, PROSE]), expected_stream(tok, [text, PROSE]))
+    pieces = list(split_text(text, 50))  # many cut points: after newlines, before single spaces
+    assert len(pieces) > 5 and "".join(pieces) == text
+    chunked = [i for piece in pieces for i in tok.encode(piece).ids]
+    assert chunked == tok.encode(text).ids
 
 
 # --------------------------------------------------------------------------- embedded corpus
@@ -89,19 +93,22 @@ def test_embedded_corpus_text():
 def test_embedded_split_and_cache_hit(embedded, tok):
     first, second, cache = embedded
     assert first.source == D.EMBEDDED_SOURCE
-    assert first.train.dtype == np.uint16 and first.train.ndim == 1
+    assert first.train.dtype == np.uint16 and first.train.ndim == 1 and first.vocab_size == 8192
     n = len(first.train) + len(first.heldout)
     assert n > 500_000
     # Held-out: the fixed tail of the stream, >= 64k tokens, and not part of train.
-    assert len(first.heldout) >= 65536
-    assert len(first.heldout) == D.heldout_size(n)
+    # The rule (2% of the stream, raised to 65,536 while that leaves 90% for training) worked by
+    # hand for this corpus: 655,360 <= n < 3,276,800, so exactly 65,536 (not read from heldout_size).
+    assert 655_360 <= n < 3_276_800
+    assert len(first.heldout) == 65536
     np.testing.assert_array_equal(second.heldout, first.heldout)
     np.testing.assert_array_equal(second.train, first.train)
     assert second.digest == first.digest and len(first.digest) == 16
-    # The second load came from the cache (mmap), the files are in place.
-    assert isinstance(second.train.base, np.memmap) or isinstance(second.train, np.memmap)
-    assert len(list(cache.glob("tokens-*.npy"))) == 1 and len(list(cache.glob("tokens-*.json"))) == 1
-    assert not list(cache.glob("*.tmp*"))
+    # The second load came from the cache (shard memmaps), the files are in place.
+    assert isinstance(second.train, TokenStream) and all(isinstance(a, np.memmap) for a in second.train._arrays)
+    (folder,) = cache.glob("tokens-*")
+    assert read_index(folder)["complete"] and len(list(folder.glob("shard-*.bin"))) == 1
+    assert not list(folder.glob("*.tmp*"))
     # Book boundaries are EOT tokens: 5 separators for 6 books.
     assert int((full(first) == tok.token_to_id(D.EOT)).sum()) == 5
 
@@ -112,7 +119,9 @@ def test_cache_hit_does_not_retokenize(embedded, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("cache miss")
 
-    monkeypatch.setattr(D, "encode_documents", boom)
+    from tritter.daemon.engine import prepare
+
+    monkeypatch.setattr(prepare, "build_shards", boom)
     again = D.load_token_data(cache_dir=cache)
     assert again.digest == first.digest
 
@@ -127,31 +136,32 @@ def small_corpus(tmp_path) -> Path:
     return p
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "sidecar", "no_sidecar", "sidecar_length"])
-def test_corrupt_cache_is_rebuilt(tmp_path, small_corpus, damage, capsys):
+@pytest.mark.parametrize("damage", ["flip", "truncate", "index", "no_index", "index_length"])
+def test_corrupt_cache_is_rebuilt(tmp_path, small_corpus, damage):
     cache = tmp_path / "cache"
     good = D.load_token_data(cache_dir=cache, corpus=small_corpus)
-    npy = next(cache.glob("tokens-*.npy"))
-    meta = npy.with_suffix(".json")
-    raw = npy.read_bytes()
+    expected = full(good)  # a copy: `good` maps the very shard this test damages in place
+    (folder,) = cache.glob("tokens-*")
+    shard = next(folder.glob("shard-*.bin"))
+    index_path = folder / "index.json"
+    raw = shard.read_bytes()
     if damage == "flip":
-        npy.write_bytes(raw[:-10] + bytes(b ^ 0xFF for b in raw[-10:]))
+        shard.write_bytes(raw[:-10] + bytes(b ^ 0xFF for b in raw[-10:]))
     elif damage == "truncate":
-        npy.write_bytes(raw[: len(raw) // 2])
-    elif damage == "sidecar":
-        meta.write_text("{not json")
-    elif damage == "no_sidecar":
-        meta.unlink()
+        shard.write_bytes(raw[: len(raw) // 2])
+    elif damage == "index":
+        index_path.write_text("{not json")
+    elif damage == "no_index":
+        index_path.unlink()
     else:
-        m = json.loads(meta.read_text())
-        m["length"] += 1
-        meta.write_text(json.dumps(m))
+        m = json.loads(index_path.read_text())
+        m["shards"][0]["tokens"] += 1
+        index_path.write_text(json.dumps(m))
     rebuilt = D.load_token_data(cache_dir=cache, corpus=small_corpus)
-    np.testing.assert_array_equal(full(rebuilt), full(good))
+    np.testing.assert_array_equal(full(rebuilt), expected)
     assert rebuilt.digest == good.digest
-    assert npy.read_bytes() == raw  # the cache file itself was repaired
-    if damage != "no_sidecar":
-        assert "rebuilding" in capsys.readouterr().err
+    assert shard.read_bytes() == raw  # the cache file itself was repaired
+    assert read_index(folder)["complete"]
 
 
 def test_cache_key_follows_corpus_content(tmp_path, small_corpus):
@@ -159,8 +169,8 @@ def test_cache_key_follows_corpus_content(tmp_path, small_corpus):
     a = D.load_token_data(cache_dir=cache, corpus=small_corpus)
     small_corpus.write_text(PROSE * 41)
     b = D.load_token_data(cache_dir=cache, corpus=small_corpus)
-    assert a.digest != b.digest
-    assert len(list(cache.glob("tokens-*.npy"))) == 2
+    assert a.digest != b.digest and a.corpus_digest != b.corpus_digest
+    assert len(list(cache.glob("tokens-*"))) == 2
 
 
 def test_no_cache_dir_writes_nothing(tmp_path, small_corpus):
@@ -218,8 +228,8 @@ def _write(tmp_path: Path, name: str, content: bytes) -> Path:
         ("blank.txt", b"  \n\n\t\n", "corpus is empty"),
         ("bin.txt", b"abc\x00def" * 10, "binary"),
         ("latin1.txt", "café".encode("latin-1") * 10, "not UTF-8"),
-        ("bad.jsonl", b'{"text": "ok"}\n{"title": "no text"}\n', 'line 2: no string "text" field'),
-        ("num.jsonl", b'{"text": "ok"}\n\n{"text": 5}\n', 'line 3: no string "text" field'),
+        ("bad.jsonl", b'{"text": "ok"}\n{"title": "no text"}\n', 'line 2: no "text" field'),
+        ("num.jsonl", b'{"text": "ok"}\n\n{"text": 5}\n', 'line 3: "text" is int, not a string'),
         ("broken.jsonl", b'{"text": "ok"}\n{"text": \n', "line 2: not valid JSON"),
         ("empty.jsonl", b'{"text": ""}\n', "corpus is empty"),
     ],
@@ -237,8 +247,8 @@ def test_missing_corpus(tmp_path):
 
 
 def test_folder_without_text_files(tmp_path):
-    (tmp_path / "x.bin").write_bytes(b"\x00\x01")
-    with pytest.raises(ValueError, match="no text files"):
+    (tmp_path / "x.dat").write_bytes(b"\x00\x01")  # unknown extension: not a corpus file
+    with pytest.raises(ValueError, match="has no usable files"):
         D.load_token_data(corpus=tmp_path)
 
 
@@ -319,13 +329,62 @@ def test_batches_reject_short_tokens():
         D.Batches(toy(10), 2, 10, seed=0)
 
 
-def test_train_batches_never_touch_heldout(tmp_path):
-    td = D.load_token_data(corpus=_write(tmp_path, "c.txt", (PROSE * 200).encode()))
-    # Mark the stream positions: rebuild a TokenData whose values are stream offsets.
-    offsets = np.arange(len(td.train) + len(td.heldout))
-    b = D.Batches(offsets[: len(td.train)], 16, 32, seed=0)
-    seen = torch.cat([torch.cat([x, y], 1) for x, y in (b.next() for _ in range(50))])
-    assert int(seen.max()) < len(td.train)
+@pytest.mark.parametrize(("n", "expected"), [
+    (100_000, 10_000),  # 2% = 2,000; 64k would leave < 90%: n // 10
+    (1_000_000, 65_536),  # 2% = 20,000 < 64k, and 64k leaves > 90%
+    (10_000_000, 200_000),  # 2% is above 64k
+    (50, 5),
+])
+def test_heldout_size_worked_examples(n, expected):
+    assert D.heldout_size(n) == expected
+
+
+def test_trainer_never_trains_on_a_heldout_token(tmp_path, monkeypatch):
+    """The real trainer, fed a stream whose token ids are their own positions: every window it
+    trains on (across several epochs) lies in the training part, the eval windows in the tail."""
+    from tritter.daemon.engine import trainer as trainer_module
+    from tritter.protocol.config import RunConfig
+    from tritter.recipe.presets import ModelShape, Preset, TrainSettings
+
+    train_n, heldout_n = 340, 300  # ids 0..639 < the 8,192-token vocabulary; 20 training windows
+    data = D.TokenData(train=np.arange(train_n), heldout=np.arange(train_n, train_n + heldout_n),
+                       source="positions", digest="0" * 16)
+    micro = Preset("tiny", ModelShape(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128),
+                   TrainSettings(batch_size=4, seq_len=16, lr=3e-3, warmup_steps=2, eval_every=10, checkpoint_every=1000))
+    trained: list[torch.Tensor] = []
+    evaluated: list[torch.Tensor] = []
+
+    class Recording(D.Batches):
+        def next(self):
+            x, y = super().next()
+            trained.append(torch.cat([x, y[:, -1:]], 1))
+            return x, y
+
+    def recording_heldout(*args, **kwargs):
+        batches = D.heldout_batches(*args, **kwargs)
+        evaluated.extend(torch.cat([x, y[:, -1:]], 1) for x, y in batches)
+        return batches
+
+    monkeypatch.setattr(trainer_module, "load_run_data", lambda *a, **k: data)
+    monkeypatch.setattr(trainer_module, "get_preset", lambda name: micro)
+    monkeypatch.setattr(trainer_module, "Batches", Recording)
+    monkeypatch.setattr(trainer_module, "heldout_batches", recording_heldout)
+    monkeypatch.setattr(trainer_module, "EVAL_BATCHES", 2)
+
+    class NoControls:
+        def poll(self):
+            return None
+
+        def wait(self):
+            raise AssertionError("never paused here")
+
+    config = RunConfig(start="tiny", end="tiny", steps=20, seed=3, hybrid=False, checkpoint_every=1000)
+    trainer = trainer_module.Trainer("t", config, tmp_path / "run", lambda event: None, NoControls(), tmp_path / "cache")
+    assert trainer.run() == "completed"
+    windows = torch.cat(trained)
+    assert len(windows) == 20 * 4 == 4 * (train_n // 17)  # four epochs of the 20 training windows
+    assert int(windows.max()) < train_n, "a training window read a held-out token"
+    assert evaluated and int(torch.cat(evaluated).min()) >= train_n  # and eval reads only the tail
 
 
 # --------------------------------------------------------------------------- held-out batches

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from tritter.daemon.engine import trainer as trainer_module
 from tritter.daemon.engine.checkpoint import checkpoint_path, list_checkpoints
-from tritter.daemon.engine.hybrid import HybridController, HybridSettings, UpdatePredictor, fit_ar, rollout
+from tritter.daemon.engine.hybrid import HybridController, HybridSettings, UpdatePredictor, adamw_updates, fit_ar, rollout
 from tritter.recipe.presets import ModelShape, Preset, TrainSettings
 from tritter.daemon.engine.trainer import Trainer
 from tritter.protocol.config import RunConfig
@@ -102,11 +102,10 @@ class Vector(torch.nn.Module):
 
 
 def feed(predictor: UpdatePredictor, model: Vector, update: list[torch.Tensor], lr: float) -> float | None:
-    predictor.before_step()
     with torch.no_grad():
         for p, u in zip(model.parameters(), update):
             p.add_(u, alpha=lr)
-    return predictor.after_step(lr)
+    return predictor.record(update)
 
 
 def rel_error(guess: list[torch.Tensor], truth: list[torch.Tensor]) -> float:
@@ -141,7 +140,7 @@ def test_predictor_beats_copying_the_last_update() -> None:
         feed(predictor, model, true_update(t), lrs[t])
     assert predictor.ready
     truth = true_update(6)
-    last = [h.clone() for h in predictor.history[-1]]
+    last = [h.float() for h in predictor.updates[-1]]
     predicted = predictor.predict(1)
     assert rel_error(predicted, truth) < 0.5 * rel_error(last, truth)
     assert rel_error(predicted, truth) < 0.1
@@ -154,8 +153,9 @@ def test_predictor_beats_copying_the_last_update() -> None:
     two_ahead = predictor.predict(2)
     truth7 = true_update(7)
     error = feed(predictor, model, truth7, lrs[7])
-    assert error == pytest.approx(rel_error(two_ahead, truth7), rel=1e-4)
-    assert predictor.ahead == 0 and len(predictor.history) == 6
+    # The history is fp16: the error is the one against the update as stored.
+    assert error == pytest.approx(rel_error(two_ahead, [t.half().float() for t in truth7]), rel=1e-4)
+    assert predictor.ahead == 0 and predictor.count == 6 and len(predictor.updates) == settings.order
 
 
 def test_unstable_fit_falls_back_to_a_bounded_order_one() -> None:
@@ -166,9 +166,11 @@ def test_unstable_fit_falls_back_to_a_bounded_order_one() -> None:
 
 
 def test_checkpoint_from_before_true_run_keeps_its_schedule() -> None:
-    state = HybridController(Vector(3), FAST).state()
+    model = Vector(3)
+    state = HybridController(model, torch.optim.AdamW(model.parameters()), FAST).state()
+    assert state is not None
     del state["settings"]["true_run"], state["true_left"]  # what an older build wrote
-    restored = HybridController.restore(Vector(3), state, {})
+    restored = HybridController.restore(model, torch.optim.AdamW(model.parameters()), state, {})
     assert restored.settings == dataclasses.replace(FAST, true_run=1) and restored.true_left == 0
 
 
@@ -228,7 +230,7 @@ def test_growth_resets_the_predictor(tmp_path: Path, cache: Path) -> None:
         ("warmup", "tiny", 1), ("full", "tiny", 4), ("predict", "tiny", 6),
         ("warmup", "small", 13), ("full", "small", 16), ("predict", "small", 18),
     ]
-    assert trainer.hybrid is not None
+    assert isinstance(trainer.hybrid, HybridController)
     assert trainer.hybrid.predictor.params[0].shape[1] == 128  # built on the grown model
 
 
@@ -258,7 +260,7 @@ def test_resume_mid_predict_is_exact(tmp_path: Path, cache: Path, settings: Hybr
         s.step for prev, s in zip(ref_steps, ref_steps[1:]) if prev.was_predicted and s.was_predicted and s.step > 10
     )
     first, stopped = run_trainer(tmp_path / "run", cache, settings, steps=steps, stop_at=stop)
-    assert stopped.hybrid is not None and stopped.hybrid.predictor.ahead == 2
+    assert isinstance(stopped.hybrid, HybridController) and stopped.hybrid.predictor.ahead == 2
     second, _ = run_trainer(tmp_path / "run", cache, settings, steps=steps)
     resumed = steps_of(first) + steps_of(second)
     assert [s.step for s in resumed] == list(range(1, steps + 1))
@@ -267,8 +269,120 @@ def test_resume_mid_predict_is_exact(tmp_path: Path, cache: Path, settings: Hybr
     assert [(p.phase, p.step, p.reason) for p in phases_of(reference)] == [
         (p.phase, p.step, p.reason) for p in phases_of(first) + phases_of(second)
     ]
-    # The stop checkpoint holds the history: K slots of every parameter.
-    names = {n for n, _ in stopped.model.named_parameters()}  # type: ignore[union-attr]
+    # The stop checkpoint holds the lean history: the last `order` updates of every parameter, fp16.
+    assert stopped.model is not None
+    names = {n for n, _ in stopped.model.named_parameters()}
     with safe_open(str(checkpoint_path(tmp_path / "run", stop)), framework="pt") as f:
-        keys = {k for k in f.keys() if k.startswith("extra.hybrid.history.")}
-    assert len(keys) == settings.history * len(names)
+        keys = {k for k in f.keys() if k.startswith("extra.hybrid.")}
+        assert {f.get_slice(k).get_dtype() for k in keys} == {"F16"}
+    assert len(keys) == settings.order * len(names)
+
+
+# --- the lean state ------------------------------------------------------------------------
+
+
+def _adamw_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float, gen: torch.Generator) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = sum((p * torch.randn(p.shape, generator=gen)).sum() ** 2 for p in model.parameters())
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def test_adamw_update_is_rebuilt_from_the_optimizer_state() -> None:
+    """The predictor takes no snapshot of the weights: the update AdamW applied (weight decay and
+    bias correction included) is rebuilt from its moments and must equal (theta_after - theta_before) / lr."""
+    gen = torch.Generator().manual_seed(4)
+    model = Vector(300)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(generator=gen)
+    decay, plain = [model.m], [model.w]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": plain, "weight_decay": 0.0}],
+                                  betas=(0.9, 0.95))
+    params = list(model.parameters())  # w before m: not the optimizer's group order
+    for step in range(4):
+        lr = 1e-3 * (step + 1)
+        before = [p.detach().clone() for p in params]
+        _adamw_step(model, optimizer, lr, gen)
+        rebuilt = list(adamw_updates(optimizer, params))
+        for p, b, u in zip(params, before, rebuilt):
+            assert u is not None
+            truth = (p.detach() - b) / lr
+            assert float((u - truth).norm() / truth.norm()) < 1e-4
+
+
+def test_hybrid_state_is_at_most_4_bytes_per_parameter(tmp_path: Path, cache: Path) -> None:
+    """Beyond weights, grads and AdamW: the fp16 history of `order` = 2 updates, in memory and on disk."""
+    events, trainer = run_trainer(tmp_path, cache, steps=14)
+    assert isinstance(trainer.hybrid, HybridController) and trainer.model is not None
+    params = sum(p.numel() for p in trainer.model.parameters())
+    in_memory = sum(t.numel() * t.element_size() for t in trainer.hybrid.tensors().values())
+    assert in_memory <= 4 * params
+    on_disk = 0
+    with safe_open(str(checkpoint_path(tmp_path, 7)), framework="pt") as f:
+        for key in f.keys():
+            if key.startswith("extra."):
+                on_disk += f.get_tensor(key).numel() * f.get_tensor(key).element_size()
+    assert 0 < on_disk <= 4 * params
+
+
+def test_true_step_bookkeeping_syncs_once() -> None:
+    """O(1) host syncs: recording a true update reads its inner products back with one tolist()."""
+    gen = torch.Generator().manual_seed(5)
+    model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(6)])  # 12 tensors
+    optimizer = torch.optim.AdamW(model.parameters())
+    predictor = UpdatePredictor(model, HybridSettings(history=4, order=2))
+    calls = []
+    originals = {name: getattr(torch.Tensor, name) for name in ("item", "tolist", "__float__", "__bool__")}
+
+    def counting(name: str):  # noqa: ANN202 - a test hook
+        def call(tensor: torch.Tensor, *args: object) -> object:
+            calls.append(name)
+            return originals[name](tensor, *args)
+        return call
+
+    for step in range(6):
+        _adamw_step(model, optimizer, 1e-3, gen)
+        updates = list(adamw_updates(optimizer, predictor.params))
+        for name in originals:
+            setattr(torch.Tensor, name, counting(name))
+        try:
+            calls.clear()
+            predictor.record(updates)
+            recorded = list(calls)
+            calls.clear()
+            if predictor.ready:
+                predictor.apply_predicted(1e-3)
+            applied = list(calls)
+        finally:
+            for name, original in originals.items():
+                setattr(torch.Tensor, name, original)
+        assert recorded == ["tolist"] and applied == [], (step, recorded, applied)
+
+
+def test_old_fp32_history_checkpoint_converts() -> None:
+    """A checkpoint from before the lean state (K fp32 slots) still resumes: the band is recomputed
+    from the slots, the last `order` become the fp16 history, the fitted coefficients are kept."""
+    gen = torch.Generator().manual_seed(6)
+    model = Vector(64)
+    names = [n for n, _ in model.named_parameters()]
+    slots = [[torch.randn(p.shape, generator=gen) for p in model.parameters()] for _ in range(4)]
+    coeffs = [[0.7, 0.2], [0.5, -0.1]]
+    old_state = {
+        "settings": dataclasses.asdict(FAST), "mode": "predict", "full_done": 2, "correct_left": 0, "true_left": 0,
+        "loss_mean": 5.0, "last_grad_norm": 1.5, "last_error": 0.3, "pending_reason": "",
+        "predictor": {"slots": 4, "ahead": 1, "coeffs": coeffs},
+    }
+    tensors = {f"hybrid.history.{i}.{name}": t for i, slot in enumerate(slots) for name, t in zip(names, slot)}
+    restored = HybridController.restore(model, torch.optim.AdamW(model.parameters()), old_state, tensors)
+    predictor = restored.predictor
+    assert predictor.ready and predictor.ahead == 1 and predictor.coeffs == coeffs
+    assert [u.dtype for u in predictor.updates[-1]] == [torch.float16] * 2
+    for k in range(2):
+        # <h_t, h_{t-1}> of the newest update, from the fp32 slots (to fp16 rounding).
+        expected = float(torch.dot(slots[3][k].reshape(-1), slots[2][k].reshape(-1)))
+        assert predictor.band[k, 3, 1] == pytest.approx(expected, rel=1e-2, abs=1e-2)
+        w = rollout(coeffs[k], 2)
+        torch.testing.assert_close(predictor.predict(2)[k], w[0] * slots[3][k] + w[1] * slots[2][k], rtol=1e-2, atol=1e-2)

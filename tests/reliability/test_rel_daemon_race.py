@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Daemon, events
-from reliability_helpers import TEST_TIMEOUT_S, LONG, Follower, assert_contiguous, head_seq, report, start_run
+from reliability_helpers import TEST_TIMEOUT_S, LONG, Follower, assert_contiguous, log_records, report, start_run
 
 pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
@@ -52,14 +52,16 @@ def test_two_daemons_racing_on_one_home(daemon: Daemon, home: Path) -> None:
     run_id = start_run(home, RUN, "race")
     current = daemon
     rounds = []
+    since = 1  # the first seq the current daemon logs (a checkpoint may land before a follower connects)
     try:
         for round_no in range(ROUNDS):
-            follower = Follower(home, since=head_seq(home) + 1)
+            follower = Follower(home, since=since)
             try:
                 follower.until(lambda e: e.get("run_id") == run_id and e["kind"] == "checkpoint", timeout=420)
             finally:
                 follower.close()
             current.kill9()  # the run is left "running": whoever wins the race resumes it
+            since = log_records(home / "events.log")[-1][2]["seq"] + 1
             winner, loser = race(home, round_no)
             if current is not daemon:
                 current.stop()

@@ -16,7 +16,6 @@ from reliability_helpers import (
     Follower,
     assert_exact_run,
     flip_byte,
-    head_seq,
     log_records,
     reference_losses,
     report,
@@ -54,29 +53,32 @@ def test_damaged_log_and_checkpoint_tails_recover_exactly(daemon: Daemon, home: 
     def checkpoint_at(n: int):  # type: ignore[no-untyped-def]
         return lambda e: e.get("run_id") == run_id and e["kind"] == "checkpoint" and e["step"] == n
 
-    def torn_last_header() -> str:
+    # Each damage returns what it did and the seq of the first record it spoiled: the daemon cuts
+    # the log back to just before it, so the next events it logs start at that seq.
+    def torn_last_header() -> tuple[str, int]:
         offset, _, event = log_records(log)[-1]
         truncate(log, offset + 5)  # the crash tore the last record's 8-byte header
-        return f"log torn inside the header of seq {event['seq']} ({event['kind']})"
+        return f"log torn inside the header of seq {event['seq']} ({event['kind']})", event["seq"]
 
-    def cut_inside_checkpoint_event() -> str:
+    def cut_inside_checkpoint_event() -> tuple[str, int]:
         offset, length, event = last_record_of(log, "checkpoint")
         truncate(log, offset + length // 2)
-        return f"log torn inside the last checkpoint event (seq {event['seq']}, step {event['step']})"
+        return f"log torn inside the last checkpoint event (seq {event['seq']}, step {event['step']})", event["seq"]
 
-    def flip_in_checkpoint_event_and_file() -> str:
+    def flip_in_checkpoint_event_and_file() -> tuple[str, int]:
         offset, length, event = last_record_of(log, "checkpoint")
         flip_byte(log, offset + length - 3)
         path = newest_checkpoint(home, run_id)
         flip_byte(path, path.stat().st_size // 2)
-        return f"bit flip in the last checkpoint event (seq {event['seq']}) and in {path.name}"
+        return f"bit flip in the last checkpoint event (seq {event['seq']}) and in {path.name}", event["seq"]
 
-    def flip_last_record_and_truncate_checkpoint() -> str:
+    def flip_last_record_and_truncate_checkpoint() -> tuple[str, int]:
         offset, length, event = log_records(log)[-1]
         flip_byte(log, offset + length - 1)
         path = newest_checkpoint(home, run_id)
         truncate(path, path.stat().st_size // 2)
-        return f"bit flip in the last record (seq {event['seq']}, {event['kind']}) and {path.name} truncated to half"
+        return (f"bit flip in the last record (seq {event['seq']}, {event['kind']}) and {path.name} truncated to half",
+                event["seq"])
 
     rounds = [
         (step_at_least(3), torn_last_header, False),
@@ -85,14 +87,17 @@ def test_damaged_log_and_checkpoint_tails_recover_exactly(daemon: Daemon, home: 
         (step_at_least(7), flip_last_record_and_truncate_checkpoint, True),
     ]
     done = []
+    since = 1  # the first seq the running daemon instance logged (or will log)
     for trigger, damage, checkpoint_damaged in rounds:
-        follower = Follower(home, since=head_seq(home) + 1)
+        # Everything from `since` on happened after the last restart: a trigger met before this
+        # follower started (say the checkpoint was logged while the daemon came up) is still seen.
+        follower = Follower(home, since=since)
         try:
             follower.until(trigger, timeout=420)
         finally:
             follower.close()
         daemon.kill9()
-        what = damage()
+        what, since = damage()
         before_log = daemon.stderr().count(LOG_WARNING)
         before_ckpt = daemon.stderr().count(CKPT_WARNING)
         daemon.start()

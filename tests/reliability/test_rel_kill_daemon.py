@@ -16,16 +16,25 @@ from reliability_helpers import (
     LONG,
     Follower,
     assert_exact_run,
-    head_seq,
+    log_records,
     reference_losses,
     report,
     seeded,
     start_run,
     total_steps,
     wait_done,
+    worker_pid,
 )
 
 pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
+
+
+def alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie nobody reaped yet counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def kill_plan() -> list[tuple[float, str, int]]:
@@ -49,8 +58,11 @@ def test_kill9_daemon_at_many_points_resumes_exactly(daemon: Daemon, home: Path)
     run_id = start_run(home, GROWTH_RUN, "kill9-daemon")
     plan = kill_plan()
     done: list[dict] = []
+    since = 1  # the first seq the running daemon instance logs
     for _, kind, step in plan:
-        follower = Follower(home, since=head_seq(home) + 1)
+        # From `since`, not from the head when this follower starts: the event a round waits for
+        # may be logged while the restarted daemon comes up, before the follower connects.
+        follower = Follower(home, since=since)
         try:
             if kind == "step":
                 match = lambda e: e.get("run_id") == run_id and e["kind"] == "step" and e["step"] >= step  # noqa: E731
@@ -61,9 +73,16 @@ def test_kill9_daemon_at_many_points_resumes_exactly(daemon: Daemon, home: Path)
             else:  # the tiny stage is closed: the worker is now growing into small (and evaluating it)
                 match = lambda e: e.get("run_id") == run_id and e["kind"] == "stage" and e["status"] == "completed" and e["index"] == 0  # noqa: E731
             seen = follower.until(match, timeout=420)
+            worker = worker_pid(daemon)
             daemon.kill9()  # the worker dies with it (PR_SET_PDEATHSIG)
         finally:
             follower.close()
+        # No worker is left training (and writing checkpoints) without its daemon.
+        deadline = time.monotonic() + 60
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(worker), f"worker {worker} outlived the kill -9 of its daemon"
+        since = log_records(home / "events.log")[-1][2]["seq"] + 1  # a kill -9 tears nothing written
         restarted = time.monotonic()
         daemon.start()
         evs = [e for e in events(home) if e.get("run_id") == run_id]

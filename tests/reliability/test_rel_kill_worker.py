@@ -16,7 +16,6 @@ from reliability_helpers import (
     TINY_RUN,
     Follower,
     assert_exact_run,
-    head_seq,
     reference_losses,
     report,
     seeded,
@@ -36,8 +35,10 @@ def test_kill9_worker_repeatedly_fails_then_resumes_exactly(daemon: Daemon, home
     run_id = start_run(home, TINY_RUN, "kill9-worker")
     points = sorted(seeded("kill-worker").sample(range(1, total_steps(TINY_RUN)), 6 if LONG else 3))
     kills = []
+    since = 1  # everything after the previous failure (not the head when the follower starts:
+    # the resumed run may reach the next kill point before the follower connects)
     for step in points:
-        follower = Follower(home, since=head_seq(home) + 1)
+        follower = Follower(home, since=since)
         try:
             follower.until(lambda e: e.get("run_id") == run_id and e["kind"] == "step" and e["step"] >= step, timeout=420)
             pid = worker_pid(daemon)
@@ -46,6 +47,7 @@ def test_kill9_worker_repeatedly_fails_then_resumes_exactly(daemon: Daemon, home
         finally:
             follower.close()
         assert failed["status"] == "failed", failed
+        since = failed["seq"] + 1
         assert "SIGKILL" in failed["reason"], failed["reason"]
         status = ctl(home, "status", run_id).stdout
         assert "failed" in status and "SIGKILL" in status, status  # the reason is shown to the user

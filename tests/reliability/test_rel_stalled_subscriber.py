@@ -82,7 +82,7 @@ def test_run_trains_to_its_end_while_a_reader_is_stopped_and_the_reader_catches_
     daemon.start()
     stalled = EventStream(home, since=1)
     try:
-        run_id = start_run(home, ("--start", "tiny", "--end", "tiny", "--steps", "6", "--checkpoint-every", "3",
+        run_id = start_run(home, ("--start", "tiny", "--end", "tiny", "--steps", "3", "--checkpoint-every", "2",
                                   "--no-hybrid"), "stall")
         first = stalled.next(timeout=120)
         assert first is not None and first["seq"] == 1  # it is subscribed and reading

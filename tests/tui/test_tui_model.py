@@ -6,11 +6,10 @@ import math
 from pathlib import Path
 
 import pytest
-from tui_stream import OTHER_ID, RUN_ID, STEPS_PER_STAGE, stream, write_run_folder
+from tui_stream import OTHER_ID, RUN_ID, STEPS_PER_STAGE, T0, stream, write_run_folder
 
 from tritter.clients.tui.model import Monitor, RunsDirSource, StageMark, ViewState, eta_seconds, load_runs_dir
 from tritter.protocol.events import RunEvent, StepEvent
-from tritter.protocol.state import RunState, fold
 
 
 def folded(events: list) -> Monitor:
@@ -20,14 +19,21 @@ def folded(events: list) -> Monitor:
     return monitor
 
 
-def test_apply_is_the_protocol_fold_plus_history() -> None:
+def test_apply_folds_the_stream_and_keeps_the_history() -> None:
     events = stream()
     monitor = folded(events)
-    expected: dict[str, RunState] = {}
-    for event in events:
-        fold(expected, event)
-    assert monitor.runs == expected  # the same picture the daemon has
-    assert monitor.last_seq == events[-1].seq
+    # Worked by hand from tui_stream.stream(): 2 stages x 30 steps, loss = 9 e^(-step/25) + 1
+    # (falling, so the best is the last), phases per step-in-stage (30 % 4 == 2: predict),
+    # 11 predicted steps per stage, 0.5 s apart from T0, 2,048 tokens per step.
+    assert list(monitor.runs) == [RUN_ID]
+    state = monitor.runs[RUN_ID]
+    last_loss = 9.0 * math.exp(-60 / 25) + 1.0  # 1.81646...
+    assert (state.run_name, state.status, state.current_stage, state.current_step) == ("grow-demo", "completed", "small", 60)
+    assert (state.current_phase, state.total_forward, state.predicted_steps, state.total_backward) == ("predict", 60, 22, 38)
+    assert state.current_loss == pytest.approx(last_loss) and state.best_loss == pytest.approx(last_loss)
+    assert state.best_step == 60 and state.tokens_per_s == 4096.0
+    assert state.started == T0 and state.updated == T0 + 30.0
+    assert monitor.last_seq == len(events) == events[-1].seq
 
     history = monitor.history[RUN_ID]
     assert list(history.steps) == list(range(1, 2 * STEPS_PER_STAGE + 1))

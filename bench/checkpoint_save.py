@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Checkpoint saves that don't stall training: save time and training-loop stall, side by side.
+
+For one preset's full training state on CPU (weights + AdamW moments after one step, plus RNG),
+each round measures, in this order and on the same tensors:
+
+* ``save_file_s`` — ``safetensors.torch.save_file`` of the snapshot's tensors (no fsync, no
+  hashing: the library's own speed, the reference the issue names);
+* ``save_file_fsync_s`` — the same plus an fsync: the durable reference (a checkpoint that a
+  power loss can take is not one resume may trust);
+* ``save_s`` — tritter's whole save: ``snapshot_checkpoint`` (host copy) + ``write_snapshot``
+  (one streaming pass: XXH3 content digest, SHA-256 of the file while writing, fsync, rename);
+* ``stall_s`` — what the training loop waits for with background saving: the snapshot alone
+  (``BackgroundWriter`` writes the file on its own thread);
+* ``legacy_s`` — the save before this change: SHA-256 content digest, ``save_file``, fsync, then
+  the file read back and hashed.
+
+Ratios (medians over ``--rounds``): ``save_ratio`` = save ÷ save_file (target ≤ 1.2) and
+``stall_ratio`` = stall ÷ save (target ≤ 0.2); ``durable_ratio`` = save ÷ save_file_fsync;
+``legacy_ratio`` = legacy ÷ save_file.
+
+    .venv/bin/python bench/checkpoint_save.py --quick --json     # small preset, 3 rounds
+    .venv/bin/python bench/checkpoint_save.py --json             # 100m preset (~1.2 GB), 3 rounds
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from tritter.daemon.engine.checkpoint import HostBuffers, snapshot_checkpoint, write_snapshot
+from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
+from tritter.daemon.engine.trainer import make_optimizer
+from tritter.formats.files import file_sha256
+from tritter.recipe.presets import get_preset
+
+
+def log(msg: str) -> None:
+    print(f"[checkpoint_save] {msg}", file=sys.stderr, flush=True)
+
+
+def _state(preset_name: str) -> tuple[LlamaForCausalLM, torch.optim.Optimizer]:
+    preset = get_preset(preset_name)
+    model = LlamaForCausalLM(preset.shape)
+    init_weights(model, torch.Generator().manual_seed(0))
+    opt = make_optimizer(model, preset)
+    for p in model.parameters():  # one AdamW step on small gradients creates both moments
+        p.grad = torch.full_like(p, 1e-3)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return model, opt
+
+
+def _legacy_save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key]
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    save_file(tensors, str(path), metadata=dict(metadata, **{"content.sha256": h.hexdigest()}))
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    return file_sha256(path)
+
+
+def _save_file_durable(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    save_file(tensors, str(path), metadata=metadata)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", help="preset whose state is saved (default 100m; small with --quick)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--dir", help="where to write (default: a temp folder on the same disk as ./)")
+    parser.add_argument("--json", action="store_true", help="(the last line is JSON either way)")
+    args = parser.parse_args()
+    preset = args.preset or ("small" if args.quick else "100m")
+    model, opt = _state(preset)
+    folder = Path(tempfile.mkdtemp(prefix="ckpt-bench-", dir=args.dir or "."))
+    buffers = HostBuffers()  # as the trainer keeps them: the first snapshot allocates, later ones copy
+    snapshot_checkpoint(model, opt, {"step": -1}, buffers=buffers)
+    rows: dict[str, list[float]] = {"save_file_s": [], "save_file_fsync_s": [], "save_s": [], "stall_s": [], "legacy_s": []}
+    nbytes = 0
+    try:
+        for r in range(args.rounds):
+            snapshot = snapshot_checkpoint(model, opt, {"step": r})  # private: stays intact below
+            nbytes = snapshot.nbytes
+            rows["save_file_s"].append(_timed(lambda: save_file(snapshot.tensors, str(folder / "ref.safetensors"), metadata=snapshot.metadata)))
+            (folder / "ref.safetensors").unlink()
+            rows["save_file_fsync_s"].append(_timed(lambda: _save_file_durable(folder / "ref.safetensors", snapshot.tensors, snapshot.metadata)))
+            (folder / "ref.safetensors").unlink()
+            rows["stall_s"].append(_timed(lambda: snapshot_checkpoint(model, opt, {"step": r}, buffers=buffers)))
+            rows["save_s"].append(_timed(lambda: write_snapshot(folder / "new.safetensors", snapshot_checkpoint(model, opt, {"step": r}, buffers=buffers))))
+            (folder / "new.safetensors").unlink()
+            rows["legacy_s"].append(_timed(lambda: _legacy_save(folder / "old.safetensors", snapshot.tensors, snapshot.metadata)))
+            (folder / "old.safetensors").unlink()
+            log(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in rows.items()))
+    finally:
+        for p in folder.iterdir():
+            p.unlink()
+        folder.rmdir()
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    result = {
+        "bench": "checkpoint_save",
+        "preset": preset,
+        "bytes": nbytes,
+        "rounds": args.rounds,
+        **{k: round(v, 4) for k, v in med.items()},
+        "save_ratio": round(med["save_s"] / med["save_file_s"], 3),
+        "stall_ratio": round(med["stall_s"] / med["save_s"], 3),
+        "durable_ratio": round(med["save_s"] / med["save_file_fsync_s"], 3),
+        "legacy_ratio": round(med["legacy_s"] / med["save_file_s"], 3),
+        "save_ratio_range": [round(a / b, 3) for a, b in sorted(zip(rows["save_s"], rows["save_file_s"]), key=lambda x: x[0] / x[1])[:: max(1, args.rounds - 1)]],
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

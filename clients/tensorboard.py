@@ -1,0 +1,215 @@
+"""``tritter-tensorboard``: TensorBoard event files for every run, ``HOME/tensorboard/<run_id>/``.
+
+A bus sink (``clients/sink_base.py``) like the recorder: standalone or supervised by tritterd
+(``--with-tensorboard``), ``--home`` or ``--connect``.  Scalars use ``step`` = the run's global
+optimizer step and the event's own time as wall time:
+
+- ``train/loss``, ``train/lr``, ``train/grad_norm``, ``train/tokens_per_s``, ``train/step_time_ms``;
+- ``hybrid/predicted`` (1 on a predicted step, 0 otherwise: the predicted-step markers) and
+  ``hybrid/prediction_error``;
+- ``eval/loss``, ``eval/perplexity`` (periodic held-out eval), ``stage/eval_loss`` and
+  ``stage/index`` at each stage start and end (the stage boundaries), with a text note;
+- ``system/*`` and ``gpu<i>/*``; samples and alerts as text.
+
+Exactly once, across its own ``kill -9`` and daemon restarts: the state file
+``HOME/tensorboard/.tritter-tensorboard.json`` holds the last seq handled *and* the committed
+size of every event file written (saved only after the writers are flushed and fsynced).  On
+start, each event file is cut back to its committed size, and a file the state does not know
+(opened after the last save) is removed; the bus then re-delivers everything after that seq.
+So no record is ever in a file twice, and none is missing.  Each start writes new files with
+its own session number in the name (TensorBoard reads all files of a folder, in name order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+from tensorboardX import SummaryWriter
+
+from tritter.clients.sink_base import Sink, SinkSettings, sink_main, sink_parser
+from tritter.clients.target import Target
+from tritter.formats.files import atomic_write
+from tritter.protocol.events import (
+    AlertEvent,
+    AnyEvent,
+    EvalEvent,
+    RunEvent,
+    SampleEvent,
+    StageEvent,
+    StepEvent,
+    SystemEvent,
+)
+from tritter.protocol.home import Layout
+
+log = logging.getLogger("tritter-tensorboard")
+
+STATE_FILE = ".tritter-tensorboard.json"
+EVENT_FILE_PREFIX = "events.out.tfevents."
+TERMINAL = frozenset({"completed", "failed", "stopped"})
+
+
+class _State(msgspec.Struct):
+    seq: int = 0
+    session: int = 0
+    files: dict[str, int] = {}  # event file path relative to the logdir -> committed bytes
+
+
+@dataclass
+class _Writer:
+    writer: SummaryWriter
+    path: Path  # its event file
+
+
+class TensorBoardSink(Sink[SinkSettings]):
+    """Writes each run's scalars and texts with tensorboardX (see the module docstring)."""
+
+    name = "tritter-tensorboard"
+    lock_file = "tensorboard.lock"
+    cursor_file = None  # the cursor lives in the state file, with the committed file sizes
+    redo_note = "event files are rebuilt from seq 1"
+
+    def __init__(self, layout: Layout, settings: SinkSettings | None = None, source: Target | None = None) -> None:
+        self.logdir = layout.home / "tensorboard"
+        self.state = _State()
+        super().__init__(layout, settings, source)
+        self.writers: dict[str, _Writer] = {}
+
+    def describe(self) -> str:
+        return f"writing TensorBoard event files under {self.logdir}"
+
+    # -- state ------------------------------------------------------------------------------------
+    def load_cursor(self) -> int:
+        path = self.logdir / STATE_FILE
+        try:
+            self.state = msgspec.json.decode(path.read_bytes(), type=_State)
+        except FileNotFoundError:
+            self.state = _State()
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("%s is unreadable; %s", path, self.redo_note)
+            self.state = _State(files={})
+        return self.state.seq
+
+    def save_progress(self) -> None:
+        """Flush and fsync every open event file, record their sizes, then the seq (atomically)."""
+        for entry in self.writers.values():
+            self._commit(entry)
+        self.state.seq = self.cursor
+        atomic_write(self.logdir / STATE_FILE, msgspec.json.encode(self.state))
+
+    def _commit(self, entry: _Writer) -> None:
+        entry.writer.flush()  # tensorboardX queues records for its writer thread: wait for them
+        with open(entry.path, "rb") as handle:
+            os.fsync(handle.fileno())
+            self.state.files[entry.path.relative_to(self.logdir).as_posix()] = os.fstat(handle.fileno()).st_size
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._sweep)
+
+    def _sweep(self) -> None:
+        """Cut every event file back to what the state committed; drop files it never committed."""
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        for path in sorted(self.logdir.glob(f"*/{EVENT_FILE_PREFIX}*")):
+            committed = self.state.files.get(path.relative_to(self.logdir).as_posix())
+            if committed is None:
+                log.info("removing %s: written after the last saved state, its events come again", path)
+                path.unlink()
+            elif path.stat().st_size > committed:
+                log.info("cutting %s back to %d bytes (the last saved state)", path, committed)
+                os.truncate(path, committed)
+        self.state.session += 1  # new files of this start sort after the older ones of the same second
+
+    # -- events -------------------------------------------------------------------------------------
+    async def on_event(self, event: AnyEvent) -> None:
+        if isinstance(event, RunEvent):
+            if event.status in TERMINAL and event.run_id in self.writers:
+                await asyncio.to_thread(self._close_run, event.run_id)
+            return
+        if not isinstance(event, StepEvent | EvalEvent | StageEvent | SampleEvent | SystemEvent | AlertEvent):
+            return
+        await asyncio.to_thread(self._write, event)
+
+    def _writer(self, run_id: str) -> SummaryWriter:
+        entry = self.writers.get(run_id)
+        if entry is None:
+            folder = self.logdir / run_id
+            suffix = f".s{self.state.session:06d}"
+            writer = SummaryWriter(logdir=str(folder), filename_suffix=suffix, flush_secs=3600, max_queue=10_000)
+            writer.flush()  # the file (and its version header) exists from here on
+            paths = sorted(folder.glob(f"{EVENT_FILE_PREFIX}*{suffix}"))
+            entry = self.writers[run_id] = _Writer(writer, paths[-1])
+        return entry.writer
+
+    def _close_run(self, run_id: str) -> None:
+        entry = self.writers.pop(run_id)
+        self._commit(entry)  # its size must be known before the file is let go
+        entry.writer.close()
+
+    def _write(self, event: AnyEvent) -> None:
+        w = self._writer(event.run_id)
+        ts = event.ts
+        if isinstance(event, StepEvent):
+            step = event.step
+            for tag, value in (("train/loss", event.loss), ("train/lr", event.lr), ("train/grad_norm", event.gradient_norm),
+                               ("train/tokens_per_s", event.tokens_per_s), ("train/step_time_ms", event.step_time_ms),
+                               ("hybrid/predicted", 1.0 if event.was_predicted else 0.0)):
+                w.add_scalar(tag, value, step, walltime=ts)
+            if event.prediction_error is not None:
+                w.add_scalar("hybrid/prediction_error", event.prediction_error, step, walltime=ts)
+        elif isinstance(event, EvalEvent):
+            w.add_scalar("eval/loss", event.loss, event.step, walltime=ts)
+            w.add_scalar("eval/perplexity", event.perplexity, event.step, walltime=ts)
+        elif isinstance(event, StageEvent):
+            w.add_scalar("stage/index", event.index, event.step, walltime=ts)
+            if event.eval_loss is not None:
+                w.add_scalar("stage/eval_loss", event.eval_loss, event.step, walltime=ts)
+            grown = f", grown from {event.grown_from}" if event.grown_from else ""
+            w.add_text("stages", f"stage {event.index} **{event.stage}** {event.status} at step {event.step} "
+                                 f"({event.params:,} parameters{grown})", event.step, walltime=ts)
+        elif isinstance(event, SampleEvent):
+            for i, sample in enumerate(event.samples):
+                w.add_text(f"samples/{i}", f"**{sample.prompt}**\n\ngreedy: {sample.greedy}\n\n"
+                                           f"sampled (T={sample.temperature:g}, top-k {sample.top_k}): {sample.sampled}",
+                           event.step, walltime=ts)
+        elif isinstance(event, SystemEvent):
+            for tag, value in _system_scalars(event):
+                w.add_scalar(tag, value, event.step, walltime=ts)
+        elif isinstance(event, AlertEvent):
+            w.add_text("alerts", f"**{event.level}** {event.reason} at step {event.step}: {event.message}",
+                       event.step, walltime=ts)
+
+    async def close(self) -> None:
+        for entry in self.writers.values():
+            await asyncio.to_thread(entry.writer.close)
+        self.writers.clear()
+
+
+def _system_scalars(event: SystemEvent) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = [
+        ("system/cpu_percent", event.cpu_percent), ("system/rss_gb", event.rss_bytes / 1e9),
+        ("system/host_memory_used_gb", event.host_memory_used_bytes / 1e9),
+    ]
+    for gpu in event.gpus:
+        for name, value in (("utilization_pct", gpu.utilization_pct),
+                            ("memory_used_gb", None if gpu.memory_used_bytes is None else gpu.memory_used_bytes / 1e9),
+                            ("temperature_c", gpu.temperature_c), ("power_w", gpu.power_w)):
+            if value is not None:
+                out.append((f"gpu{gpu.index}/{name}", float(value)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tritter-tensorboard [--home DIR | --connect URL ...] [--runs-home DIR]``; the exit status."""
+    parser = sink_parser(TensorBoardSink, "Write TensorBoard event files for every run from the event bus.",
+                         "the home whose tensorboard/<run_id>/ to write")
+    return sink_main(TensorBoardSink, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

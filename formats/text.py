@@ -1,0 +1,91 @@
+"""User text (run names, reasons, paths) made safe to show: in a terminal table, a log line,
+or a Markdown model card.
+
+A run may be named ``tab<TAB>name``, ``a|b``, ``名前`` or contain an escape sequence.  Shown raw,
+a tab or a wide character shifts every column after it, a newline or ``|`` breaks a Markdown
+table, and ``ESC [`` can rewrite the user's terminal.  So: control characters are shown escaped
+(``\\t``, ``\\x1b``), widths are terminal cells measured with ``wcwidth`` (the library terminals'
+own tables follow), and Markdown table cells escape ``|``.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from wcwidth import wcswidth, wcwidth
+
+ELLIPSIS = "…"
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+# Bidirectional overrides and isolates reorder what follows them on screen ("Trojan Source").
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character escaped: ``\\t``, ``\\n``, ``\\r``, else ``\\xNN`` /
+    ``\\uNNNN`` (C0, DEL, C1, line/paragraph separators, bidi overrides).  Other text is kept.
+
+    Returns a string that occupies one line and cannot move the cursor or restyle a terminal.
+    """
+    if text.isprintable() and not _BIDI.intersection(text):
+        return text
+    out = []
+    for ch in text:
+        if ch in _NAMED:
+            out.append(_NAMED[ch])
+        elif ch in _BIDI or unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def display_width(text: str) -> int:
+    """Terminal cells ``printable(text)`` occupies (a CJK character is 2, a combining mark 0)."""
+    shown = printable(text)
+    width = wcswidth(shown)
+    return width if width >= 0 else sum(max(0, wcwidth(ch)) for ch in shown)
+
+
+def clip(text: str, cols: int, ellipsis: str = ELLIPSIS) -> str:
+    """``printable(text)`` cut to at most ``cols`` cells; a cut text ends with ``ellipsis``.
+
+    Never splits a wide character over the limit (the cell it would overflow is left empty
+    by ``fit``).  Returns the clipped string (its width may be ``cols - 1`` after a wide char).
+    """
+    shown = printable(text)
+    if display_width(shown) <= cols:
+        return shown
+    room = cols - display_width(ellipsis) if ellipsis else cols
+    out, used = [], 0
+    for ch in shown:
+        w = max(0, wcwidth(ch))
+        if used + w > room:
+            break
+        out.append(ch)
+        used += w
+    return "".join(out) + (ellipsis if cols > 0 and ellipsis else "")
+
+
+def fit(text: str, cols: int, right: bool = False) -> str:
+    """``text`` clipped and padded with spaces to exactly ``cols`` terminal cells.
+
+    ``right`` aligns it to the right.  Returns a string whose ``display_width`` is ``cols``.
+    """
+    shown = clip(text, cols)
+    pad = " " * max(0, cols - display_width(shown))
+    return pad + shown if right else shown + pad
+
+
+def md_cell(text: str) -> str:
+    """``text`` for one cell of a Markdown (GFM) table: control characters escaped, ``|`` and
+    ``\\`` backslash-escaped, so it can neither end the cell nor the row."""
+    return printable(text).replace("\\", "\\\\").replace("|", "\\|")
+
+
+def md_inline(text: str) -> str:
+    """``text`` for a Markdown heading or paragraph: one line, and Markdown's markup characters
+    (``*_`[]<>#|\\``) escaped so a name is shown as typed."""
+    shown = printable(text).replace("\\", "\\\\")
+    for ch in "*_`[]<>#|":
+        shown = shown.replace(ch, "\\" + ch)
+    return shown

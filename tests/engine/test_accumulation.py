@@ -1,0 +1,179 @@
+"""Gradient accumulation: micro-batches add up to the global batch (in the step function, in the
+trainer, and under DDP with no_sync), exact resume with accumulation, and token budgets."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tritter.daemon.engine import accumulation
+from tritter.daemon.engine import trainer as trainer_module
+from tritter.daemon.engine.hybrid import HybridSettings
+from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
+from tritter.daemon.engine.trainer import Trainer
+from tritter.protocol.config import RunConfig
+from tritter.protocol.events import StageEvent, StepEvent
+from tritter.recipe.presets import ModelShape, Preset, TrainSettings
+
+SHAPE = ModelShape(hidden_size=64, num_layers=2, num_heads=1, intermediate_size=128)
+SEQ = 16
+MICRO = {
+    "tiny": Preset("tiny", SHAPE, TrainSettings(batch_size=2, seq_len=SEQ, lr=3e-3, warmup_steps=2, eval_every=10, checkpoint_every=1000)),
+    "small": Preset(
+        "small",
+        ModelShape(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256),
+        TrainSettings(batch_size=2, seq_len=SEQ, lr=2e-3, warmup_steps=2, eval_every=10, checkpoint_every=1000),
+    ),
+}
+FAST = HybridSettings(history=4, order=2, full_steps=1, predict_run=2, true_run=2, correct_steps=3, max_error=10.0, loss_tolerance=10.0)
+
+
+@pytest.fixture(autouse=True)
+def micro_presets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trainer_module, "get_preset", lambda name: MICRO[name])
+    monkeypatch.setattr(trainer_module, "EVAL_BATCHES", 2)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("token-cache")
+
+
+def _model(seed: int = 0) -> LlamaForCausalLM:
+    model = LlamaForCausalLM(dataclasses.replace(SHAPE, vocab_size=512))
+    init_weights(model, torch.Generator().manual_seed(seed))
+    return model
+
+
+def _batch(rows: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.randint(0, 512, (rows, SEQ + 1), generator=torch.Generator().manual_seed(seed))
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def test_four_micro_batches_of_four_equal_one_batch_of_sixteen() -> None:
+    """CPU, fp32, same data order: loss and accumulated gradient are the big batch's within 1e-5,
+    and so is an SGD step on them.  (AdamW's first step, ~lr * sign(g), would turn rounding noise
+    in near-zero gradient entries into +-lr differences, which says nothing about accumulation.)"""
+    x, y = _batch(16)
+    results = []
+    for micro in (4, 16):
+        model = _model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss = accumulation.forward_backward(model, accumulation.split(x, y, micro), torch.device("cpu"))
+        grads = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
+        optimizer.step()
+        results.append((float(loss), grads, [p.detach().clone() for p in model.parameters()]))
+    (loss4, grads4, weights4), (loss16, grads16, weights16) = results
+    assert abs(loss4 - loss16) <= 1e-5
+    assert max(float((a - b).abs().max()) for a, b in zip(grads4, grads16)) <= 1e-5
+    assert max(float((a - b).abs().max()) for a, b in zip(weights4, weights16)) <= 1e-5
+    assert any(float(g.abs().max()) > 1e-3 for g in grads16)  # the comparison is not between zeros
+
+
+def run(run_dir: Path, cache: Path, *, steps: int = 6, hybrid: bool = False, stop_at: int | None = None,
+        **config: object) -> tuple[list, Trainer]:
+    events: list = []
+
+    class Controls:
+        def poll(self) -> str | None:
+            return "stop" if stop_at is not None and trainer.progress.step == stop_at else None
+
+        def wait(self) -> str:
+            raise AssertionError("never paused here")
+
+    full = RunConfig(start="tiny", end="tiny", steps=steps, seed=5, hybrid=hybrid, checkpoint_every=4, **config)  # type: ignore[arg-type]
+    trainer = Trainer("acc", full, run_dir, events.append, Controls(), cache, hybrid_settings=FAST)
+    trainer.run()
+    return events, trainer
+
+
+def steps_of(events: list) -> list[StepEvent]:
+    return [e for e in events if isinstance(e, StepEvent)]
+
+
+def test_trainer_accumulation_matches_one_big_batch(tmp_path: Path, cache: Path) -> None:
+    big, _ = run(tmp_path / "big", cache, batch_tokens=16 * SEQ, micro_batch=16)
+    acc, _ = run(tmp_path / "acc", cache, batch_tokens=16 * SEQ, micro_batch=4)
+    started = next(e for e in acc if isinstance(e, StageEvent) and e.status == "started")
+    assert (started.micro_batch, started.accum_steps, started.tokens_per_step, started.steps) == (4, 4, 16 * SEQ, 6)
+    a, b = steps_of(big), steps_of(acc)
+    assert len(a) == len(b) == 6
+    for x, y in zip(a, b):
+        assert abs(x.loss - y.loss) <= 1e-5 and abs(x.gradient_norm - y.gradient_norm) <= 1e-5
+        assert x.tokens == y.tokens
+    assert b[-1].tokens == 6 * 16 * SEQ  # tokens count the global batch of every optimizer step
+
+
+def test_resume_with_accumulation_and_hybrid_is_exact(tmp_path: Path, cache: Path) -> None:
+    settings = dict(batch_tokens=8 * SEQ, micro_batch=2, hybrid=True, steps=12)
+    reference, _ = run(tmp_path / "ref", cache, **settings)  # type: ignore[arg-type]
+    ref = steps_of(reference)
+    assert sum(s.was_predicted for s in ref) >= 2  # predicted steps run their forward over 4 micro-batches
+    first, _ = run(tmp_path / "run", cache, stop_at=7, **settings)  # type: ignore[arg-type]
+    second, resumed = run(tmp_path / "run", cache, **settings)  # type: ignore[arg-type]
+    assert (resumed.progress.micro_batch, resumed.progress.accum) == (2, 4)
+    got = steps_of(first) + steps_of(second)
+    assert [s.step for s in got] == list(range(1, 13))
+    assert [(s.loss, s.was_predicted, s.prediction_error) for s in got] == [
+        (s.loss, s.was_predicted, s.prediction_error) for s in ref
+    ]
+
+
+def test_token_budget_sets_the_stage_length(tmp_path: Path, cache: Path) -> None:
+    budget = 5 * 4 * SEQ + 1  # five steps of 4 sequences and one token more: six steps
+    events, _ = run(tmp_path, cache, tokens=[budget], batch_tokens=4 * SEQ)
+    started = next(e for e in events if isinstance(e, StageEvent) and e.status == "started")
+    assert started.steps == math.ceil(budget / (4 * SEQ)) == 6
+    steps = steps_of(events)
+    assert len(steps) == 6 and steps[-1].tokens >= budget
+
+
+def test_lr_override_sets_the_peak(tmp_path: Path, cache: Path) -> None:
+    events, _ = run(tmp_path, cache, lr=5e-4)
+    assert max(s.lr for s in steps_of(events)) == pytest.approx(5e-4)
+
+
+# --- DDP: no_sync on all but the last micro-batch ------------------------------------------------
+
+
+def _ddp_rank(rank: int, init_file: str, out_dir: str) -> None:
+    torch.use_deterministic_algorithms(True)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(_model())
+        reductions = []
+
+        def counting_hook(state: object, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+            reductions.append(bucket.index())
+            return torch.distributed.algorithms.ddp_comm_hooks.default_hooks.allreduce_hook(None, bucket)
+
+        model.register_comm_hook(None, counting_hook)
+        x, y = _batch(16)
+        mine = slice(rank * 8, (rank + 1) * 8)  # this rank's half of the global batch
+        accumulation.forward_backward(model, accumulation.split(x[mine], y[mine], 2), torch.device("cpu"))
+        grads = [p.grad for p in model.module.parameters()]
+        torch.save({"reductions": reductions, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_all_reduces_once_per_step_and_matches_the_global_batch(tmp_path: Path) -> None:
+    """2 gloo ranks x 4 micro-batches of 2: gradients are all-reduced in one backward only (the
+    last micro-batch's), and equal the single-process gradient of all 16 sequences within 1e-5."""
+    mp.spawn(_ddp_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    model = _model()
+    x, y = _batch(16)
+    accumulation.forward_backward(model, [(x, y)], torch.device("cpu"))
+    for got in ranks:
+        buckets = got["reductions"]
+        assert buckets and len(buckets) == len(set(buckets))  # each bucket reduced once: one synced backward
+        for mine, expected in zip(got["grads"], model.parameters()):
+            assert float((mine - expected.grad).abs().max()) <= 1e-5
