@@ -12,8 +12,9 @@ Figures (the last printed line is one JSON object):
   ``tokenizers.Tokenizer.encode_batch`` on the same text already in memory (the same 64k-char
   pieces), both on every core, measured alternately in one run (best of ``--pairs``).  Target
   >= 0.9.  ``mb_s_1_worker`` / ``mb_s_all_workers``: tritter with RAYON_NUM_THREADS=1 / unset.
-- ``sampler_share``: time of one ``Batches.next()`` for the 100m preset's batch shape (32 x 1024),
-  read from shards, / the 100m step time of a GPU, estimated as 6 x params x tokens (+ attention,
+- ``sampler_share``: time the training loop waits in ``Batches.next()`` (with the trainer's
+  prefetch; ``..._no_prefetch`` without) for the 100m preset's batch shape (32 x 1024), read from
+  shards, while a simulated step (sleep) runs between batches, / the 100m step time of a GPU, estimated as 6 x params x tokens (+ attention,
   PaLM appendix B) / (989 TFLOP/s bf16 x 50% MFU) -- a fast step, so a pessimistic share (there is
   no GPU here to time one).  Target < 1%.
 
@@ -111,12 +112,6 @@ def child_sampler(corpus: str, cache: str, iterations: int) -> dict:
 
     preset = get_preset("100m")
     data = load_token_data(Path(cache), Path(corpus))
-    batches = Batches(data.train, preset.train.batch_size, preset.train.seq_len, seed=0)
-    batches.next()  # the epoch permutation, once per epoch
-    started = time.perf_counter()
-    for _ in range(iterations):
-        x, y = batches.next()
-    per_batch = (time.perf_counter() - started) / iterations
     shape = preset.shape
     with torch.device("meta"):
         params = count_parameters(LlamaForCausalLM(shape))
@@ -124,8 +119,22 @@ def child_sampler(corpus: str, cache: str, iterations: int) -> dict:
     # PaLM (Chowdhery et al. 2022, appendix B): 6N + 12 L H Q T FLOPs per token for forward+backward.
     flops = tokens * (6 * params + 12 * shape.num_layers * shape.num_heads * shape.head_dim * preset.train.seq_len)
     step = flops / (H200_BF16_FLOPS * ASSUMED_MFU)
-    return {"sampler_ms": per_batch * 1e3, "step_ms_estimate": step * 1e3, "params": params,
-            "batch_shape": list(x.shape), "windows": batches.windows_per_epoch}
+    out: dict = {"step_ms_estimate": step * 1e3, "params": params}
+    for prefetch in (False, True):
+        batches = Batches(data.train, preset.train.batch_size, preset.train.seq_len, seed=0, prefetch=prefetch)
+        batches.next()  # the epoch permutation, once per epoch
+        waited = cpu = 0.0
+        for _ in range(iterations):
+            t0, c0 = time.perf_counter(), time.process_time()
+            x, y = batches.next()  # what the training loop waits for
+            waited += time.perf_counter() - t0
+            cpu += time.process_time() - c0
+            time.sleep(step)  # the GPU step: the training thread waits on the device meanwhile
+        key = "prefetch" if prefetch else "sync"
+        out[f"sampler_ms_{key}"] = waited / iterations * 1e3
+        out[f"sampler_cpu_ms_{key}"] = cpu / iterations * 1e3
+    out["batch_shape"] = list(x.shape)
+    return out
 
 
 def run_child(args: list[str], env: dict[str, str] | None = None) -> dict:
@@ -144,6 +153,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small corpora (2/20 MB, 5 MB line, 2 MB speed)")
     parser.add_argument("--json", action="store_true", help="only the JSON line")
     parser.add_argument("--pairs", type=int, default=0, help="baseline/tritter speed pairs (default 1 quick, 2 full)")
+    parser.add_argument("--sizes", metavar="SMALL,BIG,LINE,SPEED",
+                        help="corpus sizes in MB instead of the defaults (40,400,50,20; quick 2,20,5,2)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -153,6 +164,8 @@ def main() -> None:
         print(json.dumps(result))
         return
     small, big, line_mb, speed_mb = (2, 20, 5, 2) if args.quick else (40, 400, 50, 20)
+    if args.sizes:
+        small, big, line_mb, speed_mb = (float(v) for v in args.sizes.split(","))
     pairs = args.pairs or (1 if args.quick else 2)
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
     tmp = Path(tempfile.mkdtemp(prefix="tritter-bench-data-"))
@@ -168,8 +181,9 @@ def main() -> None:
         one = run_child(["tokenize", str(speed_corpus), str(tmp / "cache-one")], {"RAYON_NUM_THREADS": "1"})
         mb_s_1 = one["bytes"] / one["seconds"] / 1e6
         say(f"tritter with 1 worker: {mb_s_1:.2f} MB/s")
-        sampler = run_child(["sampler", str(speed_corpus), str(tmp / "cache-speed-0"), "200"])
-        say(f"sampler {sampler['sampler_ms']:.3f} ms per 100m batch, step estimate {sampler['step_ms_estimate']:.1f} ms")
+        sampler = run_child(["sampler", str(speed_corpus), str(tmp / "cache-speed-0"), "100"])
+        say(f"sampler {sampler['sampler_ms_prefetch']:.3f} ms waited per 100m batch with prefetch "
+            f"({sampler['sampler_ms_sync']:.3f} ms without), step estimate {sampler['step_ms_estimate']:.1f} ms")
 
         rss = {}
         for mb in (small, big):
@@ -196,9 +210,12 @@ def main() -> None:
         "mb_s_1_worker": round(mb_s_1, 3),
         "workers": os.cpu_count(),
         "speed_corpus_mb": speed_mb,
-        "sampler_ms": round(sampler["sampler_ms"], 4),
+        "sampler_ms": round(sampler["sampler_ms_prefetch"], 4),
+        "sampler_ms_no_prefetch": round(sampler["sampler_ms_sync"], 4),
+        "sampler_cpu_ms_no_prefetch": round(sampler["sampler_cpu_ms_sync"], 4),
         "step_ms_estimate": round(sampler["step_ms_estimate"], 2),
-        "sampler_share": round(sampler["sampler_ms"] / sampler["step_ms_estimate"], 5),
+        "sampler_share": round(sampler["sampler_ms_prefetch"] / sampler["step_ms_estimate"], 5),
+        "sampler_share_no_prefetch": round(sampler["sampler_ms_sync"] / sampler["step_ms_estimate"], 5),
         "load_average": round(os.getloadavg()[0], 1),
         "quick": args.quick,
     }

@@ -70,6 +70,7 @@ def _profiled_peak(prof) -> int | None:
 def child(args: argparse.Namespace) -> None:
     import torch
 
+    from tritter.daemon.engine.device import autocast
     from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
     from tritter.daemon.engine.seeding import stage_generator
     from tritter.daemon.engine.trainer import make_optimizer
@@ -84,7 +85,12 @@ def child(args: argparse.Namespace) -> None:
     model.to(device)
     model.set_grad_checkpointing(args.every)
     model.train()
-    opt = make_optimizer(model, preset)  # the trainer's AdamW (decay on matrices only)
+    # The trainer's AdamW (decay on matrices only), fused on CUDA as the trainer makes it.
+    opt = make_optimizer(model, preset, fused=device.type == "cuda")
+    if args.hybrid:  # the hybrid predictor's state lives beside the weights in real runs
+        from tritter.daemon.engine.hybrid import HybridController
+
+        hybrid = HybridController(model, opt)  # noqa: F841 - kept alive for the memory figures
     gen = torch.Generator().manual_seed(args.seed)
     ids = torch.randint(0, preset.shape.vocab_size, (args.batch, args.seq + 1), generator=gen).to(device)
     x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
@@ -94,7 +100,8 @@ def child(args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
 
     def step() -> float:
-        loss = model(x, labels=y)
+        with autocast(device):  # bf16 on CUDA, as the trainer runs; fp32 on CPU
+            loss = model(x, labels=y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), preset.train.grad_clip)
         opt.step()
@@ -112,7 +119,8 @@ def child(args: argparse.Namespace) -> None:
         sync()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        loss = model(x, labels=y)
+        with autocast(device):
+            loss = model(x, labels=y)
         loss.backward()
         sync()
         out["peak_bytes"] = torch.cuda.max_memory_allocated() - base
@@ -154,6 +162,8 @@ def run_case(args: argparse.Namespace, preset: str, batch: int, seq: int) -> dic
                "--batch", str(batch), "--seq", str(seq), "--steps", str(args.steps), "--seed", str(args.seed)]
         if args.cuda:
             cmd.append("--cuda")
+        if args.hybrid:
+            cmd.append("--hybrid")
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         t0 = time.perf_counter()
@@ -191,13 +201,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="batch size (default: per case)")
     ap.add_argument("--seq", type=int, default=None, help="sequence length (default: per case)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per N (default 5, quick 2)")
-    ap.add_argument("--cuda", action="store_true", help="run on CUDA (torch.cuda.max_memory_allocated)")
+    ap.add_argument("--cuda", action="store_true", help="run on CUDA as the trainer does: bf16 autocast, fused AdamW, hybrid state (torch.cuda.max_memory_allocated)")
+    ap.add_argument("--hybrid", action=argparse.BooleanOptionalAction, default=None, help="allocate the hybrid predictor's state (default: with --cuda)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print only the final JSON line")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--every", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.hybrid is None:
+        args.hybrid = args.cuda  # measure what a real --cuda run holds
 
     if args.child:
         args.batch = args.batch or 1

@@ -94,11 +94,12 @@ def main() -> None:
     torch.manual_seed(0)
     if args.quick:
         args.rounds, args.steps = 3, 5
-    results = [measure(p, args.rounds, args.steps, args.cache) for p in args.presets.split(",")]
-    for r in results:
+    results = []
+    for name in args.presets.split(","):
+        results.append(r := measure(name, args.rounds, args.steps, args.cache))
         print(f"{r['preset']:<6} step {r['step_s'] * 1000:.0f} ms · eval {r['eval_s'] * 1000:.0f} ms every {r['eval_every']} "
               f"-> {r['eval_overhead']:.1%} · sample {r['sample_s'] * 1000:.0f} ms every {r['sample_every']} "
-              f"-> {r['sample_overhead']:.1%}")
+              f"-> {r['sample_overhead']:.1%}", flush=True)
     if args.json:
         print(json.dumps({"results": results, "threads": torch.get_num_threads()}))
 

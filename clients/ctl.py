@@ -1,4 +1,4 @@
-"""``tritterctl``: drive the daemon (start, runs, status, wait, stop, pause, resume, checkpoint, upload, events).
+"""``tritterctl``: drive the daemon (start, runs, status, wait, stop, pause, resume, checkpoint, extend, upload, events; plan needs no daemon).
 
 Exit codes (the convention of every tritter command, docs/operations.md): 0 success (for
 ``wait``: the run completed); 1 ``wait``: the run failed, was stopped, or paused itself (a full
@@ -211,12 +211,21 @@ def format_runs(runs: Sequence[RunState]) -> str:
     return "\n".join(lines)
 
 
+def _budget_text(c: RunConfig) -> str:
+    """``200 steps each``, ``100,300 steps`` or ``1B,2B tokens`` (recipe/budget.py)."""
+    if c.tokens:
+        return ",".join(f"{t / 1e9:g}B" if t >= 10**9 else f"{t / 1e6:g}M" if t >= 10**6 else str(t) for t in c.tokens) + " tokens"
+    if c.stage_steps:
+        return ",".join(map(str, c.stage_steps)) + " steps"
+    return f"{c.steps} steps each"
+
+
 def format_status(r: RunState) -> str:
     c = r.config
     lines = [
         f"run        {r.run_id}  ({r.run_name})",
         f"status     {queue_status(r, long=True)}" + (f": {r.error}" if r.error else ""),
-        f"stages     {' -> '.join(c.stages())}, {c.steps} steps each, seed {c.seed}, "
+        f"stages     {' -> '.join(c.stages())}, {_budget_text(c)}, seed {c.seed}, "
         f"{'hybrid' if c.hybrid else 'no-hybrid'}, {'cuda' if c.cuda else 'cpu'}, corpus {c.corpus or 'embedded'}",
         f"progress   step {_progress(r)}, stage {r.current_stage or '-'}, phase {r.current_phase or '-'}"
         + (f", {r.step_ms / 1000:.2f} s/step recently, ETA {_duration(eta)}" if (eta := eta_seconds(r)) is not None else ""),

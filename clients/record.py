@@ -7,6 +7,12 @@ saving its cursor never writes that line twice, and a torn last line is cut away
 
 Built on ``clients/sink_base.py`` (lock, cursor, subscription, signals).  Lines are written
 through ``aiofiles`` and fsynced in a worker thread, so a slow disk never stalls the bus.
+
+``metrics.jsonl`` is a projection of the event log, so a file that lost lines is rebuilt from
+it, each step exactly once (``rebuild``): at start, for every run whose events the cursor has
+passed but whose file ends before its last step (deleted, or truncated, while no recorder ran);
+while running, when a step arrives more than one past the file's last line, and when the file
+was deleted or replaced under the open recorder (checked at each save).
 """
 
 from __future__ import annotations
@@ -21,10 +27,13 @@ import aiofiles
 import msgspec
 from aiofiles.threadpool.binary import AsyncFileIO
 
+from tritter.clients.connection import Connection, DaemonUnavailable, RequestFailed
 from tritter.clients.sink_base import Sink, SinkSettings, sink_main, sink_parser
+from tritter.clients.subscription import Subscription
 from tritter.clients.target import Target
 from tritter.clients.monitoring_cli import RECORD_FILES, monitoring_record
 from tritter.protocol.events import AnyEvent, EvalEvent, SampleEvent, StepEvent, metrics_record
+from tritter.protocol.control import Runs
 from tritter.protocol.home import Layout
 from tritter.protocol.wire import ProtocolError
 
@@ -107,6 +116,32 @@ class MetricsFile:
         await self._file.close()
 
 
+def last_step_in(path: Path) -> int:
+    """The step of ``path``'s last whole line (0 for a missing or empty file, or an unreadable
+    last line, which ``MetricsFile.open`` then handles).  Blocking: call it in a thread."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - (1 << 16)))
+            tail = f.read()
+    except FileNotFoundError:
+        return 0
+    lines = tail[: tail.rfind(b"\n") + 1].rstrip(b"\n").rsplit(b"\n", 1)
+    try:
+        return int(msgspec.json.decode(lines[-1])["step"]) if lines[-1] else 0
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+        return 0
+
+
+def same_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not deleted, not replaced)."""
+    try:
+        here, ours = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino)
+
+
 class Recorder(Sink[SinkSettings]):
     """The metrics recorder sink: one ``metrics.jsonl`` line per ``step`` event, exactly once."""
 
@@ -118,6 +153,7 @@ class Recorder(Sink[SinkSettings]):
     def __init__(self, layout: Layout, settings: SinkSettings | None = None, source: Target | None = None) -> None:
         super().__init__(layout, settings, source)
         self.files: dict[str, MetricsFile] = {}  # run id -> its open metrics.jsonl
+        self._gone: set[str] = set()  # keys of files deleted/replaced under us: reopen (and rebuild)
 
     def describe(self) -> str:
         return f"recording metrics under {self.layout.runs}"
@@ -127,6 +163,8 @@ class Recorder(Sink[SinkSettings]):
         """A ``step`` event becomes one line of ``runs/<run_id>/metrics.jsonl``; others are skipped."""
         if isinstance(event, StepEvent):
             metrics = await self.metrics_file(event.run_id)
+            if event.step > metrics.last_step + 1:  # lines are missing: steps are contiguous in the log
+                await self.rebuild(event.run_id, upto_seq=event.seq - 1)
             await metrics.append(event)
         elif isinstance(event, EvalEvent | SampleEvent):  # eval.jsonl / samples.jsonl, also once per step
             jsonl = await self.metrics_file(event.run_id, RECORD_FILES[event.kind])
@@ -135,15 +173,75 @@ class Recorder(Sink[SinkSettings]):
     async def metrics_file(self, run_id: str, name: str = "metrics.jsonl") -> MetricsFile:
         """The open ``metrics.jsonl`` (or ``name``, e.g. eval.jsonl) of ``run_id`` (opened, and recovered, on first use)."""
         key = run_id if name == "metrics.jsonl" else f"{run_id}/{name}"
+        if key in self._gone:  # deleted or replaced by someone: start a fresh file (rebuilt by the caller)
+            self._gone.discard(key)
+            old = self.files.pop(key, None)
+            if old is not None:
+                await old.close()
         metrics = self.files.get(key)
         if metrics is None:
             metrics = self.files[key] = await MetricsFile.open(self.layout.run_dir(run_id) / name)
         return metrics
 
+    # -- rebuilding from the log ---------------------------------------------------------------
+    async def start(self) -> None:
+        """Rebuild the metrics.jsonl of runs whose events the cursor has passed but whose file
+        ends before the run's last step (deleted or truncated while no recorder ran).
+
+        Asks the daemon for its runs (their last step and last seq); a daemon that is not there
+        yet skips this check (a later step still finds a gap and rebuilds then).
+        """
+        if self.source is None:
+            return
+        connection = Connection(self.source)
+        try:
+            runs = (await connection.request(Runs())).runs
+        except (DaemonUnavailable, RequestFailed, ProtocolError) as error:
+            log.info("cannot check metrics files against the daemon's runs now (%s)", error)
+            return
+        finally:
+            await connection.close()
+        for state in runs:
+            if state.current_step <= 0 or state.last_seq > self.cursor:
+                continue  # no step yet, or the catch-up ahead still brings its steps (gaps are found then)
+            path = self.layout.run_dir(state.run_id) / "metrics.jsonl"
+            if await asyncio.to_thread(last_step_in, path) < state.current_step:
+                await self.rebuild(state.run_id, upto_seq=self.cursor)
+
+    async def rebuild(self, run_id: str, upto_seq: int) -> int:
+        """Append to ``run_id``'s metrics.jsonl every step it lacks, from the daemon's log up to
+        ``upto_seq``; returns how many lines were written.
+
+        Re-reads the log from seq 1 (a catch-up, follow=False): steps the file already holds are
+        skipped by ``MetricsFile.append``, so each step is written exactly once, in order.
+        """
+        metrics = await self.metrics_file(run_id)
+        if self.source is None:
+            log.error("%s: lines after step %d are missing and there is no daemon to rebuild them from",
+                      metrics.path, metrics.last_step)
+            return 0
+        log.warning("%s ends at step %d, before the event log does: rebuilding the missing lines from the log",
+                    metrics.path, metrics.last_step)
+        written = 0
+        replay = Subscription(self.source, since=1, follow=False)
+        try:
+            async for event in replay:
+                if event.seq > upto_seq:
+                    break
+                if isinstance(event, StepEvent) and event.run_id == run_id:
+                    written += await metrics.append(event)
+        finally:
+            await replay.close()
+        log.warning("%s: rebuilt %d lines from the event log (now up to step %d)", metrics.path, written, metrics.last_step)
+        return written
+
     # -- durability ------------------------------------------------------------------------------
     def save_progress(self) -> None:
-        for metrics in list(self.files.values()):
+        for key, metrics in list(self.files.items()):
             metrics.sync()  # lines before the cursor must be on disk before the cursor is
+            if "/" not in key and not same_file(metrics.path, metrics.fd):  # metrics.jsonl: rebuilt from steps
+                log.warning("%s was deleted or replaced; rewriting it from the event log", metrics.path)
+                self._gone.add(key)
         super().save_progress()
 
     async def close(self) -> None:

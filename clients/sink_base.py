@@ -72,6 +72,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from tritter.clients.subscription import Subscription
 from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.formats.files import load_cursor, save_cursor
+from tritter.formats.text import printable_logs
 from tritter.protocol.exitcodes import EXIT_ERROR, OneLineParser
 from tritter.protocol.events import AnyEvent
 from tritter.protocol.home import Layout, resolve_home
@@ -262,6 +263,7 @@ def sink_main(kind: type[Sink[Any]], args: argparse.Namespace, settings: Callabl
     refused daemon or an unusable home.
     """
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {kind.name} %(levelname)s %(message)s")
+    printable_logs()  # user text in log lines (run names, reasons) shown escaped
     try:
         built = settings() if settings is not None else None
         source = target_from_args(args)

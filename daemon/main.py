@@ -22,6 +22,7 @@ from tritter.daemon.remote import Gatekeeper, server_keys
 from tritter.daemon.gpus import visible_gpu_count
 from tritter.daemon.scheduler import SlotPolicy
 from tritter.daemon.service import Tritterd
+from tritter.formats.text import printable_logs
 from tritter.protocol.exitcodes import EXIT_ERROR, OneLineParser
 from tritter.protocol.home import Layout, remote_endpoints, resolve_home
 from tritter.protocol.wire import ProtocolError
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     observability.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    printable_logs()  # user text in log lines (run names, reasons) shown escaped
     layout = Layout(resolve_home(args.home))
     try:
         layout.home.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ from tritter.protocol.wire import ProtocolError, decode_event
 log = logging.getLogger("tritterd")
 
 RUN_JSON_INTERVAL_S = 0.5
+RUN_JSON_CHECK_EVERY = 10  # housekeeping ticks (5 s) between checks that every run.json is there
 SHUTDOWN_GRACE_S = 120.0
 
 
@@ -273,8 +274,7 @@ class Tritterd:
         if state.status == "paused" and worker.outcome is None and self.stopping:
             return
         self.watch.lost_worker(worker.run_id, how)
-        log.error("run %s failed: %s", worker.run_id, how)
-        self.record(RunEvent(run_id=worker.run_id, status="failed", reason=how))
+        self.fail_run(worker.run_id, how)  # logged and recorded (or, on a full disk, marked failed)
 
     def command_worker(self, run_id: str, command: Command) -> None:
         """Send ``command`` to the run's worker (dropped by ZeroMQ when no such worker is connected)."""
@@ -329,6 +329,7 @@ class Tritterd:
 
     # -- housekeeping -----------------------------------------------------------------------
     async def housekeeping(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(RUN_JSON_INTERVAL_S)
             try:
@@ -336,8 +337,32 @@ class Tritterd:
             except OSError as error:  # keep housekeeping alive; the next sync retries
                 log.error("cannot fsync the event log: %s", error)
             self.watch.tick()
+            ticks += 1
+            if ticks % RUN_JSON_CHECK_EVERY == 0:  # a deleted or emptied run.json: rebuild it from the fold
+                await self._restore_run_json()
             for run_id in list(self._dirty):
                 self._write_run_json(self.runs[run_id])
+
+    async def _restore_run_json(self) -> None:
+        """Mark for rewriting every run whose ``run.json`` is missing or empty (a projection of
+        the log: someone deleted or truncated it).  The stats run in a thread: many runs, slow disk."""
+        run_ids = list(self.runs)  # taken on the loop: the thread only stats files
+
+        def damaged() -> list[str]:
+            out = []
+            for run_id in run_ids:
+                try:
+                    if (self.layout.run_dir(run_id) / "run.json").stat().st_size == 0:
+                        out.append(run_id)
+                except FileNotFoundError:
+                    out.append(run_id)
+                except OSError:
+                    continue
+            return out
+
+        for run_id in await asyncio.to_thread(damaged):
+            log.warning("run %s: run.json is missing or empty; rewriting it from the event log", run_id)
+            self._dirty.add(run_id)
 
     def status_line(self) -> str:
         active = [r for r in self.runs.values() if r.status == "running"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import msgspec
 import zmq
 
+from tritter.formats.text import printable_logs
 from tritter.daemon.engine.distributed import RankControls, Ranks, from_environment
 from tritter.daemon.lifetime import set_parent_death_signal
 from tritter.daemon.worker_protocol import Command, Controls, Outcome, decode_command, event_message, exit_message
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s worker[{args.run_id}{rank_tag}] %(levelname)s %(message)s"
     )
+    printable_logs()  # user text in log lines (run names, corpus paths) shown escaped
     config = msgspec.json.decode(args.config, type=RunConfig)
     if not ranks.main:  # only rank 0 talks to the daemon; the others follow its commands
         train(args, config, ranks, lambda event: None, RankControls(ranks, None))

@@ -381,8 +381,14 @@ class CorpusReader:
                         self.documents += 1
                     self.bytes_done = finished + (counter[0].bytes_read if counter else 0)
                     yield piece, start
-            except OSError as e:
-                raise DataError(f"{cf.path}: cannot read: {e.strerror or e}") from None
+            except DataError:
+                raise
+            except (OSError, EOFError) as e:  # also a truncated or corrupt .gz
+                raise DataError(f"{cf.path}: cannot read: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from None
+            except Exception as e:
+                if type(e).__module__.split(".")[0] not in ("zstd", "zstandard", "pyarrow"):
+                    raise
+                raise DataError(f"{cf.path}: cannot read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
             finished += _size(cf.path)
             self.bytes_done = finished
 

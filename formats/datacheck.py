@@ -42,6 +42,12 @@ def check_data(corpus: str | None, tokenizer: str | None, text_field: str = "tex
                 checked += 1
     except DataError as error:
         return str(error)
+    except (OSError, EOFError) as error:  # e.g. a truncated .gz
+        return f"{corpus}: cannot read: {error}"
+    except Exception as error:  # a corrupt .zst or Parquet file; anything else is a bug: raise
+        if type(error).__module__.split(".")[0] not in ("zstd", "zstandard", "pyarrow"):
+            raise
+        return f"{corpus}: cannot read: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
     return None
 
 

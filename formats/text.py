@@ -10,6 +10,7 @@ own tables follow), and Markdown table cells escape ``|``.
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 
 from wcwidth import wcswidth, wcwidth
@@ -89,3 +90,23 @@ def md_inline(text: str) -> str:
     for ch in "*_`[]<>#|":
         shown = shown.replace(ch, "\\" + ch)
     return shown
+
+
+class PrintableFormatter(logging.Formatter):
+    """A log formatter that shows a record's message through ``printable``: a run name with a
+    newline or an escape sequence cannot forge a log line or restyle the terminal.  Tracebacks
+    (``exc_info``) keep their line breaks."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
+def printable_logs() -> None:
+    """Give every handler of the root logger a ``PrintableFormatter`` with its current format.
+
+    Call it right after ``logging.basicConfig``.
+    """
+    for handler in logging.getLogger().handlers:
+        old = handler.formatter
+        handler.setFormatter(PrintableFormatter(old._fmt if old else None, old.datefmt if old else None))  # noqa: SLF001

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -190,12 +190,3 @@ def write_tokenizer_folder(tok: tokenizers.Tokenizer, out: Path, model_max_lengt
         os.replace(tmp, out / name)
     return spec
 
-
-def batched(texts: Iterator[str], limit_chars: int) -> Iterator[str]:
-    """Pass ``texts`` through while counting; stop after ``limit_chars`` characters (0 = no limit)."""
-    seen = 0
-    for text in texts:
-        yield text
-        seen += len(text)
-        if limit_chars and seen >= limit_chars:
-            return

@@ -81,13 +81,28 @@ def frame_ranges(nbytes: int) -> list[tuple[int, int]]:
 # --- primitives -------------------------------------------------------------------------------
 
 
+_local = threading.local()  # zstd contexts are not thread-safe, and costly to create per frame
+
+
 def _zstd(data: Any, level: int, dict_data: zstandard.ZstdCompressionDict | None = None) -> bytes:
-    return zstandard.ZstdCompressor(level=level, dict_data=dict_data, write_checksum=False, write_content_size=True).compress(data)
+    if dict_data is not None:
+        return zstandard.ZstdCompressor(level=level, dict_data=dict_data, write_checksum=False, write_content_size=True).compress(data)
+    cache = _local.__dict__.setdefault("c", {})
+    c = cache.get(level)
+    if c is None:
+        c = cache[level] = zstandard.ZstdCompressor(level=level, write_checksum=False, write_content_size=True)
+    return c.compress(data)
 
 
 def _unzstd(payload: Any, length: int, dict_data: zstandard.ZstdCompressionDict | None = None) -> bytes:
+    if dict_data is None:
+        d = _local.__dict__.get("d")
+        if d is None:
+            d = _local.d = zstandard.ZstdDecompressor()
+    else:
+        d = zstandard.ZstdDecompressor(dict_data=dict_data)
     try:
-        out = zstandard.ZstdDecompressor(dict_data=dict_data).decompress(payload, max_output_size=max(length, 1))
+        out = d.decompress(payload, max_output_size=max(length, 1))
     except zstandard.ZstdError as exc:
         raise FrameError(f"corrupt zstd stream ({exc})") from None
     if len(out) != length:

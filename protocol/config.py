@@ -44,7 +44,7 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     batch_tokens: int | None = None  # --batch-tokens: global batch per optimizer step, in tokens
     micro_batch: int | None = None  # --micro-batch: sequences per forward/backward on each rank
     lr: float | None = None  # --lr: peak LR of every stage (None = each preset's)
-    keep_checkpoints: int | None = None  # --keep-checkpoints N (None = 3): latest N kept, see docs/reliability.md
+    keep_checkpoints: int | None = None  # --keep-checkpoints N (None = 3): latest N kept, see docs/eventlog.md
     priority: int = 0  # --priority N: from tritterd's run queue, higher starts first (then first come)
 
     def stages(self) -> list[str]:

@@ -87,7 +87,7 @@ Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 
 class Catchup(Request, tag="catchup"):
     since: Seq = 1  # first seq wanted
-    limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = CATCHUP_BATCH
+    limit: Annotated[int, msgspec.Meta(ge=1, le=2**53)] = CATCHUP_BATCH  # the daemon clamps it to a batch
 
 
 AnyRequest = Union[Ping, Start, Runs, Status, Stop, Pause, Resume, Checkpoint, Upload, Report, Catchup, Extend]

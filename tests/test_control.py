@@ -68,9 +68,12 @@ def test_daemon_survives_malformed_control_messages(daemon: Daemon, home: Path) 
             sock.send_multipart(frames)
             reply = msgspec.msgpack.decode(sock.recv(), type=Reply)
             assert reply.ok is False and reply.error, frames
-        # A catch-up with odd bounds is clamped, not refused.
-        sock.send(msgspec.msgpack.encode({"op": "catchup", "since": -5, "limit": 10**12}))
+        # A catch-up asking for more than a batch is clamped; a seq out of range is refused (issue 15).
+        sock.send(msgspec.msgpack.encode({"op": "catchup", "since": 1, "limit": 10**12}))
         assert msgspec.msgpack.decode(sock.recv(), type=Reply).ok
+        sock.send(msgspec.msgpack.encode({"op": "catchup", "since": -5}))
+        refused = msgspec.msgpack.decode(sock.recv(), type=Reply)
+        assert not refused.ok and "since" in refused.error
         sock.send(encode(Ping()))
         assert msgspec.msgpack.decode(sock.recv(), type=Reply).ok
     finally:
@@ -84,7 +87,7 @@ def test_second_daemon_on_the_same_home_refuses(daemon: Daemon, home: Path) -> N
     daemon.start()
     second = Daemon(home).start(ready=False)
     assert second.process is not None
-    assert second.process.wait(timeout=30) == 1
+    assert second.process.wait(timeout=30) == 2  # EXIT_ERROR, the convention of every command
     assert "already running" in second.stderr()
     assert ctl(home, "runs").returncode == 0  # the first one is untouched
 

@@ -9,6 +9,9 @@ import pytest
 from conftest import Daemon, ctl, events, follow_until, wait_for_metrics
 
 TINY_RUN = ["start", "--start", "tiny", "--end", "small", "--steps", "6", "--checkpoint-every", "3"]
+# A bound on each `wait`, not an expectation: these runs take well under a minute on an idle
+# machine, but a shared 2-core runner under heavy load has needed more than 300 s.
+RUN_WAIT_S = "900"
 
 
 def assert_contiguous(evs: list[dict]) -> None:
@@ -16,12 +19,12 @@ def assert_contiguous(evs: list[dict]) -> None:
     assert seqs == list(range(1, len(seqs) + 1)), "event seqs must be 1..N with no gap or duplicate"
 
 
-@pytest.mark.timeout(600)  # one bounded 300 s wait plus the checks
+@pytest.mark.timeout(1200)  # one bounded wait plus the checks
 def test_progressive_run_end_to_end(daemon: Daemon, home: Path) -> None:
     daemon.start()
     run_id = ctl(home, *TINY_RUN, "--name", "e2e").stdout.strip()
     assert run_id, "start prints the run id"
-    done = ctl(home, "wait", run_id, "--timeout", "300", check=False)
+    done = ctl(home, "wait", run_id, "--timeout", RUN_WAIT_S, check=False)
     assert done.returncode == 0, done.stdout + done.stderr + daemon.stderr()
 
     state = json.loads((home / "runs" / run_id / "run.json").read_text())
@@ -64,19 +67,19 @@ def test_progressive_run_end_to_end(daemon: Daemon, home: Path) -> None:
     assert ctl(home, "status", "e2e").stdout == ctl(home, "status", run_id[:10]).stdout
 
 
-@pytest.mark.timeout(900)  # two bounded 300 s waits plus the kill and restart
+@pytest.mark.timeout(2400)  # two bounded waits plus the kill and restart
 def test_kill9_daemon_resumes_exactly_once(daemon: Daemon, home: Path) -> None:
     daemon.start()
     steps = 24
     args = ["start", "--start", "tiny", "--end", "tiny", "--steps", str(steps), "--checkpoint-every", "5", "--seed", "7"]
     reference = ctl(home, *args, "--name", "reference").stdout.strip()
-    assert ctl(home, "wait", reference, "--timeout", "300", check=False).returncode == 0, daemon.stderr()
+    assert ctl(home, "wait", reference, "--timeout", RUN_WAIT_S, check=False).returncode == 0, daemon.stderr()
 
     run_id = ctl(home, *args, "--name", "crashy").stdout.strip()
-    follow_until(home, lambda e: e["kind"] == "step" and e["run_id"] == run_id and e["step"] >= 12)
+    follow_until(home, lambda e: e["kind"] == "step" and e["run_id"] == run_id and e["step"] >= 12, timeout=600)
     daemon.kill9()
     daemon.start()  # a fresh daemon on the same home: replays the log, resumes the run
-    done = ctl(home, "wait", run_id, "--timeout", "300", check=False)
+    done = ctl(home, "wait", run_id, "--timeout", RUN_WAIT_S, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
     evs = events(home)

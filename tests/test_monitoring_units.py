@@ -15,6 +15,8 @@ import msgspec
 import pytest
 import torch
 
+from conftest import requires_gpu
+
 from tritter.clients.monitoring_cli import monitoring_record, parse_kinds, read_prompts
 from tritter.daemon.engine.loss_watch import LossWatch, WatchSettings
 from tritter.daemon.metrics import parse_address
@@ -218,3 +220,30 @@ def test_heldout_loss_and_seeded_sampling_leave_training_state_alone() -> None:
     with torch.no_grad():  # the first greedy token is the argmax after the prompt
         assert greedy[0] == int(model(torch.tensor([[5, 6, 7]]))[0, -1].argmax())
     assert model.training and torch.equal(torch.get_rng_state(), rng)
+
+
+# -- system stats ------------------------------------------------------------------------------------
+def test_system_sample_on_cpu_has_process_and_host_memory_and_no_gpus() -> None:
+    import psutil
+
+    from tritter.daemon.engine.sysstats import SystemSampler
+
+    sample = SystemSampler().sample(7)
+    assert sample.step == 7 and sample.gpus == [] and sample.cpu_percent >= 0
+    assert 0 < sample.rss_bytes < sample.host_memory_total_bytes == psutil.virtual_memory().total
+
+
+@requires_gpu
+def test_system_sample_reads_the_runs_gpu_through_nvml() -> None:
+    from tritter.daemon.engine.monitoring import gpu_ids
+    from tritter.daemon.engine.sysstats import SystemSampler
+
+    device = torch.device("cuda", 0)
+    held = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)  # 256 MiB the GPU must report as used
+    sampler = SystemSampler(gpu_ids(device, 1))
+    (gpu,) = sampler.sample(1).gpus
+    sampler.close()
+    total = torch.cuda.get_device_properties(0).total_memory  # CUDA's count; NVML may keep back a reserve
+    assert gpu.name and gpu.memory_total_bytes is not None and abs(gpu.memory_total_bytes - total) < 0.05 * total
+    assert gpu.memory_used_bytes is not None and gpu.memory_used_bytes >= held.numel()
+    assert gpu.utilization_pct is not None and 0 <= gpu.utilization_pct <= 100

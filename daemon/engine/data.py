@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -344,9 +345,16 @@ def _windows(tokens: np.ndarray | TokenStream, starts: np.ndarray, seq_len: int)
 class Batches:
     """Deterministic, stateless-by-position sampler: sequence windows of length seq_len+1 taken at stride seq_len over `train`,
     visited in a per-epoch permutation seeded by (seed, epoch). `position` counts sequences consumed so far; it is the only
-    state and is what a checkpoint stores, so resume is exact."""
+    state and is what a checkpoint stores, so resume is exact.
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, position: int = 0) -> None:
+    ``prefetch``: after each ``next()`` a background thread already builds the batch at the new
+    position (a pure function of it, so the batches are the same), hiding the sampler behind
+    the training step; numpy's copies release the GIL."""
+
+    def __init__(
+        self, tokens: np.ndarray | TokenStream, batch_size: int, seq_len: int, seed: int, position: int = 0,
+        prefetch: bool = False,
+    ) -> None:
         if tokens.ndim != 1:
             raise ValueError("tokens must be a 1-D array")
         if batch_size < 1 or seq_len < 1 or position < 0:
@@ -360,6 +368,8 @@ class Batches:
         self.position = position
         self.windows_per_epoch = (len(tokens) - 1) // seq_len
         self._perms: dict[int, np.ndarray] = {}
+        self._prefetch = prefetch
+        self._pending: tuple[int, Future] | None = None
 
     @property
     def epoch(self) -> int:
@@ -387,9 +397,25 @@ class Batches:
         return _windows(self.tokens, window * self.seq_len, self.seq_len)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.peek_at(self.position)
+        """The batch at ``position`` (x, y: int64, batch_size x seq_len); advances ``position``."""
+        batch = None
+        if self._pending is not None:
+            at, future = self._pending
+            self._pending = None
+            if at == self.position:  # position is public: a caller may have moved it
+                batch = future.result()
+        if batch is None:
+            batch = self.peek_at(self.position)
         self.position += self.batch_size
+        if self._prefetch:
+            self._pending = (self.position, _prefetcher().submit(self.peek_at, self.position))
         return batch
+
+
+@functools.cache
+def _prefetcher() -> ThreadPoolExecutor:
+    """One background thread for batch prefetching (the sampler is cheap; one is plenty)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-prefetch")
 
 
 def heldout_batches(data: TokenData, batch_size: int, seq_len: int, max_batches: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:

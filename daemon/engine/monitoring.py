@@ -281,7 +281,11 @@ def gpu_ids(device: torch.device, world: int) -> list[str | int]:
     ids: list[str | int] = []
     for index in range(min(max(1, world), torch.cuda.device_count())):
         uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-        ids.append(f"GPU-{uuid}" if uuid is not None and not str(uuid).startswith("GPU-") else str(uuid) if uuid else index)
+        if uuid is None:  # an old torch: fall back to the index (right unless CUDA_VISIBLE_DEVICES reorders)
+            ids.append(index)
+            continue
+        text = str(uuid)  # torch prints the bare UUID; NVML names it "GPU-<uuid>"
+        ids.append(text if text.startswith("GPU-") else f"GPU-{text}")
     return ids
 
 

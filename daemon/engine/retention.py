@@ -1,6 +1,6 @@
 """Checkpoint retention (``--keep-checkpoints N``): which of a run's checkpoints to delete, and when.
 
-Kept after every durable checkpoint write (docs/reliability.md, "Checkpoint retention"):
+Kept after every durable checkpoint write (docs/eventlog.md, "Checkpoint events and retention"):
 
 * the latest ``N`` checkpoints (default 3) — the newest is the one resume would use;
 * each stage's last checkpoint (a completed stage's final one: its grown successor restarts

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer
 
 from tritter.daemon.engine.data import (
     DEFAULT_VOCAB_SIZE,
@@ -25,26 +25,15 @@ from tritter.daemon.engine.data import (
     default_corpus_text,
     split_embedded_documents,
 )
+from tritter.formats.tokenizer import train_bpe
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def build_tokenizer(documents: list[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> Tokenizer:
-    """Train a byte-level BPE on ``documents`` (each document one training string)."""
-    tok = Tokenizer(models.BPE())
-    # add_prefix_space=False so that encoding a text in chunks split after a newline
-    # gives exactly the same ids as encoding it whole (data.py relies on that).
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=[EOT, PAD],  # list order fixes ids 0 and 1
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable
-        show_progress=False,
-    )
-    tok.train_from_iterator(documents, trainer=trainer, length=len(documents))
+    """Train a byte-level BPE on ``documents`` (each document one training string): the same
+    trainer as ``tritterctl tokenizer train`` (formats.tokenizer.train_bpe)."""
+    tok = train_bpe(iter(documents), vocab_size)
     assert tok.token_to_id(EOT) == 0 and tok.token_to_id(PAD) == 1
     return tok
 

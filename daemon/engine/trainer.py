@@ -598,7 +598,8 @@ class Trainer:
             self.model.train()
             # One global batch per step (recipe/budget.py), sliced by rank, then into micro-batches.
             global_batch = self.progress.micro_batch * self.progress.accum * self.ranks.world
-            batches = Batches(self.data.train, global_batch, settings.seq_len, self.config.seed, self.progress.position)
+            batches = Batches(self.data.train, global_batch, settings.seq_len, self.config.seed, self.progress.position,
+                              prefetch=True)
             every = self._checkpoint_every()
             while self.progress.stage_step < self.progress.stage_total:
                 outcome = self._handle(self.controls.poll())

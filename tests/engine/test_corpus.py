@@ -323,6 +323,8 @@ def test_vocab_rounds_up_to_a_multiple_of_64():
         ("fake.parquet", b"not parquet at all", "not a Parquet file"),
         ("odd.bin", b"\x01\x02\x03", "not a whole number of uint16 tokens"),
         ("matrix.npy", None, "must be a 1-D integer array"),
+        ("cut.jsonl.gz", gzip.compress(b'{"text": "a whole line"}\n' * 50)[:30], "cannot read: Compressed file ended"),
+        ("bad.jsonl.zst", b"not zstd data", "cannot read: zstd decompress error"),
     ],
 )
 def test_bad_input_is_one_line_at_start(tmp_path, name, content, message):

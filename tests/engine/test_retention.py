@@ -69,7 +69,7 @@ def test_a_kept_delta_keeps_its_base_chain(tmp_path: Path) -> None:
         codec.compress_file(raw, base=base_path, base_data=None if base_path is None else codec.read_safetensors_bytes(base_path))
         raw.unlink()
     records = {s: Record("tiny") for s in (2, 4, 6, 8, 10)}
-    keep_best_4 = dict(records, **{4: Record("tiny", eval_loss=1.0)})
+    keep_best_4 = {**records, 4: Record("tiny", eval_loss=1.0)}
     assert prune(tmp_path, keep_best_4, keep_last=1) == []  # 4 needs 2; 10 needs 8 and 6
     gone = prune(tmp_path, records, keep_last=1)
     assert sorted(d.step for d in gone) == [2, 4]

@@ -135,8 +135,8 @@ def test_disk_full_pauses_the_run(disk_full: dict) -> None:
 def test_stop_while_paused_on_a_full_disk_ends_the_run(home: Path) -> None:
     """``tritterctl stop`` on a run paused by a full disk stops it (the worker exits, no checkpoint).
 
-    HOME/runs is a 2 MB tmpfs, far less than one tiny checkpoint, so the first checkpoint
-    (step 1) gets a real ENOSPC and the run pauses; stop must end it, not wait for space.
+    HOME/runs is a 2 MB tmpfs, far less than one tiny checkpoint, so the first checkpoint write
+    gets a real ENOSPC and the run pauses; stop must end it, not wait for space.
     """
     runs = home / "runs"
     runs.mkdir(parents=True)
@@ -162,7 +162,8 @@ def test_stop_while_paused_on_a_full_disk_ends_the_run(home: Path) -> None:
         assert ctl(home, "wait", run_id, "--timeout", "60", check=False).returncode != 0  # ended, not completed
         mine = [e for e in events(home) if e.get("run_id") == run_id]
         assert not [e for e in mine if e["kind"] == "checkpoint"], "no checkpoint can have been written"
-        assert [e["step"] for e in mine if e["kind"] == "step"] == [1]
+        steps = [e["step"] for e in mine if e["kind"] == "step"]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) < 3  # it did not train on to the end
     finally:
         daemon.stop()
         subprocess.run(["umount", str(runs)], capture_output=True, timeout=60)

@@ -30,6 +30,8 @@ def test_monitor_over_connect_pauses_checkpoints_and_resumes(home: Path, tmp_pat
         for _ in range(120):  # the daemon re-reads authorized/ every second
             if remote(url, server_key, client_key, "runs").returncode == 0:
                 break
+        else:
+            raise AssertionError("alice's certificate was never accepted")
         run_id = ctl(home, "start", "--start", "tiny", "--end", "tiny", "--steps", "100000",
                      "--checkpoint-every", "100000", "--no-hybrid", "--name", "remote-keys").stdout.strip()
 

@@ -182,3 +182,49 @@ def test_run_wide_tokens_and_pace_ignore_pauses_and_clock_changes(home: Path) ->
     finally:
         worker.close()
         daemon.stop()
+
+
+def sockets_of(pid: int) -> int:
+    """How many sockets process ``pid`` has open."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue
+    return count
+
+
+def test_wait_says_when_the_daemon_is_gone_and_ends_when_the_run_pauses_itself(home: Path) -> None:
+    run_id = "20260101-000000-wa17"
+    write_log(home, run_events(run_id, "waiting", "paused"))  # paused by a user: wait keeps waiting
+    daemon = Daemon(home, ["--no-recorder"]).start()
+    wait = subprocess.Popen([tool("tritterctl"), "--home", str(home), "wait", run_id],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    lines = Lines(wait)
+    try:
+        # wait asks for the run's status (one socket), then subscribes (a SUB and a catch-up
+        # socket): kill the daemon only once it is waiting, not while it first asks.
+        wait_for(lambda: sockets_of(wait.pid) >= 3, 60, "tritterctl wait did not subscribe")
+        daemon.kill9()
+        gone = Lines.take(lines.err, 1, 30)[0]
+        assert "stopped answering" in gone, gone
+        assert wait.poll() is None  # still waiting: the run has not ended
+        daemon.start()
+        assert "is back" in Lines.take(lines.err, 1, 60)[0]
+        worker = FakeWorker(home, run_id)
+        try:
+            worker.send(RunEvent(run_id=run_id, status="resumed"))
+            worker.send(RunEvent(run_id=run_id, status="paused"))  # a user's pause: not the end
+            worker.send(RunEvent(run_id=run_id, status="resumed"))
+            worker.send(RunEvent(run_id=run_id, status="paused",
+                                 reason="cannot write the step 8 checkpoint: No space left on device (ENOSPC)"))
+            assert wait.wait(timeout=60) == 1
+        finally:
+            worker.close()
+        out = Lines.take(lines.out, 1, 10)[0]
+        assert "paused itself" in out and "No space left on device" in out, out
+    finally:
+        wait.kill()
+        wait.wait(timeout=10)
+        daemon.stop()

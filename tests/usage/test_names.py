@@ -136,3 +136,29 @@ def test_the_daemon_checks_the_repo_name_too(daemon: Daemon, home: Path) -> None
         sock.close()
         ctx.term()
     assert not reply.ok and "someone/my run" in reply.error
+
+
+def test_log_lines_show_user_text_escaped() -> None:
+    """Daemon, worker and sinks log through PrintableFormatter: a name cannot forge a log line."""
+    import io
+    import logging
+
+    from tritter.formats.text import PrintableFormatter
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(PrintableFormatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("tritter-test-names")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("run %s started", "evil\nERROR forged line\x1b[2J")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("with a traceback")
+    finally:
+        logger.removeHandler(handler)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "WARNING run evil\\nERROR forged line\\x1b[2J started"
+    assert lines[1] == "ERROR with a traceback" and lines[2].startswith("Traceback")  # tracebacks keep their lines

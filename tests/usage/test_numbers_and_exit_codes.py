@@ -85,7 +85,7 @@ OUT_OF_RANGE_REQUESTS = [
     {"op": "catchup", "since": 2**63},
     {"op": "catchup", "since": -5},
     {"op": "catchup", "since": 1, "limit": 0},
-    {"op": "catchup", "since": 1, "limit": 2**40},
+    {"op": "catchup", "since": 1, "limit": 2**60},
     {"op": "start", "config": {"start": "tiny", "end": "tiny", "steps": 2**62}},
     {"op": "start", "config": {"start": "tiny", "end": "tiny", "seed": 2**63}},
     {"op": "start", "config": {"start": "tiny", "end": "tiny", "checkpoint_every": 2**60}},
