@@ -61,6 +61,7 @@ from pathlib import Path
 from tritter.formats import codec
 op, a, b, threads = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 t0 = time.perf_counter()
+extra = {}
 if op == "compress":
     codec.compress_file(a, b, threads=threads, verify=False)
 elif op == "compress-delta":
@@ -69,9 +70,29 @@ elif op == "decompress":
     codec.decompress_file(a, b, threads=threads)
 elif op == "read-tensors":
     meta, tensors = codec.read_tensors(a, threads=threads)
+elif op == "sink":
+    # The compressor sink on two checkpoint events of one run: a keyframe, then a delta of it.
+    import shutil
+    from tritter.clients.ckpt.compressor import Compressor, CompressSettings
+    from tritter.formats.files import file_sha256
+    from tritter.protocol.events import CheckpointEvent
+    from tritter.protocol.home import Layout
+    home = b
+    ckpt = home / "runs" / "20260101-000000-bench" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    sink = Compressor(Layout(home), CompressSettings(keep_last=5, keyframe_every=8, threads=threads))
+    for seq, src in enumerate([a, Path(sys.argv[5])], 1):
+        step = seq * 100
+        dst = ckpt / f"step-{step:08d}.safetensors"
+        shutil.copyfile(src, dst)
+        sink.handle(CheckpointEvent(seq=seq, run_id="20260101-000000-bench", path=f"checkpoints/{dst.name}", step=step, stage="100m",
+                                    bytes=dst.stat().st_size, sha256=file_sha256(dst), reason="periodic"))
+    kinds = [codec.read_header(p).get("chain") for p in sorted(ckpt.glob("*.tzst"))]
+    assert len(kinds) == 2 and not list(ckpt.glob("*.safetensors")), kinds  # both compressed, raw files removed
+    extra["chain"] = kinds  # [0, 1]: a keyframe then a delta; [0, 0]: the delta did not pay
 elif op == "import":
     pass
-print(json.dumps({"op": op, "seconds": time.perf_counter() - t0, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"op": op, "seconds": time.perf_counter() - t0, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, **extra}))
 """
 
 
@@ -97,6 +118,10 @@ def measure(work: Path, threads: int, log: Any = print) -> dict[str, Any]:
     rows = [base]
     rows.append(run("compress", str(a), str(a) + ".tzst", str(threads)))
     rows.append(run("compress-delta", str(b), str(b) + ".tzst", str(threads), str(a) + ".tzst"))
+    rows.append(run("sink", str(a), str(work / "home"), str(threads), str(b)))
+    import shutil  # noqa: PLC0415
+
+    shutil.rmtree(work / "home")
     b.unlink()  # the delta must decode from the .tzst files alone
     a.rename(work / "kept.safetensors")
     rows.append(run("decompress", str(b) + ".tzst", str(work / "out.safetensors"), str(threads)))

@@ -11,6 +11,7 @@ held-out eval loss (the stage's ``completed`` StageEvent), and the ratios hybrid
     .venv/bin/python bench/hybrid.py             # tiny 300 steps + small 200 steps
     .venv/bin/python bench/hybrid.py --json      # only the JSON line
     .venv/bin/python bench/hybrid.py --syncs --quick   # host syncs per step + true-step time ratio (tiny, 60 steps)
+    .venv/bin/python bench/hybrid.py --state           # hybrid bytes/parameter and checkpoint size (tiny, small)
 
 The last line printed is one JSON object: ``{"runs": [...], "ok": bool}`` where each run has
 ``preset``, ``steps``, ``skipped``, ``skip_share``, ``loss_full``, ``loss_hybrid``,
@@ -213,6 +214,41 @@ def sync_report(preset: str, steps: int, seed: int, cache: Path, settings: Any, 
     return result
 
 
+def state_size(preset: str) -> dict[str, Any]:
+    """Hybrid state bytes per parameter (in memory) and a mid-stage checkpoint's size with and
+    without it, after `history` true updates of random AdamW steps (no training: seconds)."""
+    import torch
+
+    from tritter.daemon.engine.checkpoint import save_checkpoint
+    from tritter.daemon.engine.hybrid import HybridController, adamw_updates
+    from tritter.daemon.engine.model import LlamaForCausalLM
+    from tritter.daemon.engine.trainer import make_optimizer
+    from tritter.recipe.presets import get_preset
+
+    spec = get_preset(preset)
+    model = LlamaForCausalLM(spec.shape)
+    optimizer = make_optimizer(model, spec)
+    hybrid = HybridController(model, optimizer)
+    for _ in range(hybrid.settings.history):
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        optimizer.step()
+        hybrid.predictor.record(adamw_updates(optimizer, hybrid.predictor.params))
+    params = sum(p.numel() for p in model.parameters())
+    in_memory = sum(t.numel() * t.element_size() for t in hybrid.tensors().values())
+    with tempfile.TemporaryDirectory() as folder:
+        with_state = save_checkpoint(Path(folder) / "a.safetensors", model, optimizer, {"hybrid": hybrid.state()}, hybrid.tensors())
+        without = save_checkpoint(Path(folder) / "b.safetensors", model, optimizer, {})
+    return {
+        "preset": preset,
+        "params": params,
+        "hybrid_bytes_per_param": round(in_memory / params, 4),
+        "checkpoint_mb": round(with_state.bytes / 1e6, 1),
+        "checkpoint_without_hybrid_mb": round(without.bytes / 1e6, 1),
+        "checkpoint_hybrid_bytes_per_param": round((with_state.bytes - without.bytes) / params, 4),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny only, 120 steps (about a minute)")
@@ -222,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default tiny 300, small 200; --quick 120)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a HybridSettings field")
     parser.add_argument("--cache", type=Path, default=None, help="token cache folder (default: a temporary one)")
+    parser.add_argument("--state", action="store_true", help="hybrid state bytes/parameter and checkpoint size (tiny, small)")
     parser.add_argument("--syncs", action="store_true", help="count host syncs per step and time true steps, hybrid vs --no-hybrid")
     args = parser.parse_args(argv)
 
@@ -238,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = dataclasses.replace(DEFAULT_SETTINGS, **overrides)
     presets = args.presets.split(",") if args.presets else (["tiny"] if args.quick else ["tiny", "small"])
     default_steps = {"tiny": 300, "small": 200}
+    if args.state:
+        print(json.dumps({"state": [state_size(p) for p in (args.presets.split(",") if args.presets else ["tiny", "small"])]}))
+        return 0
     if args.syncs:
         with tempfile.TemporaryDirectory(prefix="tritter-hybrid-cache-") as tmp:
             reports = [

@@ -55,7 +55,7 @@ def format_monitoring(event: AnyEvent, head: str) -> str | None:
         return f"{head} step {event.step} held-out loss {event.loss:.4f} perplexity {event.perplexity:.1f} ({event.elapsed_ms:.0f} ms)"
     if isinstance(event, SampleEvent):
         first = event.samples[0] if event.samples else None
-        text = f" {_one_line(first.prompt, 30)!r} -> {_one_line(first.greedy)!r}" if first else ""
+        text = f" {_one_line(first.prompt, 30)!r} -> {_one_line(first.greedy.replace(chr(10), '⏎ '))!r}" if first else ""
         return f"{head} step {event.step} {len(event.samples)} prompt(s){text}"
     if isinstance(event, SystemEvent):
         gpus = "".join(

@@ -1,4 +1,5 @@
-"""``tritter-record``: writes ``HOME/runs/<id>/metrics.jsonl``, one line per step, exactly once, in order.
+"""``tritter-record``: writes ``HOME/runs/<id>/metrics.jsonl``, one line per step, exactly once, in order
+(and ``eval.jsonl`` / ``samples.jsonl``, one line per periodic eval / sample event, likewise).
 
 It is an ordinary subscriber.  Its cursor (the last seq it has handled) lives in
 ``HOME/recorder.cursor``; on start it catches up from there.  Each metrics file's own last
@@ -11,8 +12,8 @@ through ``aiofiles`` and fsynced in a worker thread, so a slow disk never stalls
 ``metrics.jsonl`` is a projection of the event log, so a file that lost lines is rebuilt from
 it, each step exactly once (``rebuild``): at start, for every run whose events the cursor has
 passed but whose file ends before its last step (deleted, or truncated, while no recorder ran);
-while running, when a step arrives more than one past the file's last line, and when the file
-was deleted or replaced under the open recorder (checked at each save).
+while running, when the file was truncated, deleted or replaced under the open recorder (one
+``fstat`` per line) or a step arrives more than one past the file's last line.
 """
 
 from __future__ import annotations
@@ -54,7 +55,14 @@ class MetricsFile:
         self.path = path
         self.fd = fd
         self.last_step = last_step  # global optimizer step of the last line (0 = empty file)
+        self.size = os.fstat(fd).st_size  # bytes the file holds by our account
         self._file = file
+
+    def intact(self) -> bool:
+        """Whether the file is still as we wrote it: not truncated, not deleted or replaced
+        (one ``fstat`` on the open fd: cheap enough for every line)."""
+        info = os.fstat(self.fd)
+        return info.st_nlink > 0 and info.st_size == self.size
 
     @classmethod
     async def open(cls, path: Path) -> MetricsFile:
@@ -103,8 +111,10 @@ class MetricsFile:
         """Append ``record`` (a JSON object with ``step``) unless the file already holds ``step``."""
         if step <= self.last_step:
             return False
-        await self._file.write(_encoder.encode(record) + b"\n")  # one write: one whole line
+        line = _encoder.encode(record) + b"\n"
+        await self._file.write(line)  # one write: one whole line
         self.last_step = step
+        self.size += len(line)
         return True
 
     def sync(self) -> None:
@@ -133,15 +143,6 @@ def last_step_in(path: Path) -> int:
         return 0
 
 
-def same_file(path: Path, fd: int) -> bool:
-    """Whether ``path`` still names the file open as ``fd`` (not deleted, not replaced)."""
-    try:
-        here, ours = os.stat(path), os.fstat(fd)
-    except FileNotFoundError:
-        return False
-    return (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino)
-
-
 class Recorder(Sink[SinkSettings]):
     """The metrics recorder sink: one ``metrics.jsonl`` line per ``step`` event, exactly once."""
 
@@ -160,9 +161,14 @@ class Recorder(Sink[SinkSettings]):
 
     # -- events: what the recorder writes --------------------------------------------------------
     async def on_event(self, event: AnyEvent) -> None:
-        """A ``step`` event becomes one line of ``runs/<run_id>/metrics.jsonl``; others are skipped."""
+        """A ``step`` event becomes one line of ``runs/<run_id>/metrics.jsonl``, an ``eval`` / ``sample``
+        event one line of ``eval.jsonl`` / ``samples.jsonl`` (docs/monitoring.md); others are skipped."""
         if isinstance(event, StepEvent):
             metrics = await self.metrics_file(event.run_id)
+            if not metrics.intact():  # truncated, deleted or replaced under us: take what is there now
+                log.warning("%s was truncated, deleted or replaced; reopening it", metrics.path)
+                self._gone.add(event.run_id)
+                metrics = await self.metrics_file(event.run_id)
             if event.step > metrics.last_step + 1:  # lines are missing: steps are contiguous in the log
                 await self.rebuild(event.run_id, upto_seq=event.seq - 1)
             await metrics.append(event)
@@ -237,11 +243,8 @@ class Recorder(Sink[SinkSettings]):
 
     # -- durability ------------------------------------------------------------------------------
     def save_progress(self) -> None:
-        for key, metrics in list(self.files.items()):
+        for metrics in list(self.files.values()):
             metrics.sync()  # lines before the cursor must be on disk before the cursor is
-            if "/" not in key and not same_file(metrics.path, metrics.fd):  # metrics.jsonl: rebuilt from steps
-                log.warning("%s was deleted or replaced; rewriting it from the event log", metrics.path)
-                self._gone.add(key)
         super().save_progress()
 
     async def close(self) -> None:

@@ -70,7 +70,16 @@ _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def default_threads() -> int:
+    """Compression threads when the caller gives none: up to 4 (a sink shares the machine with training)."""
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def decode_threads() -> int:
+    """Decoding threads when the caller gives none: every core (resume waits on it; frames decode in parallel)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 # --- safetensors ---------------------------------------------------------------------------
@@ -255,7 +264,7 @@ def _decompress_v2(blob: bytes | memoryview, base: bytes | memoryview | None, wh
             raise BaseMismatchError(f"{what}: delta base {want['name']} does not match (sha256 {got[:12]}…, expected {want['sha256'][:12]}…)")
         reader._base = tzst_v2.BytesSource(base)
     out = bytearray(reader.size)
-    tzst_v2.decode_into(reader, np.frombuffer(out, np.uint8), threads or default_threads())
+    tzst_v2.decode_into(reader, np.frombuffer(out, np.uint8), threads or decode_threads())
     return out
 
 
@@ -308,7 +317,7 @@ def _decompress(blob: bytes | memoryview, base: bytes | memoryview | None, what:
             if check_tensors and hashlib.sha256(view[start:end]).hexdigest() != entry["sha256"]:
                 raise CodecError(f"{what}: tensor {entry.get('name')!r} fails its sha256 check (corrupt file)")
 
-        n_threads = threads or default_threads()
+        n_threads = threads or decode_threads()
         if n_threads > 1:
             with ThreadPoolExecutor(n_threads) as pool:
                 list(pool.map(run, tasks))
@@ -427,7 +436,7 @@ def read_safetensors_bytes(path: Path, *, check_tensors: bool = False, threads: 
         reader = _source(path)
         try:
             out = bytearray(reader.size)
-            tzst_v2.decode_into(reader, np.frombuffer(out, np.uint8), threads or default_threads())
+            tzst_v2.decode_into(reader, np.frombuffer(out, np.uint8), threads or decode_threads())
         finally:
             _close(reader)
         if check_tensors and hashlib.sha256(out).hexdigest() != header["original"]["sha256"]:
@@ -455,7 +464,7 @@ def iter_original(path: Path, *, threads: int | None = None) -> Iterator[tuple[d
         _close(reader)
         raise CodecError(f"{path}: not a version 2 .tzst file")
     try:
-        for i, arr in tzst_v2.iter_segments(reader, threads or default_threads()):
+        for i, arr in tzst_v2.iter_segments(reader, threads or decode_threads()):
             yield reader.segments[i], arr
     finally:
         _close(reader)
@@ -528,12 +537,14 @@ def compress_bytes(
     meta: dict[str, Any] | None = None,
     threads: int | None = None,
     sha256: str | None = None,
+    max_ratio: bool = False,
 ) -> list[bytes]:
     """Compress safetensors bytes to a version 2 ``.tzst``; returns the file as a list of chunks.
 
     With ``base`` (the previous checkpoint's original bytes) the result is a delta file that
     needs that base, found by ``base_name`` next to it, to decode; ``base_chain`` is the base's
     own chain depth (0 for a raw file or a keyframe).  ``sha256``: the original's, if known.
+    ``max_ratio``: also try the slower exponent coding (2-6% smaller, ~3x slower to decode).
     Raises CodecError when ``data`` (or ``base``) is not a safetensors file.
     """
     chunks: list[bytes] = []
@@ -542,7 +553,7 @@ def compress_bytes(
     tzst_v2.compress(
         src, lambda c: chunks.append(bytes(c)), name=name, base=b, base_name=base_name,
         base_sha256=hashlib.sha256(b.view).hexdigest() if b is not None else None, base_chain=base_chain,
-        meta=meta, threads=threads or default_threads(), sha256=sha256,
+        meta=meta, threads=threads or default_threads(), sha256=sha256, max_ratio=max_ratio,
     )
     return chunks
 
@@ -566,12 +577,14 @@ def compress_file(
     verify: bool = True,
     data: bytes | bytearray | None = None,
     sha256: str | None = None,
+    max_ratio: bool = False,
 ) -> dict[str, Any]:
     """Compress ``src`` to ``dst`` (default ``src`` + ``.tzst``), as a delta of ``base`` if given.
 
     Streams tensor by tensor: ``src`` and ``base`` (either form) are read range by range, so
     memory stays at a few frames per thread (``base_data``/``data`` may pass original bytes the
-    caller already holds instead; ``sha256``: the original's, if the caller has it).  The output
+    caller already holds instead; ``sha256``: the original's, if the caller has it;
+    ``max_ratio``: also try the slower exponent coding, see ``tzst_frames.choose_method``).  The output
     is written as ``tmp_path(dst)``, fsynced and, with ``verify``, decoded again (every segment's
     xxh3 checked) before it is renamed into place (``formats.files.atomic_write``).  Returns
     the index written.  Raises CodecError for an unusable input or a failed verification,
@@ -601,7 +614,7 @@ def compress_file(
 
         def write(f: Any) -> None:
             index.update(tzst_v2.compress(source, f.write, name=raw_name(src), base=base_src, base_name=base_name, base_sha256=base_sha,
-                                          base_chain=chain, meta=meta, threads=n_threads, sha256=sha256))
+                                          base_chain=chain, meta=meta, threads=n_threads, sha256=sha256, max_ratio=max_ratio))
 
         def check(tmp: Path) -> None:
             reader = tzst_v2.TzstReader(tmp, base=base_src)

@@ -409,8 +409,11 @@ def compress(
     meta: dict[str, Any] | None = None,
     threads: int = 1,
     sha256: str | None = None,
+    max_ratio: bool = False,
 ) -> dict[str, Any]:
     """Compress ``src`` into a version 2 file, passing its bytes in order to ``write``.
+
+    ``max_ratio``: also consider the slower exponent coding ``b2e`` (see ``tzst_frames.choose_method``).
 
     ``base`` (with ``base_name``, ``base_sha256`` of its original file, ``base_chain`` its chain
     depth) makes a delta file; ``sha256``: the original file's sha256 if the caller has it
@@ -436,7 +439,7 @@ def compress(
         for span in src.ordered:
             if span.start > pos:
                 yield _gap_segment(src, pos, span.start)
-            yield _tensor_segment(src, span, base, decisions)
+            yield _tensor_segment(src, span, base, decisions, max_ratio)
             pos = span.end
         if pos < src.size:
             yield _gap_segment(src, pos, src.size)
@@ -491,7 +494,7 @@ def _gap_segment(src: BytesSource | RawFileSource, start: int, end: int) -> tupl
 
 
 def _tensor_segment(src: BytesSource | RawFileSource, span: TensorSpan, base: Source | None,
-                    decisions: dict[tuple[str, str, bool], tuple[str, bool]]) -> tuple[dict[str, Any], list[Any]]:
+                    decisions: dict[tuple[str, str, bool], tuple[str, bool]], max_ratio: bool = False) -> tuple[dict[str, Any], list[Any]]:
     """The segment entry and frame jobs of one tensor.
 
     The method is chosen on a sample of the first tensor of each kind (dtype + name with the
@@ -510,7 +513,7 @@ def _tensor_segment(src: BytesSource | RawFileSource, span: TensorSpan, base: So
             lo, hi = _sample_range(nbytes, width)
             sample = src.read(span.start + lo, span.start + hi)
             bsample = base.read(b.start + lo, b.start + hi) if use_base else None  # type: ignore[union-attr]
-            decisions[key] = frames.choose_method(sample, span.dtype, bsample)
+            decisions[key] = frames.choose_method(sample, span.dtype, bsample, max_ratio)
         method, delta = decisions[key]
 
     def job(lo: int, hi: int) -> tuple[dict[str, Any], list[bytes], np.ndarray]:

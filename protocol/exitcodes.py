@@ -24,7 +24,6 @@ EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 
 
-
 class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line and exit ``EXIT_ERROR``.
 

@@ -180,8 +180,8 @@ def check_config(config: RunConfig) -> str | None:
             raise BudgetError(f"--batch-tokens must be at least 1, got {config.batch_tokens}")
         if config.micro_batch is not None and config.micro_batch < 1:
             raise BudgetError(f"--micro-batch must be at least 1, got {config.micro_batch}")
-        if config.lr is not None and not (0.0 < config.lr < 1.0):
-            raise BudgetError(f"--lr must be between 0 and 1, got {config.lr}")
+        if config.lr is not None and not (0.0 < config.lr <= 1.0):  # also refuses nan
+            raise BudgetError(f"--lr must be above 0 and at most 1, got {config.lr}")
         if config.keep_checkpoints is not None and config.keep_checkpoints < 1:
             raise BudgetError(f"--keep-checkpoints must be at least 1, got {config.keep_checkpoints}")
     except BudgetError as error:

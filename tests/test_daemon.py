@@ -56,9 +56,18 @@ def test_progressive_run_end_to_end(daemon: Daemon, home: Path) -> None:
     for done in (s for s in stages if s["status"] == "completed"):  # a Hugging Face folder per stage
         assert done["export_path"] == f"export/{done['stage']}"
         assert (home / "runs" / run_id / done["export_path"] / "config.json").exists()
-    checkpoints = [e for e in evs if e["kind"] == "checkpoint"]
+    # One global batch per step: the preset's 16 x 128 tokens, no accumulation (docs/presets.md).
+    assert [(s["micro_batch"], s["accum_steps"], s["tokens_per_step"], s["steps"]) for s in stages[::2]] == [
+        (16, 1, 16 * 128, 6), (8, 1, 8 * 128, 6),
+    ]
+    checkpoints = [e for e in evs if e["kind"] == "checkpoint" and e["status"] == "saved"]
     assert [c["step"] for c in checkpoints] == [3, 6, 9, 12]
-    for c in checkpoints:
+    # Retention (latest 3, each stage's last, best eval): step 3 goes once step 12 is durable.
+    deleted = [e for e in evs if e["kind"] == "checkpoint" and e["status"] == "deleted"]
+    assert [(d["step"], d["reason"]) for d in deleted] == [(3, "retention")]
+    assert evs.index(deleted[0]) > evs.index(checkpoints[-1])
+    assert not (home / "runs" / run_id / deleted[0]["path"]).exists()
+    for c in checkpoints[1:]:
         assert (home / "runs" / run_id / c["path"]).stat().st_size == c["bytes"]
 
     runs = json.loads(ctl(home, "runs", "--json").stdout)

@@ -45,6 +45,8 @@ def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def _tb_losses(logdir: Path) -> list[tuple[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    if not logdir.is_dir():  # the sink has not seen the run yet
+        return []
     acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
     acc.Reload()
     if "train/loss" not in acc.Tags()["scalars"]:
@@ -187,3 +189,20 @@ def test_alerts_divergence_stall_lost_worker_and_on_alert(home: Path) -> None:
     finally:
         stream.close()
         daemon.stop()
+
+
+def test_metrics_address_in_use_is_one_line_and_exit_2(home: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([tool("tritterd"), "--home", str(home), "--no-recorder", "--metrics", f"127.0.0.1:{port}"],
+                                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert result.returncode == 2 and errors == [f"tritterd: error: cannot serve --metrics on 127.0.0.1:{port}: Address already in use"]
+    assert "Traceback" not in result.stderr
+    bad = subprocess.run([tool("tritterd"), "--home", str(home), "--metrics", "localhost:http"], capture_output=True, text=True,
+                         timeout=60, stdin=subprocess.DEVNULL)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("tritterd: error: --metrics expects HOST:PORT")

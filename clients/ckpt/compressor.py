@@ -8,8 +8,9 @@ An ordinary subscriber, like ``tritter-record``: its cursor (the last seq it has
    when that one is of the same stage and the chain is shorter than ``--keyframe-every``,
    otherwise as a full keyframe (always for a stage-final checkpoint, reason ``stage``); a
    delta larger than ``DELTA_PAYS`` (90%) of its chain's keyframe is rewritten as a keyframe;
-2. writes it as ``<name>.tzst.tmp``, fsyncs, reads it back and decodes it against the
-   original's sha256, and only then renames it into place and removes the raw file;
+2. writes it as ``<name>.tzst.tmp``, fsyncs, reads it back and decodes every segment against
+   the xxh3 of the original's bytes, and only then renames it into place and removes the raw
+   file;
 3. applies retention to the run's compressed checkpoints: the newest ``--keep-last`` N, every
    stage-final one and the run's newest checkpoint are kept, plus whatever delta bases those
    need; the others are deleted.  Raw files are never deleted by retention.
@@ -18,12 +19,15 @@ Everything it does is decided from the files, so a ``kill -9`` at any point lose
 half-written output is a ``.tmp`` file, discarded and redone from the raw file, and an output
 already in place whose original sha256 matches the event is not redone (the raw file, if
 still there, is just removed).
+
+Memory is bounded: the raw file is hashed and compressed range by range, and a delta's base is
+decoded frame by frame from its ``.tzst`` chain, so the sink holds a few 8 MiB frames per
+thread, never a whole checkpoint (nor the previous one).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import sys
@@ -36,7 +40,7 @@ from tritter.clients.cli_args import bounded_int
 from tritter.clients.sink_base import Sink, SinkSettings, sink_main, sink_parser
 from tritter.clients.target import Target
 from tritter.formats import codec
-from tritter.formats.checkpoints import RAW_SUFFIX, SUFFIX, checkpoint_step, is_compressed, list_checkpoint_files, raw_name
+from tritter.formats.checkpoints import RAW_SUFFIX, SUFFIX, checkpoint_step, is_compressed, list_checkpoint_files
 from tritter.formats.files import file_sha256, fsync_dir
 from tritter.protocol.events import AnyEvent, CheckpointEvent
 from tritter.protocol.home import Layout
@@ -69,15 +73,6 @@ class CompressSettings(SinkSettings):
             raise ValueError("--threads must be >= 1")
 
 
-@dataclass
-class _Original:
-    """The last checkpoint compressed for a run, kept so the next delta need not decode it."""
-
-    name: str
-    sha256: str
-    data: bytes
-
-
 class Compressor(Sink[CompressSettings]):
     """The compressor sink (see the module docstring); ``handle`` also drives it by hand in tests."""
 
@@ -89,7 +84,6 @@ class Compressor(Sink[CompressSettings]):
 
     def __init__(self, layout: Layout, settings: CompressSettings | None = None, source: Target | None = None) -> None:
         super().__init__(layout, settings, source)
-        self._last: dict[str, _Original] = {}
         self.compressed = 0  # outputs written by this process (for logs and tests)
 
 
@@ -163,19 +157,19 @@ class Compressor(Sink[CompressSettings]):
         except FileNotFoundError:
             log.info("run %s: %s is gone; nothing to compress", event.run_id, event.path)
             return "gone"
-        data = raw.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
+        sha = file_sha256(raw)  # streamed: the sink never holds a whole checkpoint (16 GB at 1b)
         if sha != event.sha256:
             # The step was saved again (e.g. periodic, then stage-final): its own event follows.
             log.info("%s was rewritten after step %d's %s event; leaving it for the later event", raw.name, event.step, event.reason)
             return "superseded"
-        base, base_data, why = self._choose_base(event, raw)
+        base, why = self._choose_base(event, raw)
         meta = {"run_id": event.run_id, "step": event.step, "stage": event.stage, "reason": event.reason, "seq": event.seq}
         t0 = time.monotonic()
-        header = codec.compress_file(raw, out, base=base, base_data=base_data, meta=meta, threads=self.settings.threads, data=data, sha256=sha)
+        # Tensor by tensor: the raw file and the base (decoded frame by frame) are read by range.
+        header = codec.compress_file(raw, out, base=base, meta=meta, threads=self.settings.threads, sha256=sha)
         if base is not None and not self._delta_pays(out, base):
             why = f"a delta was {out.stat().st_size / 1e6:.2f} MB, over {DELTA_PAYS:.0%} of the last keyframe"
-            header = codec.compress_file(raw, out, meta=meta, threads=self.settings.threads, data=data, sha256=sha)
+            header = codec.compress_file(raw, out, meta=meta, threads=self.settings.threads, sha256=sha)
         self.compressed += 1
         after = os.stat(raw)
         if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
@@ -183,45 +177,41 @@ class Compressor(Sink[CompressSettings]):
             return "compressed"
         raw.unlink()
         fsync_dir(raw.parent)
-        self._last[event.run_id] = _Original(raw.name, sha, data)
         packed = out.stat().st_size
         kind = f"delta of {header['base']['name']}, chain {header['chain']}" if header.get("base") else f"keyframe ({why})"
-        log.info("compressed %s: %.2f MB -> %.2f MB (%.3fx, %s) in %.1f s", out.name, len(data) / 1e6, packed / 1e6, len(data) / packed, kind, time.monotonic() - t0)
+        log.info("compressed %s: %.2f MB -> %.2f MB (%.3fx, %s) in %.1f s", out.name, after.st_size / 1e6, packed / 1e6, after.st_size / packed, kind, time.monotonic() - t0)
         return "compressed"
 
-    def _choose_base(self, event: CheckpointEvent, raw: Path) -> tuple[Path | None, bytes | None, str]:
+    def _choose_base(self, event: CheckpointEvent, raw: Path) -> tuple[Path | None, str]:
+        """(the delta base for this checkpoint or None, why it is a keyframe when None)."""
         if event.reason == "stage":
-            return None, None, "stage-final"
+            return None, "stage-final"
         if self.settings.keyframe_every <= 1:
-            return None, None, "--keyframe-every 1"
+            return None, "--keyframe-every 1"
         prev = [p for p in list_checkpoint_files(raw.parent.parent) if (checkpoint_step(p) or 0) < event.step]
         if not prev:
-            return None, None, "first checkpoint"
+            return None, "first checkpoint"
         base = prev[-1]
         if not is_compressed(base):
             compressed = base.with_name(base.name + SUFFIX)
             if not compressed.exists():
-                return None, None, f"previous checkpoint {base.name} is not compressed yet"
+                return None, f"previous checkpoint {base.name} is not compressed yet"
             base = compressed
         try:
             header = codec.read_header(base)
         except codec.CodecError as exc:
             log.warning("%s", exc)
-            return None, None, "previous checkpoint unreadable"
+            return None, "previous checkpoint unreadable"
         if header.get("meta", {}).get("stage") != event.stage:
-            return None, None, "new stage"
+            return None, "new stage"
         if int(header.get("chain", 0)) + 1 >= self.settings.keyframe_every:
-            return None, None, f"every {self.settings.keyframe_every}"
-        last = self._last.get(event.run_id)
-        sha = header["original"]["sha256"]
-        base_data = last.data if last is not None and last.name == raw_name(base) and last.sha256 == sha else None
-        if base_data is None:
-            try:
-                codec.base_chain(base)  # every link present and matching; the codec reads the base tensor by tensor
-            except codec.CodecError as exc:
-                log.warning("%s", exc)
-                return None, None, "previous checkpoint unreadable"
-        return base, base_data, ""
+            return None, f"every {self.settings.keyframe_every}"
+        try:
+            codec.base_chain(base)  # every link present and matching; the codec reads the base tensor by tensor
+        except codec.CodecError as exc:
+            log.warning("%s", exc)
+            return None, "previous checkpoint unreadable"
+        return base, ""
 
     @staticmethod
     def _delta_pays(out: Path, base: Path) -> bool:

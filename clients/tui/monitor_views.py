@@ -237,7 +237,7 @@ def _gb(n: int | None) -> str:
 def system_pane(system: SystemEvent | None, now: float | None = None) -> list[Line]:
     """nvitop-style lines: process CPU and memory, host memory, then one line per GPU."""
     if system is None:
-        return [[("class:dim", "system   no figures yet (the worker reports about every 10 s)")]]
+        return [[("class:dim", "system   no figures (live only: the worker reports about every 10 s)")]]
     age = f" · {time.strftime('%H:%M:%S', time.localtime(system.ts))}" if system.ts else ""
     host = system.host_memory_used_bytes / system.host_memory_total_bytes if system.host_memory_total_bytes else None
     lines: list[Line] = [[

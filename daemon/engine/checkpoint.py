@@ -49,7 +49,8 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 # Resume reads compressed checkpoints (formats/codec.py) transparently.
-from tritter.formats.checkpoints import checkpoint_path, is_compressed, list_checkpoint_files
+from tritter.formats.checkpoints import checkpoint_path, list_checkpoint_files
+from tritter.formats.sniff import is_tzst_file
 from tritter.formats.codec import CodecError, read_safetensors_bytes, read_tensors, safetensors_metadata
 from tritter.recipe.presets import ModelShape
 from tritter.formats.safetensors_stream import DIGEST_KEY, Blob, content_digest, verify_content, write_safetensors
@@ -340,7 +341,7 @@ def load_checkpoint(path: Path, device: torch.device | str | None = None) -> Loa
     path = Path(path)
     target = str(device) if device is not None else "cpu"
     try:
-        if is_compressed(path):  # written by tritter-compress; may be a delta on an older one
+        if is_tzst_file(path):  # by content (formats/sniff.py): written by tritter-compress; may be a delta
             metadata, tensors, intact = _load_compressed(path)
             if target != "cpu":
                 tensors = {k: v if k.startswith("rng.") else v.to(target) for k, v in tensors.items()}

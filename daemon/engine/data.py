@@ -227,8 +227,15 @@ def load_token_data(
             return CorpusReader(files, text_field, chunk_chars)
 
     if files and files[0].kind == "tokens":
-        stream: TokenStream | np.ndarray = TokenStream(_check_token_ids(files, tok_ids, progress))
         digest = _key("tokens", cdigest)
+        # The id check reads every token once; remembered per corpus content and tokenizer size.
+        marker = Path(cache_dir) / f"checked-{_key(cdigest, tok_ids)[:32]}" if cache_dir is not None else None
+        if marker is not None and marker.exists():
+            stream: TokenStream | np.ndarray = TokenStream([open_token_file(f.path) for f in files])
+        else:
+            stream = TokenStream(_check_token_ids(files, tok_ids, progress))
+            if marker is not None:
+                atomic_write(marker, b"ok\n", durable=False)
         info: dict = {"tokens": len(stream), "pretokenized": True}
     else:
         key = _key(cdigest, spec.digest, text_field, chunk_chars)

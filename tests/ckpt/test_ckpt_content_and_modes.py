@@ -100,3 +100,21 @@ def test_written_files_keep_the_source_permissions(tmp_path: Path, mode: int) ->
         assert (tmp_path / "step-00000006.safetensors.tzst").stat().st_mode & 0o777 == mode
     finally:
         os.umask(old_umask)
+
+
+def test_a_rewritten_file_keeps_its_permissions(tmp_path: Path) -> None:
+    """atomic_write (run.json, cursors, exports) replaces a file with one of the same mode."""
+    from tritter.formats.files import atomic_write
+
+    path = tmp_path / "run.json"
+    path.write_text("{}")
+    os.chmod(path, 0o600)
+    old_umask = os.umask(0o022)
+    try:
+        atomic_write(path, b'{"status": "running"}\n', durable=False)
+        assert path.stat().st_mode & 0o777 == 0o600
+        fresh = tmp_path / "new.json"
+        atomic_write(fresh, b"{}\n", durable=False)
+        assert fresh.stat().st_mode & 0o777 == 0o644  # a new file: the umask's default
+    finally:
+        os.umask(old_umask)

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from tritter.daemon.engine import accumulation
 from tritter.daemon.engine import trainer as trainer_module
@@ -153,7 +154,7 @@ def _ddp_rank(rank: int, init_file: str, out_dir: str) -> None:
 
         def counting_hook(state, bucket):  # type: ignore[no-untyped-def]  # DDP rejects string annotations
             reductions.append(bucket.index())
-            return torch.distributed.algorithms.ddp_comm_hooks.default_hooks.allreduce_hook(None, bucket)
+            return allreduce_hook(None, bucket)  # type: ignore[arg-type]  # None = the default group
 
         model.register_comm_hook(None, counting_hook)
         x, y = _batch(16)

@@ -275,6 +275,16 @@ def test_any_text_roundtrips_through_shards(tmp_path_factory, text):
     assert D.load_tokenizer().decode(stream(td).tolist(), skip_special_tokens=False) == "x" * 30 + text
 
 
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(st.sampled_from("ab \n\t\u00e9\U0001f642"), max_size=300), chunk=st.integers(1, 40))
+def test_split_text_pieces_are_bounded_and_rejoin(text, chunk):
+    from tritter.formats.corpus import split_text
+
+    pieces = list(split_text(text, chunk))
+    assert "".join(pieces) == text and all(len(p) <= 2 * chunk for p in pieces)
+    assert all(len(p) >= chunk for p in pieces[:-1])  # no tiny pieces: cuts are searched from chunk on
+
+
 # --------------------------------------------------------------------------- special tokens, tokenizers
 
 

@@ -84,6 +84,7 @@ def test_start_and_resume_on_a_full_disk_leave_a_run_commands_can_move(full_home
         assert "internal error" not in err and "OSError" not in err, err
 
         runs = json.loads(ctl(home, "runs", "--json").stdout)
+        print(f"HALF-RECORDED outcome: {[(r['status'], r['error']) for r in runs] or 'no run recorded'}; start said: {err}")
         for run in runs:  # none, or failed with the reason: never "running" without a worker
             assert run["status"] == "failed" and "No space left on device" in run["error"], run
         assert daemon.process is not None and daemon.process.poll() is None, daemon.stderr()[-2000:]

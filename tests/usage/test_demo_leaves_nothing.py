@@ -31,6 +31,14 @@ def carrying(home: Path) -> list[tuple[int, str]]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 @pytest.mark.timeout(900)
 def test_demo_leaves_no_process_behind(tmp_path: Path) -> None:
     home = tmp_path / "home"
@@ -48,3 +56,19 @@ def test_demo_leaves_no_process_behind(tmp_path: Path) -> None:
         os.kill(pid, 9)
     assert not left, f"the demo left these running: {left}"
     assert "processes left behind" not in demo.stderr
+
+
+def test_the_leftover_check_of_the_readme_scripts_finds_and_ends_a_stray_process() -> None:
+    """scripts/test.sh and demo.sh end with ``reap_leftovers`` (scripts/leftovers.sh): a process
+    that outlived its parent (reparented to init) is listed, killed, and fails the script."""
+    script = ". scripts/leftovers.sh; tag_session check; ( setsid sleep 300 & ); reap_leftovers check.sh"
+    dirty = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert dirty.returncode == 1 and "sleep 300" in dirty.stderr, dirty.stderr
+    pid = int(dirty.stderr.split("\n")[1].split()[0])
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:  # SIGKILLed: gone (or a zombie init reaps) at once
+        time.sleep(0.05)
+    assert not alive(pid), f"the stray process {pid} was not ended"
+    clean = subprocess.run(["bash", "-c", ". scripts/leftovers.sh; tag_session check; sleep 0.1; reap_leftovers check.sh"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert clean.returncode == 0 and clean.stderr == "", clean.stderr
