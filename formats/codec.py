@@ -544,7 +544,7 @@ def compress_bytes(
     With ``base`` (the previous checkpoint's original bytes) the result is a delta file that
     needs that base, found by ``base_name`` next to it, to decode; ``base_chain`` is the base's
     own chain depth (0 for a raw file or a keyframe).  ``sha256``: the original's, if known.
-    ``max_ratio``: also try the slower exponent coding (2-6% smaller, ~3x slower to decode).
+    ``max_ratio``: allow the slower exponent coding on AdamW moments too (1-3% smaller, ~2x slower to decode).
     Raises CodecError when ``data`` (or ``base``) is not a safetensors file.
     """
     chunks: list[bytes] = []
@@ -584,7 +584,7 @@ def compress_file(
     Streams tensor by tensor: ``src`` and ``base`` (either form) are read range by range, so
     memory stays at a few frames per thread (``base_data``/``data`` may pass original bytes the
     caller already holds instead; ``sha256``: the original's, if the caller has it;
-    ``max_ratio``: also try the slower exponent coding, see ``tzst_frames.choose_method``).  The output
+    ``max_ratio``: exponent coding on AdamW moments too, see ``tzst_v2.exp_coding_allowed``).  The output
     is written as ``tmp_path(dst)``, fsynced and, with ``verify``, decoded again (every segment's
     xxh3 checked) before it is renamed into place (``formats.files.atomic_write``).  Returns
     the index written.  Raises CodecError for an unusable input or a failed verification,

@@ -413,7 +413,7 @@ def compress(
 ) -> dict[str, Any]:
     """Compress ``src`` into a version 2 file, passing its bytes in order to ``write``.
 
-    ``max_ratio``: also consider the slower exponent coding ``b2e`` (see ``tzst_frames.choose_method``).
+    ``max_ratio``: allow the slower exponent coding ``b2e`` on AdamW moments too (``exp_coding_allowed``).
 
     ``base`` (with ``base_name``, ``base_sha256`` of its original file, ``base_chain`` its chain
     depth) makes a delta file; ``sha256``: the original file's sha256 if the caller has it
@@ -493,6 +493,23 @@ def _gap_segment(src: BytesSource | RawFileSource, start: int, end: int) -> tupl
     return {"name": "__gap__", "start": start, "end": end}, [job]
 
 
+MOMENT_SUFFIXES = (".exp_avg", ".exp_avg_sq")  # AdamW moments, as tritter's checkpoints name them
+
+
+def exp_coding_allowed(name: str, max_ratio: bool = False) -> bool:
+    """Whether tensor ``name`` may use the exponent coding ``b2e`` (else ``b2`` / XOR ``b2`` only).
+
+    The rule per tensor kind, measured side by side with ZipNN (docs/benchmarks.md, issue 17):
+    on weights, ``b2`` falls 1-3% short of ZipNN's ratio (sign and exponent share the top byte)
+    and ``b2e`` beats it, so weights may use ``b2e`` (the smaller on a sample wins); on AdamW
+    moments ``b2`` already beats ZipNN by 2-10% and ``b2e`` would save only 1.4% (fp32) to 3%
+    (bf16) more while decoding at about half the speed, so moments (2/3 of a checkpoint's bytes)
+    stay on the fast path.  ``max_ratio`` (``tritter-ckpt compress --max-ratio``) allows it
+    everywhere.
+    """
+    return max_ratio or not name.endswith(MOMENT_SUFFIXES)
+
+
 def _tensor_segment(src: BytesSource | RawFileSource, span: TensorSpan, base: Source | None,
                     decisions: dict[tuple[str, str, bool], tuple[str, bool]], max_ratio: bool = False) -> tuple[dict[str, Any], list[Any]]:
     """The segment entry and frame jobs of one tensor.
@@ -513,7 +530,7 @@ def _tensor_segment(src: BytesSource | RawFileSource, span: TensorSpan, base: So
             lo, hi = _sample_range(nbytes, width)
             sample = src.read(span.start + lo, span.start + hi)
             bsample = base.read(b.start + lo, b.start + hi) if use_base else None  # type: ignore[union-attr]
-            decisions[key] = frames.choose_method(sample, span.dtype, bsample, max_ratio)
+            decisions[key] = frames.choose_method(sample, span.dtype, bsample, exp_coding_allowed(span.name, max_ratio))
         method, delta = decisions[key]
 
     def job(lo: int, hi: int) -> tuple[dict[str, Any], list[bytes], np.ndarray]:

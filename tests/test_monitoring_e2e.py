@@ -126,7 +126,7 @@ def test_eval_samples_system_metrics_and_tensorboard(home: Path, tmp_path: Path)
 @pytest.mark.timeout(1200)  # a 12-step run with a kill -9 of the sink and of the daemon
 def test_tensorboard_exactly_once_across_its_kill9_and_a_daemon_restart(home: Path) -> None:
     daemon = Daemon(home, ["--no-recorder"]).start()
-    sink = None
+    sink = recorder = None
     try:
         recorder = subprocess.Popen([tool("tritter-record"), "--home", str(home)], stderr=subprocess.DEVNULL)
         sink = subprocess.Popen([tool("tritter-tensorboard"), "--home", str(home)], stderr=subprocess.DEVNULL)
@@ -144,12 +144,11 @@ def test_tensorboard_exactly_once_across_its_kill9_and_a_daemon_restart(home: Pa
         metrics = wait_for_metrics(home, run_id, 12)
         assert [m["step"] for m in metrics] == list(range(1, 13))
         _wait(lambda: _same_as_metrics(_tb_losses(logdir), metrics), "tensorboard = metrics.jsonl", 60, 1.0)
-        recorder.terminate()
-        recorder.wait(timeout=30)
     finally:
-        if sink is not None and sink.poll() is None:
-            sink.terminate()
-            sink.wait(timeout=30)
+        for process in (sink, recorder):  # never leave a sink behind, whatever failed
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
         daemon.stop()
 
 

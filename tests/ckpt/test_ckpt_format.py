@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load as torch_load
 
 from ckpt_helpers import synthetic
-from tritter.formats import codec, tzst_frames
+from tritter.formats import codec, tzst_frames, tzst_v2
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -81,15 +81,18 @@ def test_exponent_coding_round_trips_edge_values() -> None:
 
 
 def test_trained_weights_choose_exponent_coding_and_moments_shuffle() -> None:
-    """The per-kind choice, on tensors shaped like the real thing: with ``max_ratio`` Gaussian
-    weights get b2e and a second-moment-like tensor (many exact repeats) gets b2 — the smaller one
-    each time; by default (speed first) both get b2."""
+    """The per-kind choice, on tensors shaped like the real thing: Gaussian weights get b2e, and a
+    second-moment-like tensor (many exact repeats) gets b2 — the smaller one each time; AdamW
+    moments are kept off b2e by name unless ``max_ratio``."""
     rng = np.random.default_rng(1)
     weights = (rng.standard_normal(1 << 16).astype(np.float32) * 0.02).view(np.uint8)
     moments = np.repeat(rng.random(1 << 12).astype(np.float32) ** 4 * 1e-6, 16).view(np.uint8)
-    assert tzst_frames.choose_method(weights, "F32", None, max_ratio=True) == ("b2e", False)
-    assert tzst_frames.choose_method(moments, "F32", None, max_ratio=True) == ("b2", False)
-    assert tzst_frames.choose_method(weights, "F32", None) == ("b2", False)
+    assert tzst_frames.choose_method(weights, "F32", None) == ("b2e", False)
+    assert tzst_frames.choose_method(moments, "F32", None) == ("b2", False)
+    assert tzst_frames.choose_method(weights, "F32", None, allow_exp=False) == ("b2", False)
     for raw in (weights, moments):
         sizes = {m: tzst_frames.encode_frame(raw, "F32", m)[0]["n"] for m in ("b2", "b2e")}
-        assert sizes[tzst_frames.choose_method(raw, "F32", None, max_ratio=True)[0]] == min(sizes.values())
+        assert sizes[tzst_frames.choose_method(raw, "F32", None)[0]] == min(sizes.values())
+    assert tzst_v2.exp_coding_allowed("model.layers.0.mlp.up_proj.weight")
+    assert not tzst_v2.exp_coding_allowed("optim.3.exp_avg") and not tzst_v2.exp_coding_allowed("optim.3.exp_avg_sq")
+    assert tzst_v2.exp_coding_allowed("optim.3.exp_avg_sq", max_ratio=True)

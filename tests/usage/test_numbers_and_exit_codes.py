@@ -112,6 +112,8 @@ def test_daemon_answers_out_of_range_numbers_with_an_error(daemon: Daemon, home:
     ("tritter-record", "--no-such-flag"),
     ("tritter-compress", "--no-such-flag"),
     ("tritter-upload", "--no-such-flag"),
+    ("tritter-tensorboard", "--no-such-flag"),
+    ("tritter-record", "--connect", "udp://nowhere"),
     ("tritter-ckpt", "verify"),
     ("tritter-ckpt", "info", "/nonexistent/file.safetensors"),
     ("tritter-tui", "--runs-dir", "/nonexistent"),
