@@ -69,6 +69,10 @@ def _probe_unix(path: Path) -> str | None:
 
 
 class Connection:
+    """A client's control connection to one tritterd (``target``, or a Layout for the local one): a DEALER
+    socket opened on first ``request``, one request in flight, each answered within ``timeout_s`` seconds.
+    """
+
     def __init__(
         self, target: Target | Layout, timeout_s: float = 5.0, ctx: zmq.asyncio.Context | None = None
     ) -> None:
@@ -165,4 +169,5 @@ class Connection:
             self._sock = None
 
     async def close(self) -> None:
+        """Close the request socket (linger 0); the next request opens a new one."""
         self._discard()

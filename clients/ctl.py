@@ -63,11 +63,17 @@ class UserError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    """``tritterctl``'s ArgumentParser (its subparsers too): a usage error is one line and exit status 2."""
+
     def error(self, message: str) -> NoReturn:  # one clear line, not a usage dump
+        """Print ``tritterctl: error: MESSAGE (see: tritterctl --help)`` on stderr and exit ``EXIT_ERROR`` (2);
+        never returns."""
         self.exit(EXIT_ERROR, f"tritterctl: error: {message} (see: tritterctl --help)\n")
 
 
 def build_parser() -> Parser:
+    """The ``tritterctl`` argument parser: the target flags and every subcommand with its flags (values
+    range-checked by their types)."""
     parser = Parser(prog="tritterctl", description="Drive tritterd.", epilog=__doc__.split("\n\n", 1)[1])
     add_target_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
@@ -221,6 +227,8 @@ def _budget_text(c: RunConfig) -> str:
 
 
 def format_status(r: RunState) -> str:
+    """``tritterctl status``'s text for run ``r``: one labelled line per field (stages, progress, loss, speed,
+    checkpoint, ...), user text escaped."""
     c = r.config
     lines = [
         f"run        {r.run_id}  ({r.run_name})",
@@ -251,6 +259,8 @@ def format_status(r: RunState) -> str:
 
 
 def format_event(event: AnyEvent) -> str:
+    """One line for ``tritterctl events``: seq, local time, run id, kind, then the kind's own summary (losses in
+    nats/token, sizes in MB)."""
     head = f"{event.seq:>7} {time.strftime('%H:%M:%S', time.localtime(event.ts))} {event.run_id} {event.kind:<10}"
     if isinstance(event, StepEvent):
         predicted = " predicted" if event.was_predicted else ""
@@ -284,6 +294,11 @@ def format_event(event: AnyEvent) -> str:
 
 # -- commands ---------------------------------------------------------------------------------
 def config_from_args(args: argparse.Namespace, remote: bool) -> RunConfig:
+    """The RunConfig of ``tritterctl start``'s flags (``remote``: paths are the daemon's and are not checked here).
+
+    Raises UserError (one line) for a missing local ``--corpus``/``--tokenizer``, an invalid config or budget,
+    or an unusable Hugging Face repo id; ValueError when ``--sample-prompts`` cannot be read or breaks a bound.
+    """
     corpus = None
     if args.corpus is not None:
         if remote:  # a path on the daemon's machine: it checks
@@ -320,6 +335,8 @@ def config_from_args(args: argparse.Namespace, remote: bool) -> RunConfig:
 
 
 async def ask(connection: Connection, request: Request) -> Reply:
+    """Send ``request`` on ``connection`` and return the Reply; raises DaemonUnavailable, RequestFailed or
+    ProtocolError as ``Connection.request``."""
     return await connection.request(request)
 
 
@@ -352,6 +369,11 @@ def link_reporter(subscription_ref: list[Subscription]) -> Callable[[str], None]
 
 
 async def wait_for_run(target: Target, connection: Connection, run: str, timeout: float | None) -> int:
+    """``tritterctl wait``: block until ``run`` ends, following the bus from the reply's head; print its outcome.
+
+    Returns 0 when it completed, ``EXIT_RUN_FAILED`` (1) when it failed, was stopped or paused itself,
+    ``EXIT_TIMEOUT`` (124) after ``timeout`` seconds (None = no limit).  Raises as ``ask``.
+    """
     reply = await ask(connection, Status(run=run))
     state = reply.runs[0]
     if state.status not in TERMINAL and not self_paused(state):
@@ -383,6 +405,9 @@ async def wait_for_run(target: Target, connection: Connection, run: str, timeout
 
 async def print_events(target: Target, since: int, follow: bool, as_json: bool,
                        kinds: frozenset[str] | None = None) -> int:
+    """``tritterctl events``: print events from seq ``since`` (at least 1), one line each (or JSON with ``as_json``),
+    only the ``kinds`` given (None = all), to the head or, with ``follow``, forever.  Returns 0.
+    """
     holder: list[Subscription] = []
     subscription = Subscription(target, since=max(since, 1), follow=follow, on_state=link_reporter(holder))
     holder.append(subscription)
@@ -398,6 +423,9 @@ async def print_events(target: Target, since: int, follow: bool, as_json: bool,
 
 
 def keygen(directory: Path, name: str) -> int:
+    """``tritterctl keygen``: write a CURVE key pair ``name.key`` / ``name.key_secret`` (mode 0600) into ``directory``
+    and print how to use it; returns 0.  Raises UserError for a bad or taken name, OSError when it cannot write.
+    """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise UserError(f"key name {name!r} may use letters, digits, '.', '_' and '-' only")
     if (directory / f"{name}.key").exists() or (directory / f"{name}.key_secret").exists():
@@ -412,6 +440,9 @@ def keygen(directory: Path, name: str) -> int:
 
 
 async def run_command(args: argparse.Namespace) -> int:
+    """Run one daemon subcommand of ``args`` against its target and print the result; returns the exit status
+    (0, or ``wait``'s).  Raises UserError, DaemonUnavailable, RequestFailed, ProtocolError, ValueError, OSError.
+    """
     target = target_from_args(args)
     connection = Connection(target)
     try:
@@ -446,6 +477,9 @@ async def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``tritterctl`` command line; returns the exit status: 0, 1 (``wait``: the run will not complete), 2 with one
+    line on stderr for any error, 124 (``wait --timeout``), 130 on Ctrl-C; a closed stdout pipe is not an error.
+    """
     args = build_parser().parse_args(argv)
     try:
         if args.command == "keygen":

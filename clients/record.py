@@ -157,6 +157,7 @@ class Recorder(Sink[SinkSettings]):
         self._gone: set[str] = set()  # keys of files deleted/replaced under us: reopen (and rebuild)
 
     def describe(self) -> str:
+        """The start-up log line: where the metrics files are written."""
         return f"recording metrics under {self.layout.runs}"
 
     # -- events: what the recorder writes --------------------------------------------------------
@@ -243,11 +244,13 @@ class Recorder(Sink[SinkSettings]):
 
     # -- durability ------------------------------------------------------------------------------
     def save_progress(self) -> None:
+        """fsync every open metrics file, then save the cursor (blocking); OSError when the disk refuses."""
         for metrics in list(self.files.values()):
             metrics.sync()  # lines before the cursor must be on disk before the cursor is
         super().save_progress()
 
     async def close(self) -> None:
+        """Close every open metrics file."""
         for metrics in self.files.values():
             await metrics.close()
         self.files.clear()

@@ -90,6 +90,8 @@ class Subscription:
         return self._gen
 
     async def close(self) -> None:
+        """Stop: close the SUB socket and the control connection, and end the event iterator (iterating after this
+        just ends)."""
         self._closed = True
         self._drop_sub()  # wakes a waiting iterator (its recv is cancelled), which then ends
         await self._conn.close()

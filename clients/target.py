@@ -18,12 +18,18 @@ from tritter.protocol.home import Layout, remote_endpoints, resolve_home
 
 @dataclass(frozen=True)
 class CurveKeys:
+    """CURVE keys of a client: the daemon's public key and this client's key pair (Z85-encoded bytes)."""
+
     server_public: bytes
     client_public: bytes
     client_secret: bytes
 
     @classmethod
     def load(cls, server_key: Path, client_key: Path) -> CurveKeys:
+        """Keys from the daemon's public certificate ``server_key`` and the client's secret certificate ``client_key``.
+
+        Raises ValueError (one line) when a certificate cannot be read or ``client_key`` holds no secret key.
+        """
         def read(path: Path, what: str) -> tuple[bytes, bytes | None]:
             try:
                 public, secret = zmq.auth.load_certificate(path)
@@ -38,6 +44,7 @@ class CurveKeys:
         return cls(server_public, client_public, client_secret)
 
     def apply(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CURVE client with these keys (before it connects)."""
         sock.curve_serverkey = self.server_public
         sock.curve_publickey = self.client_public
         sock.curve_secretkey = self.client_secret
@@ -45,6 +52,9 @@ class CurveKeys:
 
 @dataclass(frozen=True)
 class Target:
+    """Which tritterd to talk to: its events and control endpoints, a name for messages, the home (local only) and
+    CURVE keys (remote only)."""
+
     events: str
     api: str
     where: str  # how to name it in messages: a home directory or a tcp:// address
@@ -53,19 +63,26 @@ class Target:
 
     @classmethod
     def local(cls, layout: Layout) -> Target:
+        """The daemon of ``layout``'s home, over its ipc endpoints; ValueError when a socket path is too long."""
         return cls(layout.events_endpoint, layout.api_endpoint, str(layout.home), layout.home)
 
     @classmethod
     def remote(cls, url: str, server_key: Path, client_key: Path) -> Target:
+        """A daemon started with ``--bind url``: events on PORT, control on PORT+1, with CURVE keys.
+        Raises ValueError (one line) for a bad url or unreadable certificates.
+        """
         events, api = remote_endpoints(url)
         return cls(events, api, url, None, CurveKeys.load(server_key, client_key))
 
     @property
     def is_remote(self) -> bool:
+        """Whether the daemon is remote (tcp with CURVE) rather than a local home."""
         return self.home is None
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--home``, ``--connect``, ``--server-key`` and ``--client-key`` to ``parser`` (read back by
+    ``target_from_args``)."""
     parser.add_argument("--home", help="home directory (default: $TRITTER_HOME or ~/.local/share/tritter)")
     parser.add_argument("--connect", metavar="tcp://HOST:PORT", help="a remote tritterd started with --bind")
     parser.add_argument("--server-key", type=Path, metavar="FILE", help="the daemon's public certificate (or $TRITTER_SERVER_KEY)")

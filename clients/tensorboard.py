@@ -81,10 +81,13 @@ class TensorBoardSink(Sink[SinkSettings]):
         self.writers: dict[str, _Writer] = {}
 
     def describe(self) -> str:
+        """The start-up log line: where the event files are written."""
         return f"writing TensorBoard event files under {self.logdir}"
 
     # -- state ------------------------------------------------------------------------------------
     def load_cursor(self) -> int:
+        """Read the state file (committed event-file sizes and seq); returns its seq, 0 when missing or unreadable
+        (then everything is redone)."""
         path = self.logdir / STATE_FILE
         try:
             self.state = msgspec.json.decode(path.read_bytes(), type=_State)
@@ -109,6 +112,8 @@ class TensorBoardSink(Sink[SinkSettings]):
             self.state.files[entry.path.relative_to(self.logdir).as_posix()] = os.fstat(handle.fileno()).st_size
 
     async def start(self) -> None:
+        """Cut event files back to their committed sizes and drop uncommitted ones (in a thread), so no record is
+        written twice."""
         await asyncio.to_thread(self._sweep)
 
     def _sweep(self) -> None:
@@ -126,6 +131,9 @@ class TensorBoardSink(Sink[SinkSettings]):
 
     # -- events -------------------------------------------------------------------------------------
     async def on_event(self, event: AnyEvent) -> None:
+        """Write step, eval, stage, sample, system and alert events as scalars/texts of their run (in a thread);
+        a terminal run event closes its run's writer; other events are ignored.
+        """
         if isinstance(event, RunEvent):
             if event.status in TERMINAL and event.run_id in self.writers:
                 await asyncio.to_thread(self._close_run, event.run_id)
@@ -184,6 +192,7 @@ class TensorBoardSink(Sink[SinkSettings]):
                        event.step, walltime=ts)
 
     async def close(self) -> None:
+        """Close every open writer (in a thread)."""
         for entry in self.writers.values():
             await asyncio.to_thread(entry.writer.close)
         self.writers.clear()

@@ -93,12 +93,16 @@ class UploadFailure(Exception):
 
 @dataclass(frozen=True)
 class Job:
+    """One stage upload to do: the run id and the stage's preset name."""
+
     run_id: str
     stage: str
 
 
 @dataclass(frozen=True)
 class Uploaded:
+    """A finished upload: the revision's page ``url`` on the hub and the ``commit`` id."""
+
     url: str
     commit: str
 
@@ -175,6 +179,10 @@ class Hub:
         self.private = private
 
     def upload(self, repo: str, folder: Path, branch: str, tag: str, message: str, token: str) -> Uploaded:
+        """Upload ``folder`` to hub repo ``repo`` (created if needed, private when ``self.private``) on branch ``branch``
+        (created if needed), with commit ``message``, and tag the commit ``tag``; returns its page URL and commit id.
+        Blocking; raises huggingface_hub's errors (HfHubHTTPError, ...) and OSError, which ``classify`` sorts.
+        """
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
@@ -274,6 +282,7 @@ class Uploader(Sink[UploadSettings]):
 
 
     def describe(self) -> str:
+        """The start-up log line: where the uploader's state file is."""
         return f"uploading stages (state {self.state_path})"
 
     # -- the snapshot (the fold and the cursor, in HOME/upload.state) ------------------------
@@ -283,6 +292,8 @@ class Uploader(Sink[UploadSettings]):
         return self.layout.home / "upload.state"
 
     def load_cursor(self) -> int:
+        """Read ``HOME/upload.state`` into ``snapshot``; returns its cursor (0 when missing or unreadable: the log
+        is folded from seq 1)."""
         try:
             self.snapshot = msgspec.json.decode(self.state_path.read_bytes(), type=Snapshot)
         except FileNotFoundError:
@@ -293,11 +304,14 @@ class Uploader(Sink[UploadSettings]):
         return self.snapshot.cursor
 
     def save_progress(self) -> None:
+        """Write the snapshot with the current cursor to ``HOME/upload.state`` atomically (blocking); OSError when
+        it cannot."""
         self.snapshot.cursor = self.cursor
         atomic_write(self.state_path, msgspec.json.encode(self.snapshot))
 
     # -- events ------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Set the hub client's per-request timeout (seconds) and warn once when no Hugging Face token is found."""
         configure_hub_client(self.settings.request_timeout_s)
         if find_token() is None:
             log.warning("no Hugging Face token (HF_TOKEN or `hf auth login`): uploads will fail until there is one")
@@ -313,12 +327,16 @@ class Uploader(Sink[UploadSettings]):
             self.schedule()
 
     def on_state(self, state: str) -> None:
+        """Note whether the subscription is ``live``; on going live (caught up), schedule every upload the fold
+        says is due."""
         log.info("bus: %s", state)
         self.live = state == LIVE
         if self.live:
             self.schedule()  # caught up: now the fold is the whole truth
 
     def pending(self) -> list[Job]:
+        """The stages the fold says need an upload (``wants_upload``), minus those in flight and those whose final
+        report has not come back yet."""
         jobs = []
         for run in self.snapshot.runs.values():
             for stage in run.stages:
@@ -330,6 +348,7 @@ class Uploader(Sink[UploadSettings]):
         return jobs
 
     def schedule(self) -> None:
+        """Start one task per pending job (they take turns on a one-upload semaphore); needs a running loop."""
         for job in self.pending():
             self.active.add(job)
             task = asyncio.get_running_loop().create_task(self._work(job))
@@ -438,6 +457,7 @@ class Uploader(Sink[UploadSettings]):
                 await task
 
     async def close(self) -> None:
+        """Close the control connection to the daemon."""
         await self.connection.close()
 
 

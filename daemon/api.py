@@ -52,6 +52,10 @@ MAX_ATTEMPT = 1_000_000  # upload attempts a report may carry
 
 
 class Api:
+    """The daemon's request endpoint: ROUTER sockets (local ipc, plus CURVE tcp ones via ``add_remote``)
+    answering control and catch-up requests with one ``Reply`` each.  Raises zmq.ZMQError when a bind fails.
+    """
+
     def __init__(self, daemon: Tritterd, endpoints: list[str]) -> None:
         self.daemon = daemon
         self.sockets: list[zmq.asyncio.Socket] = []
@@ -64,6 +68,7 @@ class Api:
         self.sockets.append(sock)
 
     def add_remote(self, endpoint: str, keys: ServerKeys) -> None:
+        """Also answer on ``endpoint`` (tcp), as a CURVE server with ``keys``; zmq.ZMQError when it cannot bind."""
         self._add([endpoint], keys)
 
     async def answer_requests(self) -> None:
@@ -85,6 +90,11 @@ class Api:
                 log.debug("could not reply to a client: %s", error)
 
     async def answer(self, body: list[bytes]) -> Reply:
+        """The Reply to one request message (``body``: its frames after the identity/delimiter; exactly one expected).
+
+        Never raises: a malformed message, an unknown run (LookupError), a refused command, an unwritable
+        home (OSError) and any bug all become ``ok=False`` with a one-line ``error``; ``head`` is always set.
+        """
         head = self.daemon.eventlog.head
         if len(body) != 1:
             return Reply(ok=False, error=f"expected one message frame, got {len(body)}", head=head)
@@ -107,6 +117,13 @@ class Api:
         return reply
 
     async def handle(self, request: AnyRequest) -> Reply:
+        """Act on one decoded request and return its Reply (``head`` is filled in by ``answer``).
+
+        Ping, Catchup (at most 10,000 events), Runs, Status, Start, Upload and Report are answered for
+        any run; Stop, Pause, Resume, Checkpoint and Extend check the run's status and send its worker
+        a Command, or queue/respawn it.  Raises LookupError for an unknown or ambiguous run, CommandFailed
+        when a run cannot be started or respawned, OSError when the home cannot be written.
+        """
         daemon = self.daemon
         if isinstance(request, Ping):
             return Reply(ok=True, message=f"tritterd pid {os.getpid()}")
@@ -265,5 +282,6 @@ class Api:
         return Reply(ok=True, run_id=event.run_id, message=f"recorded seq {event.seq}")
 
     def close(self) -> None:
+        """Close every socket at once (linger 0: unsent replies are dropped)."""
         for sock in self.sockets:
             sock.close(linger=0)

@@ -23,6 +23,11 @@ PUB_HWM = 100_000
 
 
 class Bus:
+    """The event bus: PUB sockets (high-water mark ``PUB_HWM`` messages) on ``endpoints``, that never block;
+    a heartbeat task (after ``start``) sends the head seq every ``HEARTBEAT_INTERVAL_S`` seconds.
+    Raises zmq.ZMQError when a bind fails.
+    """
+
     def __init__(self, ctx: zmq.asyncio.Context, endpoints: list[str]) -> None:
         # Plain (non-asyncio) sockets: PUB never blocks, and the asyncio wrapper's Future per
         # send costs about half of the publish time.
@@ -40,6 +45,7 @@ class Bus:
         self._sockets.append(pub)
 
     def add_remote(self, endpoint: str, keys: ServerKeys) -> None:
+        """Also publish on ``endpoint`` (tcp), as a CURVE server with ``keys``; zmq.ZMQError when it cannot bind."""
         self._add([endpoint], keys)
 
     @property
@@ -48,6 +54,8 @@ class Bus:
         return list(self._sockets)
 
     def start(self, head: int) -> None:
+        """Start the heartbeat task, announcing ``head`` (the log's newest seq) until the next publish; needs a
+        running loop."""
         self._head = head
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
@@ -61,6 +69,8 @@ class Bus:
                 pass
 
     def publish(self, kind: str, seq: int, payload: bytes) -> None:
+        """Send ``[kind, seq (8 bytes), payload (msgpack event)]`` on every socket and make ``seq`` the heartbeat's
+        head; drops, never blocks, on a full queue."""
         self._head = seq
         self._send([kind.encode(), seq_frame(seq), payload])
 
@@ -70,6 +80,7 @@ class Bus:
             await asyncio.sleep(frames.HEARTBEAT_INTERVAL_S)
 
     def close(self) -> None:
+        """Cancel the heartbeat and close the sockets (linger 0: queued messages are dropped)."""
         if self._heartbeat:
             self._heartbeat.cancel()
         for pub in self._sockets:

@@ -20,6 +20,8 @@ RECORDER_MODULE = "tritter.clients.record"
 
 
 class SupervisedChild:
+    """A helper process (``python ARGV``, e.g. the recorder) the daemon keeps alive; it gets SIGTERM when the daemon dies."""
+
     def __init__(self, name: str, argv: list[str]) -> None:
         self.name = name
         self.argv = argv
@@ -28,6 +30,10 @@ class SupervisedChild:
         self._stopping = False
 
     async def run(self) -> None:
+        """Run the child until shutdown, restarting it whenever it exits: after 0.5 s, doubling up to
+        ``MAX_BACKOFF_S`` (30 s) while it keeps crashing, back to 0.5 s after a run of over 60 s.
+        Returns once ``begin_shutdown``/``stop`` was called and the child exited; OSError if it cannot be spawned.
+        """
         backoff = 0.5
         while not self._stopping:
             self.process = await asyncio.create_subprocess_exec(

@@ -5,8 +5,8 @@ File format (documented in docs/eventlog.md): an 8-byte magic, then one record p
 Record *n* holds the event with ``seq == n``, so seq is contiguous by construction and a
 restart continues from the last good record: a seq is never reused.
 
-Durability: run, stage and checkpoint events are fsynced before they are published; step and
-phase events are fsynced in groups by ``sync_if_due`` (at most ``group_sync_s`` late).
+Durability: run, stage, checkpoint and upload events are fsynced before they are published; the
+other kinds (step, phase, ...) are fsynced in groups by ``sync_if_due`` (at most ``group_sync_s`` late).
 On open, a torn or corrupt tail is cut back to the last good record; the cut bytes are kept
 beside the log (``events.log.corrupt-<time>``) and a loud warning is logged.
 """
@@ -34,6 +34,12 @@ _DURABLE_KINDS = frozenset({"run", "stage", "checkpoint", "upload"})
 
 
 class EventLog:
+    """The append-only event log file at ``path`` (created, mode 0600): records of ``>II`` (length, CRC-32)
+    + msgpack event, record n holding seq n.  Opening cuts a torn or corrupt tail (kept beside it);
+    ``group_sync_s``: the most seconds a non-durable event waits for its fsync.
+    Raises ProtocolError when the file is not an event log (bad magic), OSError when it cannot be opened.
+    """
+
     def __init__(self, path: Path, group_sync_s: float = 1.0) -> None:
         self.path = path
         self.group_sync_s = group_sync_s
@@ -106,6 +112,7 @@ class EventLog:
 
     # -- reading --------------------------------------------------------------------------
     def payload(self, seq: int) -> bytes:
+        """The msgpack encoding of the event with ``seq``, which must be 1..head (past the head: IndexError)."""
         offset = self._offsets[seq - 1]
         length, _ = _HEADER.unpack(os.pread(self._fd, _HEADER.size, offset))
         return os.pread(self._fd, length, offset + _HEADER.size)
@@ -128,6 +135,8 @@ class EventLog:
         return out
 
     def replay(self, chunk: int = 10_000) -> Iterator[AnyEvent]:
+        """Every event of the log, decoded, in seq order, read ``chunk`` records at a time; ProtocolError on an
+        undecodable one."""
         for first in range(1, self.head + 1, chunk):
             for payload in self.read_since(first, chunk):
                 yield decode_event(payload)
@@ -153,6 +162,7 @@ class EventLog:
         return payload
 
     def sync(self) -> None:
+        """fsync the log now; records the time it took in ``last_sync_s`` (seconds).  OSError if the fsync fails."""
         started = time.perf_counter()
         os.fsync(self._fd)
         self.last_sync_s = time.perf_counter() - started  # for tritterd --metrics
@@ -164,10 +174,12 @@ class EventLog:
         return self._end
 
     def sync_if_due(self) -> None:
+        """fsync when an unsynced event has waited at least ``group_sync_s`` seconds; else nothing."""
         if self._dirty_since is not None and time.monotonic() - self._dirty_since >= self.group_sync_s:
             self.sync()
 
     def close(self) -> None:
+        """fsync and close the file (idempotent)."""
         if self._fd >= 0:
             self.sync()
             os.close(self._fd)

@@ -31,6 +31,8 @@ log = logging.getLogger("tritterd")
 
 
 class AlreadyRunning(Exception):
+    """Another tritterd holds this home's lock; the message names its pid and the home."""
+
     pass
 
 
@@ -49,6 +51,9 @@ def take_lock(layout: Layout) -> int:
 
 
 def prepare_sockets(layout: Layout) -> None:
+    """Create the socket folder, private to this user (mode 0700), and remove ``*.ipc`` files a crashed
+    daemon left (call with the lock held).  Raises OSError, or ValueError for a runtime folder that is not private.
+    """
     # Only the daemon's user may reach the local sockets.
     if layout.sockets.parent == layout.home:
         layout.sockets.mkdir(parents=True, exist_ok=True)
@@ -61,6 +66,11 @@ def prepare_sockets(layout: Layout) -> None:
 
 async def run_daemon(layout: Layout, recorder: bool, bind: str | None,
                      monitoring: observability.Options | None = None, slots: SlotPolicy | None = None) -> int:
+    """Serve ``layout``'s home until SIGTERM/SIGINT: the API, the bus, worker relay, housekeeping, the
+    supervised recorder (``recorder``), ``bind``'s CURVE tcp endpoints and ``monitoring``'s extras; resume the
+    runs that were training; on the signal checkpoint running runs, stop everything, remove the ipc files.
+    Returns exit status 0.  Raises OSError/zmq.ZMQError/ProtocolError when the home, log or sockets are unusable.
+    """
     notifier = Notifier()
     ctx = zmq.asyncio.Context()
     daemon = Tritterd(layout, ctx)
@@ -124,6 +134,11 @@ async def run_daemon(layout: Layout, recorder: bool, bind: str | None,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``tritterd`` command line: parse flags, take the home's lock and run the daemon in the foreground.
+
+    Returns the exit status: 0 after a clean stop, ``EXIT_ERROR`` (2) with one line on stderr for an unusable
+    home, a bad flag value, a second daemon or a socket error; a bad flag exits 2 through the parser.
+    """
     parser = OneLineParser(prog="tritterd", description="The tritter training daemon (runs in the foreground).")
     parser.add_argument("--home", help="home directory (default: $TRITTER_HOME or ~/.local/share/tritter)")
     parser.add_argument("--bind", metavar="tcp://HOST:PORT", help="also serve remote clients over tcp with CURVE")

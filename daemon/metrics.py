@@ -44,6 +44,9 @@ def parse_address(text: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class RunRow:
+    """One run as the metrics endpoint shows it: step (optimizer steps), losses (nats/token), tokens/s, ETA
+    (seconds), alert count."""
+
     run_id: str
     name: str
     status: str
@@ -57,6 +60,10 @@ class RunRow:
 
 @dataclass(frozen=True)
 class Snapshot:
+    """What one scrape reports, taken on the event loop: run rows, events logged (the head seq), log size in
+    bytes, connected subscribers, queued runs and the latest fsync's duration in seconds (None before the first).
+    """
+
     runs: tuple[RunRow, ...] = ()
     events_logged: int = 0
     log_bytes: int = 0
@@ -74,6 +81,8 @@ class SubscriberCount:
         self.count = 0
 
     def poll(self) -> int:
+        """Drain the socket monitors without blocking and return the connected subscribers (accepted −
+        disconnected, at least 0)."""
         for monitor in self.monitors:
             while True:
                 try:
@@ -85,6 +94,7 @@ class SubscriberCount:
         return self.count
 
     def close(self) -> None:
+        """Close the monitor sockets."""
         for monitor in self.monitors:
             monitor.close(linger=0)
 
@@ -96,6 +106,8 @@ class SnapshotCollector(Collector):
         self.snapshot = Snapshot()
 
     def collect(self) -> Iterator[Any]:
+        """The current Snapshot as Prometheus metric families (per-run gauges labelled run_id and name, then
+        daemon-wide ones)."""
         snap = self.snapshot  # one read: the loop swaps whole snapshots
         labels = ["run_id", "name"]
         status = GaugeMetricFamily("tritter_run_status", "1 for the run's current status", labels=[*labels, "status"])
@@ -163,6 +175,7 @@ class MetricsServer:
         )
 
     def stop(self) -> None:
+        """Shut the HTTP server down, join its thread (at most 5 s) and close the subscriber monitors."""
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)

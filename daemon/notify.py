@@ -27,9 +27,14 @@ class Notifier:
 
     @property
     def enabled(self) -> bool:
+        """Whether systemd gave a ``$NOTIFY_SOCKET`` (else every send does nothing)."""
         return self.address is not None
 
     def send(self, *fields: str) -> None:
+        """Send ``fields`` as one ``KEY=VALUE`` per line datagram to ``$NOTIFY_SOCKET`` (``@`` = abstract namespace).
+
+        Never blocks and never raises: a full queue counts in ``dropped`` (logged), other OSErrors are logged at debug.
+        """
         if not self.address:
             return
         address = self.address
@@ -52,13 +57,17 @@ class Notifier:
                 log.debug("sd_notify to %s failed: %s", self.address, error)
 
     def ready(self, status: str) -> None:
+        """``READY=1`` with ``status`` and ``MAINPID``: start-up is complete."""
         self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
 
     def status(self, status: str) -> None:
+        """``STATUS=status``: the one-line state systemctl shows."""
         self.send(f"STATUS={status}")
 
     def watchdog(self) -> None:
+        """``WATCHDOG=1``: the keep-alive ping (every ``watchdog_interval_s``, half of ``WatchdogSec``)."""
         self.send("WATCHDOG=1")
 
     def stopping(self) -> None:
+        """``STOPPING=1``: shutdown has begun (running runs are being checkpointed)."""
         self.send("STOPPING=1", "STATUS=checkpointing running runs and stopping")

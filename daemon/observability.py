@@ -33,6 +33,8 @@ class Options:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add tritterd's monitoring flags to ``parser``: ``--metrics``, ``--on-alert``, ``--with-tensorboard``,
+    ``--stall-factor``, ``--stall-min-s``."""
     parser.add_argument("--metrics", metavar="HOST:PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics (PORT alone: 127.0.0.1; off by default)")
     parser.add_argument("--on-alert", metavar="CMD",
@@ -74,6 +76,8 @@ class Running:
                 self.metrics.refresh()
 
     async def stop(self) -> None:
+        """Stop what ``start`` set up: the tensorboard child first, then the refresh tasks, the alert hook and the
+        metrics server."""
         if self.tensorboard is not None:
             await self.tensorboard.stop()  # first: its run() loop must see it is stopping
         for task in self.tasks:

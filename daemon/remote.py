@@ -67,6 +67,7 @@ class Gatekeeper:
         self.reload()
 
     def reload(self) -> None:
+        """Re-read ``authorized/`` when its ``*.key`` files changed (name, mtime, size) and allow exactly those; OSError when a key file cannot be stat'ed."""
         seen = _fingerprint(self.authorized)
         if seen == self._seen:
             return
@@ -76,6 +77,8 @@ class Gatekeeper:
         self._seen = seen
 
     def start_watching(self) -> None:
+        """Start a task that calls ``reload`` every ``RELOAD_INTERVAL_S`` (1 s), logging (not raising) an
+        unreadable folder; needs a running loop."""
         async def watch() -> None:
             while True:
                 await asyncio.sleep(RELOAD_INTERVAL_S)
@@ -87,6 +90,7 @@ class Gatekeeper:
         self._task = asyncio.get_running_loop().create_task(watch())
 
     def stop(self) -> None:
+        """Stop watching and stop the ZAP authenticator."""
         if self._task:
             self._task.cancel()
         self._auth.stop()

@@ -38,9 +38,11 @@ class SlotPolicy:
         return cls(cpu=1, cuda=max(1, gpus))
 
     def pool(self, config: RunConfig) -> str:
+        """The pool a run takes slots from: ``"cuda"`` for a ``--cuda`` run, else ``"cpu"``."""
         return "cuda" if config.cuda else "cpu"
 
     def capacity(self, pool: str) -> int:
+        """Slots of ``pool`` (``"cuda"``, else the CPU pool)."""
         return self.cuda if pool == "cuda" else self.cpu
 
     def need(self, config: RunConfig) -> int:

@@ -53,6 +53,7 @@ def _why(error: OSError) -> str:
 
 
 def new_run_id() -> str:
+    """A fresh run id ``YYYYmmdd-HHMMSS-xxxx`` (local time, 4 random hex digits); the caller checks it is unused."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
@@ -83,6 +84,11 @@ def is_replay(state: RunState, event: AnyEvent) -> bool:
 
 
 class Tritterd:
+    """The daemon's state and actions: the event log (folded into ``runs`` at start), the bus, the workers
+    and the run queue; ``record`` is its one path for events (append → fold → publish).
+    Raises ProtocolError/OSError at construction when the log is not usable.
+    """
+
     def __init__(self, layout: Layout, ctx: zmq.asyncio.Context) -> None:
         self.layout = layout
         self.ctx = ctx
@@ -172,6 +178,9 @@ class Tritterd:
         return resolve_run_ref(self.runs.values(), ref)
 
     async def start_run(self, config: RunConfig) -> str:
+        """Record a new run with ``config`` (name defaulted) and start its worker, or queue it when no slot is
+        free; returns the new run id.  Raises CommandFailed (one line) when the run cannot be recorded or its worker spawned.
+        """
         run_id = new_run_id()
         while run_id in self.runs:
             run_id = new_run_id()
@@ -329,6 +338,9 @@ class Tritterd:
 
     # -- housekeeping -----------------------------------------------------------------------
     async def housekeeping(self) -> None:
+        """Forever, every ``RUN_JSON_INTERVAL_S`` (0.5 s): group-fsync the log when due, tick the watch (stalls),
+        rewrite changed ``run.json`` files, and every ``RUN_JSON_CHECK_EVERY`` ticks restore missing ones.
+        """
         ticks = 0
         while True:
             await asyncio.sleep(RUN_JSON_INTERVAL_S)
@@ -365,6 +377,8 @@ class Tritterd:
             self._dirty.add(run_id)
 
     def status_line(self) -> str:
+        """One line for systemd's STATUS: idle with run count and head seq, or each running run's stage and
+        step/total plus the queue length."""
         active = [r for r in self.runs.values() if r.status == "running"]
         if not active:
             return f"idle; {len(self.runs)} runs, log at seq {self.eventlog.head}"

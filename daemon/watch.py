@@ -98,6 +98,7 @@ class DaemonWatch:
             self.hook.notify(event)
 
     def seconds_per_step(self, run_id: str) -> float | None:
+        """The run's median seconds per optimizer step over its recent steps; None when unknown or too few steps."""
         pace = self.pace.get(run_id)
         return pace.median_interval() if pace is not None else None
 

@@ -41,6 +41,10 @@ class WorkerProcess:
     async def spawn(
         cls, run_id: str, config: RunConfig, run_dir: Path, cache_dir: Path, endpoint: str
     ) -> WorkerProcess:
+        """Start the worker of ``run_id`` (``python -m tritter.daemon.worker_main``, under torchrun when
+        ``config.nproc`` > 1), connected to the daemon at ``endpoint``, dying with the daemon; returns its handle.
+        Raises OSError when the process cannot be started.
+        """
         run_dir.mkdir(parents=True, exist_ok=True)
         launcher = [sys.executable]
         if config.nproc > 1:  # data-parallel: torchrun starts one worker per rank
@@ -69,6 +73,9 @@ class WorkerProcess:
         return cls(run_id, process)
 
     async def watch(self, on_exit: Callable[[WorkerProcess, str], None]) -> None:
+        """Relay the worker's stderr into the daemon's until it exits, wait (at most 2 s) for its ``exit`` frame,
+        set ``exited`` and call ``on_exit(self, describe_exit(code))``.
+        """
         assert self.process.stderr is not None
         async for raw in self.process.stderr:
             line = raw.decode(errors="replace").rstrip()
@@ -83,6 +90,8 @@ class WorkerProcess:
         on_exit(self, self.describe_exit(code))
 
     def describe_exit(self, code: int) -> str:
+        """One line for exit status ``code``: killed by a signal (negative code), a non-zero code with its last
+        error line, or a plain exit."""
         if code < 0:
             name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
             return f"worker killed by {name}"
@@ -98,5 +107,6 @@ class WorkerProcess:
         self.said_goodbye.set()
 
     def kill(self) -> None:
+        """SIGKILL the worker process (torchrun, when it launched the ranks) if it is still running."""
         if self.process.returncode is None:
             self.process.kill()

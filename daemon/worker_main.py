@@ -29,6 +29,7 @@ from tritter.protocol.events import AnyEvent, RunEvent
 from tritter.protocol.wire import encode
 
 def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGKILL when our parent dies; exit(1) at once when ``parent_pid`` is already gone."""
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
@@ -67,6 +68,12 @@ class SocketControls:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The worker process (``python -m tritter.daemon.worker_main``): train one run, talking to the daemon.
+
+    Rank 0 sends events and its final ``exit`` frame (its Outcome) on a DEALER socket to ``--endpoint``, and
+    takes commands from it; other ranks follow rank 0.  Returns 0, or 1 after a training error (reported as a
+    ``run failed`` event first); bad arguments exit 2 through argparse.
+    """
     parser = argparse.ArgumentParser(prog="tritter-worker")
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--run-dir", required=True, type=Path)

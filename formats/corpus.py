@@ -296,14 +296,18 @@ class _Counting(io.RawIOBase):
         self.bytes_read = 0
 
     def readable(self) -> bool:
+        """Always True: this raw file is read-only and readable."""
         return True
 
     def readinto(self, b) -> int:  # type: ignore[override]
+        """Read up to ``len(b)`` bytes from the file into ``b``, add them to ``bytes_read``; returns bytes read (0
+        at EOF)."""
         n = self._f.readinto(b)  # type: ignore[attr-defined]
         self.bytes_read += n or 0
         return n or 0
 
     def close(self) -> None:
+        """Close the underlying file, then this wrapper."""
         self._f.close()
         super().close()
 

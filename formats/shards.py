@@ -41,6 +41,7 @@ def token_dtype(ids: int) -> np.dtype:
 
 
 def shard_name(index: int) -> str:
+    """File name of shard ``index`` (0-based) in a shard folder: ``shard-NNNNNN.bin`` (6 digits, zero-padded)."""
     return f"shard-{index:06d}.bin"
 
 
@@ -93,6 +94,7 @@ class ShardLock:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
 
     def close(self) -> None:
+        """Release the flock (close its descriptor); calling it again does nothing."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -257,6 +259,7 @@ class TokenStream:
 
     @property
     def dtype(self) -> np.dtype:
+        """The numpy dtype of the token ids (``<u2`` or ``<u4``, see ``token_dtype``); ``<u2`` for an empty stream."""
         return self._arrays[0].dtype if self._arrays else np.dtype("<u2")
 
     def __len__(self) -> int:

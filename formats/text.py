@@ -98,6 +98,8 @@ class PrintableFormatter(logging.Formatter):
     (``exc_info``) keep their line breaks."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        """Format ``record`` after passing its message through ``printable`` (control characters escaped); returns
+        the line."""
         record.message = printable(record.message)
         return super().formatMessage(record)
 

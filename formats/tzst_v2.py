@@ -87,9 +87,11 @@ class BytesSource:
         self.spans = {s.name: s for s in spans}
 
     def header_bytes(self) -> bytes:
+        """The safetensors header: 8-byte little-endian length + JSON (``data_start`` bytes)."""
         return bytes(self.view[: self.data_start])
 
     def read(self, start: int, end: int) -> np.ndarray:
+        """Original bytes ``[start, end)`` (absolute file offsets) as a uint8 array; a view of the memory, no copy."""
         return np.frombuffer(self.view[start:end], np.uint8)
 
 
@@ -110,9 +112,14 @@ class RawFileSource:
         self.spans = {s.name: s for s in spans}
 
     def header_bytes(self) -> bytes:
+        """The safetensors header: 8-byte little-endian length + JSON, as read at open."""
         return self._head
 
     def read(self, start: int, end: int) -> np.ndarray:
+        """Original bytes ``[start, end)`` (absolute file offsets) as a new uint8 array of ``end - start`` bytes.
+
+        Raises CodecError when the file ends before ``end`` (it shrank while being read); OSError from pread.
+        """
         out = np.empty(end - start, np.uint8)
         got = 0
         while got < len(out):  # pread may return short reads on large ranges
@@ -123,6 +130,7 @@ class RawFileSource:
         return out
 
     def close(self) -> None:
+        """Close the file descriptor (once; a second call raises OSError)."""
         os.close(self.fd)
 
 
@@ -181,14 +189,21 @@ class _Blob:
 
     # the small file API read_index needs
     def seek(self, pos: int) -> None:
+        """Set the position that ``read`` reads from (absolute byte offset)."""
         self.pos = pos
 
     def read(self, n: int) -> bytes:
+        """Read ``n`` bytes at the current position and advance it by ``n``; returns bytes (short only in memory,
+        past the end)."""
         out = self.pread(self.pos, n)
         self.pos += n
         return bytes(out)
 
     def pread(self, offset: int, n: int) -> memoryview:
+        """``n`` bytes at absolute ``offset`` (a view for in-memory data, a new buffer for a file).
+
+        Raises CodecError when the file ends before ``offset + n``; in memory a range past the end comes back short.
+        """
         if self.view is not None:
             return self.view[offset : offset + n]
         buf = bytearray(n)
@@ -201,6 +216,7 @@ class _Blob:
         return memoryview(buf)
 
     def close(self) -> None:
+        """Close the file descriptor, if any (idempotent)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -269,6 +285,8 @@ class TzstReader:
 
     @property
     def base(self) -> Source | None:
+        """The Source of a delta file's base (opened on first use when given as a callable, thread-safe), or None
+        for a keyframe."""
         if callable(self._base) and not hasattr(self._base, "read"):
             with self._base_lock:
                 if callable(self._base) and not hasattr(self._base, "read"):
@@ -276,6 +294,7 @@ class TzstReader:
         return self._base  # type: ignore[return-value]
 
     def close(self) -> None:
+        """Close the file and, when opened and closable, the delta base."""
         self.blob.close()
         b = self._base
         if b is not None and hasattr(b, "close"):
@@ -319,11 +338,21 @@ class TzstReader:
         return jobs
 
     def check(self, seg_i: int, out: np.ndarray) -> None:
+        """Check decoded segment ``seg_i`` (``out``: its uint8 bytes) against the index's xxh3.
+
+        Raises CodecError when the digest differs (a corrupt file or the wrong delta base).
+        """
         seg = self.segments[seg_i]
         if _xxh(out) != seg.get("xxh3"):
             raise CodecError(f"{self.what}: segment {seg.get('name')!r} fails its xxh3 check (corrupt file, or a wrong delta base)")
 
     def decode_segment(self, seg_i: int, out: np.ndarray | None = None, check: bool = True) -> np.ndarray:
+        """Decode segment ``seg_i`` (original bytes ``[start, end)``) into ``out`` (uint8, ``end - start``
+        long; allocated when None) and return it; with ``check`` verify its xxh3.
+
+        Raises CodecError for a corrupt frame or a failed check, BaseMismatchError when a delta's base
+        lacks the matching tensor.
+        """
         seg = self.segments[seg_i]
         if out is None:
             out = np.empty(int(seg["end"]) - int(seg["start"]), np.uint8)
@@ -335,6 +364,7 @@ class TzstReader:
 
     # -- Source API (this file as the base of the next delta) -------------------------------------
     def header_bytes(self) -> bytes:
+        """The original safetensors header (segment 0, decoded and cached on first call); raises as ``decode_segment``."""
         if self._head is None:
             self._head = self.decode_segment(0).tobytes()
         return self._head

@@ -17,6 +17,13 @@ MAX_PROMPT_CHARS = 500
 
 
 class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """The configuration of one run: what ``tritterctl start`` sends and ``run.json`` stores.
+
+    Steps are optimizer steps per stage, token counts are training tokens, paths are absolute on the
+    daemon's machine; a field left None takes the preset's default.  Decoding tolerates unknown
+    fields (newer clients); ``validate_config`` and ``recipe.budget.check_config`` check the values.
+    """
+
     name: str = ""
     start: str = "tiny"
     end: str = "small"
@@ -48,6 +55,10 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     priority: int = 0  # --priority N: from tritterd's run queue, higher starts first (then first come)
 
     def stages(self) -> list[str]:
+        """The presets this run trains, in order: ``PRESET_NAMES`` from ``start`` to ``end`` inclusive.
+
+        Raises ValueError when ``start`` or ``end`` is not a preset name (``validate_config`` reports that first).
+        """
         return list(PRESET_NAMES[PRESET_NAMES.index(self.start) : PRESET_NAMES.index(self.end) + 1])
 
     def total_steps(self) -> int:

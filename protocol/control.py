@@ -19,38 +19,58 @@ CATCHUP_BATCH = 2000  # events per catch-up reply: bounded so one reply never st
 
 
 class Request(msgspec.Struct, tag_field="op", kw_only=True):
+    """Base of the control requests; the msgspec tag field ``op`` names the request on the wire."""
+
     pass
 
 
 class Ping(Request, tag="ping"):
+    """Ask whether the daemon is alive; the reply's ``message`` is ``tritterd pid N``."""
+
     pass
 
 
 class Start(Request, tag="start"):
+    """Start (or queue, beyond ``--slots``) a new run with ``config``; the reply carries the new ``run_id``."""
+
     config: RunConfig
 
 
 class Runs(Request, tag="runs"):
+    """List every run in the log; the reply's ``runs`` is sorted by start time (unix seconds)."""
+
     pass
 
 
 class Status(Request, tag="status"):
+    """The state of one run (``run``: id, unique id prefix or name; None = the newest); the reply's ``runs`` holds it."""
+
     run: str | None = None  # id, unique id prefix or name; None = the newest run
 
 
 class Stop(Request, tag="stop"):
+    """Stop run ``run``: a training run checkpoints first, a queued or held one leaves the queue; refused for a
+    finished run."""
+
     run: str
 
 
 class Pause(Request, tag="pause"):
+    """Pause run ``run`` after a checkpoint (its worker keeps the model), or hold a queued run in its place;
+    refused otherwise."""
+
     run: str
 
 
 class Resume(Request, tag="resume"):
+    """Resume run ``run``: a paused worker goes on at once, otherwise from its last checkpoint when a slot is free."""
+
     run: str
 
 
 class Checkpoint(Request, tag="checkpoint"):
+    """Ask the training worker of run ``run`` for a checkpoint now (reason ``manual``); refused when it has no worker."""
+
     run: str
 
 
@@ -86,6 +106,10 @@ Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 
 
 class Catchup(Request, tag="catchup"):
+    """Read the log from seq ``since`` on: the reply's ``events`` holds at most ``limit`` encoded events
+    (the daemon clamps ``limit`` to 1..10,000), oldest first, and ``head`` the newest seq.
+    """
+
     since: Seq = 1  # first seq wanted
     limit: Annotated[int, msgspec.Meta(ge=1, le=2**53)] = CATCHUP_BATCH  # the daemon clamps it to a batch
 
@@ -94,6 +118,13 @@ AnyRequest = Union[Ping, Start, Runs, Status, Stop, Pause, Resume, Checkpoint, U
 
 
 class Reply(msgspec.Struct, kw_only=True):
+    """The daemon's one answer to every request.
+
+    ``ok`` False comes with a one-line ``error``; ``message`` is for humans, ``run_id`` names the
+    run acted on, ``runs`` answers Runs/Status, ``events`` (still-encoded msgpack events) answers
+    Catchup, and ``head`` is the newest seq in the log when the daemon answered.
+    """
+
     ok: bool
     error: str = ""
     message: str = ""

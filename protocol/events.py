@@ -28,6 +28,10 @@ CheckpointStatus = Literal["saved", "deleted"]
 
 
 class Event(msgspec.Struct, tag_field="kind", kw_only=True, omit_defaults=False):
+    """Base of every event: the envelope ``seq`` (from 1, 0 until the daemon logs it), ``ts``
+    (unix seconds), ``run_id`` and protocol version ``v``; the subclass's tag is its ``kind``.
+    """
+
     seq: int = 0
     ts: float = 0.0
     run_id: str = ""
@@ -35,6 +39,7 @@ class Event(msgspec.Struct, tag_field="kind", kw_only=True, omit_defaults=False)
 
     @property
     def kind(self) -> str:
+        """The event's kind (its msgspec tag, e.g. ``"step"``), also its ZeroMQ topic."""
         return self.__struct_config__.tag  # type: ignore[return-value]
 
 
@@ -77,6 +82,10 @@ class StageEvent(Event, tag="stage"):
 
 
 class PhaseEvent(Event, tag="phase"):
+    """The hybrid controller changed phase at optimizer step ``step`` of stage ``stage``
+    (``warmup``, ``full``, ``predict`` or ``correct``), with ``reason`` saying why.
+    """
+
     phase: Phase
     step: int
     stage: str
@@ -103,6 +112,12 @@ class StepEvent(Event, tag="step"):
 
 
 class CheckpointEvent(Event, tag="checkpoint"):
+    """A checkpoint file was saved (durable) or deleted by retention.
+
+    ``path`` is relative to the run directory, ``step`` the optimizer step it holds, ``bytes`` its
+    size in bytes and ``sha256`` its hex digest; ``reason``: periodic, stage, manual, stop or shutdown.
+    """
+
     path: str  # relative to the run directory
     step: int
     stage: str
@@ -260,4 +275,5 @@ METRICS_FIELDS: tuple[str, ...] = (
 
 
 def metrics_record(event: StepEvent) -> dict[str, object]:
+    """The ``metrics.jsonl`` line of a step event: a dict of exactly the ``METRICS_FIELDS``, in that order."""
     return {name: getattr(event, name) for name in METRICS_FIELDS}

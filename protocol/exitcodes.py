@@ -32,4 +32,8 @@ class OneLineParser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE (see: PROG --help)`` on stderr and exit ``EXIT_ERROR`` (2).
+
+        Raises SystemExit (through ``self.exit``); never returns.
+        """
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see: {self.prog.split()[0]} --help)\n")

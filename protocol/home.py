@@ -29,10 +29,13 @@ def resolve_home(arg: str | os.PathLike[str] | None = None) -> Path:
 
 @dataclass(frozen=True)
 class Layout:
+    """The paths under one tritter home (``home``, absolute): log, lock, cache, run folders and socket endpoints."""
+
     home: Path
 
     @property
     def runs(self) -> Path:
+        """``HOME/runs``: one folder per run."""
         return self.home / "runs"
 
     @property
@@ -58,17 +61,21 @@ class Layout:
 
     @property
     def log(self) -> Path:
+        """``HOME/events.log``: the daemon's event log, the single source of truth."""
         return self.home / "events.log"
 
     @property
     def lock(self) -> Path:
+        """``HOME/tritterd.lock``: the lock file that keeps a second daemon off this home."""
         return self.home / "tritterd.lock"
 
     @property
     def cache(self) -> Path:
+        """``HOME/cache``: derived data (e.g. tokenized corpora) that can be rebuilt."""
         return self.home / "cache"
 
     def run_dir(self, run_id: str) -> Path:
+        """``HOME/runs/<run_id>``: the folder of one run (not created here)."""
         return self.runs / run_id
 
     def _ipc(self, name: str) -> str:
@@ -79,14 +86,20 @@ class Layout:
 
     @property
     def events_endpoint(self) -> str:
+        """The bus's ipc:// endpoint (``events.ipc`` in ``sockets``); ValueError if the path is over
+        ``SUN_PATH_MAX`` bytes."""
         return self._ipc("events")
 
     @property
     def api_endpoint(self) -> str:
+        """The control/catch-up ipc:// endpoint (``api.ipc`` in ``sockets``); ValueError if the path is over
+        ``SUN_PATH_MAX`` bytes."""
         return self._ipc("api")
 
     @property
     def worker_endpoint(self) -> str:
+        """The daemon–worker ipc:// endpoint (``workers.ipc`` in ``sockets``); ValueError if the path is over
+        ``SUN_PATH_MAX`` bytes."""
         return self._ipc("workers")
 
 

@@ -31,6 +31,13 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "stopped"})
 
 
 class StageState(msgspec.Struct, kw_only=True):
+    """One growth stage of a run as folded from its stage and upload events.
+
+    Steps are optimizer steps of the run (``end_step`` None while running), ``tokens`` training
+    tokens of the stage, eval losses in nats/token on the held-out set (at the stage's start, right
+    after growth, and at its end), ``params`` the model's parameter count.
+    """
+
     stage: str
     index: int
     status: Literal["running", "completed"] = "running"
@@ -55,6 +62,9 @@ class StageState(msgspec.Struct, kw_only=True):
 
 
 class CheckpointRef(msgspec.Struct, kw_only=True):
+    """A saved checkpoint as run state keeps it: ``path`` relative to the run folder, optimizer ``step``,
+    ``bytes``, hex ``sha256``, ``reason``."""
+
     path: str
     step: int
     stage: str
@@ -99,6 +109,12 @@ class PrepareState(msgspec.Struct, kw_only=True):
 
 
 class RunState(msgspec.Struct, kw_only=True):
+    """One run as folded from the event log (``fold``): status, progress and monitoring.
+
+    Steps are optimizer steps, tokens training tokens, losses nats/token, ``started``/``updated``
+    unix seconds, ``step_ms`` milliseconds per optimizer step; ``last_seq`` is the newest event folded in.
+    """
+
     run_id: str
     run_name: str
     status: RunLifecycle = "running"
@@ -145,6 +161,7 @@ class RunState(msgspec.Struct, kw_only=True):
 
     @property
     def active(self) -> bool:
+        """Whether the run can still change (status not completed, failed or stopped)."""
         return self.status not in TERMINAL
 
 

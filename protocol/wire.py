@@ -28,10 +28,13 @@ _json_encoder = msgspec.json.Encoder()
 
 
 def encode(message: Any) -> bytes:
+    """Encode ``message`` (an event, request, reply or any msgspec-encodable value) as msgpack bytes; TypeError if
+    it is not encodable."""
     return _encoder.encode(message)
 
 
 def encode_json(message: Any) -> bytes:
+    """Encode ``message`` as compact UTF-8 JSON bytes (for ``--json`` output and files); TypeError if it is not encodable."""
     return _json_encoder.encode(message)
 
 

@@ -107,10 +107,12 @@ class BatchPlan:
 
     @property
     def global_rows(self) -> int:
+        """Sequences per optimizer step, all ranks: ``micro_batch * accum * world``."""
         return self.micro_batch * self.accum * self.world
 
     @property
     def tokens_per_step(self) -> int:
+        """Tokens per optimizer step (the global batch in tokens): ``global_rows * seq_len``."""
         return self.global_rows * self.seq_len
 
 

@@ -164,6 +164,7 @@ class StagePlan:
     tokens_per_s_at_target_mfu: float  # per GPU, at TARGET_MFU of an H100's dense bf16 peak
 
     def to_dict(self) -> dict[str, object]:
+        """The plan as a plain dict (field name → value, units as in the fields), for JSON output."""
         return asdict(self)
 
 

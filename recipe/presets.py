@@ -32,6 +32,7 @@ class ModelShape:
 
     @property
     def head_dim(self) -> int:
+        """Channels per attention head: ``hidden_size // num_heads`` (exact; checked at construction)."""
         return self.hidden_size // self.num_heads
 
 
@@ -58,6 +59,8 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class Preset:
+    """A named model size: its architecture (``shape``) and its stage's training settings (``train``)."""
+
     name: str
     shape: ModelShape
     train: TrainSettings
@@ -119,6 +122,7 @@ _PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
+    """The preset called ``name`` (one of ``PRESET_NAMES``); ValueError (one line, listing the names) for any other."""
     try:
         return _PRESETS[name]
     except KeyError:

@@ -163,6 +163,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tritter-ckpt`` argument parser: subcommands compress, decompress, verify and info, each with its
+    handler as ``func``."""
     parser = OneLineParser(prog="tritter-ckpt", description="Lossless compression of safetensors checkpoints (.safetensors.tzst).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("compress", help="FILE.safetensors -> FILE.safetensors.tzst (the input is kept)")
@@ -190,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``tritter-ckpt`` command line; returns the exit status.
+
+    0 on success (also on a closed output pipe), ``EXIT_ERROR`` (2) with one line on stderr for a corrupt or
+    unreadable input, a refused output (exists without ``--force``) or any OSError, ``EXIT_INTERRUPTED`` (130)
+    on Ctrl-C; a bad flag exits 2 through the parser.
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -88,11 +88,13 @@ class Compressor(Sink[CompressSettings]):
 
 
     def describe(self) -> str:
+        """The start-up log line: the runs folder and the retention/keyframe settings."""
         return (f"compressing checkpoints under {self.layout.runs} "
                 f"(keep last {self.settings.keep_last}, keyframe every {self.settings.keyframe_every})")
 
     # -- events ---------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Remove temp outputs a killed compressor left (``sweep``, in a thread)."""
         await asyncio.to_thread(self.sweep)
 
     async def on_event(self, event: AnyEvent) -> None:
@@ -101,6 +103,7 @@ class Compressor(Sink[CompressSettings]):
             await asyncio.to_thread(self.handle, event)
 
     def save_due(self, event: AnyEvent) -> bool:
+        """Save after every checkpoint event (its output is done), otherwise on the base's time schedule."""
         return isinstance(event, CheckpointEvent) or super().save_due(event)
 
     def handle(self, event: AnyEvent) -> None:

@@ -77,10 +77,12 @@ class ScreenControl(UIControl):
         self.render = render
 
     def create_content(self, width: int, height: int) -> UIContent:
+        """The content of a ``width`` x ``height`` (cells) window: the lines ``render`` draws for that size, no cursor."""
         lines = self.render(width, height)
         return UIContent(get_line=lambda i: lines[i], line_count=len(lines), show_cursor=False)
 
     def is_focusable(self) -> bool:
+        """True, so the window takes the focus and key bindings never look for a buffer."""
         return True  # lets the window own the focus, so key bindings never look for a buffer
 
 
@@ -131,6 +133,9 @@ class Tui:
 
     # -- drawing -------------------------------------------------------------------------------
     def render(self, width: int, height: int) -> list[Line]:
+        """The screen as ``height`` styled lines of ``width`` cells, drawn from the view-model; a drawing error
+        becomes one error line instead of an exception (the terminal must survive).
+        """
         try:
             return screen(self.monitor, self.view, self.chrome, width, height, offline=self.offline, empty=self.empty)
         except Exception as error:  # a drawing bug must not take the monitor (and the terminal) down
@@ -240,10 +245,13 @@ class Tui:
         return kb
 
     def say(self, message: str, error: bool = False) -> None:
+        """Show ``message`` in the status bar (red with ``error``) and redraw."""
         self.view.message, self.view.message_is_error = message, error
         self.app.invalidate()
 
     def refresh(self) -> None:
+        """``r``: offline, re-read the run folders now; live, ping the daemon and show its head seq (or why it does
+        not answer)."""
         if self.source is not None:
             self.source.poll(self.monitor)
             self.say(f"re-read {len(self.source.folders)} run folder(s)")
@@ -285,6 +293,7 @@ class Tui:
         self.say("")  # an old reply must not read as the answer to this prompt
 
     def confirm(self) -> None:
+        """``y``: send the request the pending prompt asked about (in a task; the reply shows in the status bar)."""
         pending, self.view.confirm = self.view.confirm, None
         if pending is None:
             return
@@ -307,11 +316,14 @@ class Tui:
 
     # -- running -------------------------------------------------------------------------------
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` as a task the monitor keeps a reference to (cancelled by ``aclose``)."""
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)  # a strong reference until it is done
         task.add_done_callback(self._tasks.discard)
 
     async def run(self) -> None:
+        """Run the monitor until the user quits: the clock and the feed (bus or folder polling) as tasks, then the
+        app; always ``aclose`` after."""
         self.spawn(self._clock())
         self.spawn(self._follow() if not self.offline else self._poll_folders())
         try:
@@ -320,6 +332,7 @@ class Tui:
             await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the subscription, cancel and await the monitor's tasks, close the control connection."""
         if self.subscription is not None:
             await self.subscription.close()
         for task in list(self._tasks):
@@ -349,10 +362,12 @@ def snapshot(app: Application[Any], width: int, height: int) -> str:
 # -- command line ------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one clear line, not a usage dump
+        """Print ``tritter-tui: error: MESSAGE (see: tritter-tui --help)`` on stderr and exit 2; never returns."""
         self.exit(EXIT_ERROR, f"tritter-tui: error: {message} (see: tritter-tui --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tritter-tui`` argument parser: the target flags (``--home``/``--connect``...) and ``--runs-dir``."""
     parser = _Parser(prog="tritter-tui", description="Watch tritterd's runs live, or read run folders offline.",
                      epilog="keys: j/k or arrows select, d details, r refresh, p pause/resume, s stop, "
                             "c checkpoint, ? help, q quit (see docs/tui.md)")
@@ -406,6 +421,9 @@ def _fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``tritter-tui`` command line; returns the exit status: 0 after quitting, 2 with one line on stderr when the
+    daemon is not there, the flags conflict, ``--runs-dir`` is not a folder or there is no terminal, 130 on Ctrl-C.
+    """
     args = build_parser().parse_args(argv)
     if args.runs_dir is not None and (args.home is not None or args.connect is not None):
         return _fail("--runs-dir reads run folders offline; give it without --home or --connect")

@@ -58,6 +58,9 @@ class RunExtras:
     _stages: list[str] = field(default_factory=list)  # per step: its stage
 
     def add(self, event: AnyEvent) -> None:
+        """Take one event: a step adds its run-wide token total (stage tokens plus the earlier stages'), an eval
+        its loss (nats/token; a replayed step rewinds), a sample or system event replaces the latest; others are ignored.
+        """
         if isinstance(event, StepEvent):
             self._add_step(event)
         elif isinstance(event, EvalEvent):

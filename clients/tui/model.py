@@ -27,6 +27,8 @@ ETA_WINDOW = 20  # recent steps used for the step rate: long enough to smooth, s
 
 @dataclass
 class PhaseSpan:
+    """A run of consecutive steps in one phase, ``first_step`` to ``last_step`` inclusive (optimizer steps)."""
+
     phase: str
     first_step: int
     last_step: int
@@ -72,13 +74,16 @@ class RunHistory:
 
     @property
     def last_step(self) -> int:
+        """The newest optimizer step recorded (0 when none)."""
         return self.steps[-1] if self.steps else 0
 
     @property
     def phases(self) -> list[str]:
+        """Each recorded step's phase name, in step order (``?`` for a phase newer than this client)."""
         return [PHASES[c] if c < UNKNOWN_PHASE else "?" for c in self.phase_codes]
 
     def add(self, event: StepEvent) -> None:
+        """Append one step event; a step at or before the last one (a resume) first rewinds the history to before it."""
         if self.steps and event.step <= self.steps[-1]:
             self._rewind(event.step)  # the run resumed from an earlier checkpoint: redo from there
         error = math.nan if event.prediction_error is None else event.prediction_error
@@ -119,10 +124,12 @@ class RunHistory:
 
     @property
     def predicted_share(self) -> float | None:
+        """The fraction (0..1) of recorded steps that were predicted; None when there are none."""
         return self.predicted_count / len(self.steps) if self.steps else None
 
     @property
     def mean_prediction_error(self) -> float | None:
+        """The mean relative L2 prediction error over the steps that report one; None when none do."""
         return self.error_sum / self.error_count if self.error_count else None
 
     def seconds_per_step(self) -> float | None:
@@ -200,12 +207,14 @@ class Monitor:
             state.run_name = event.config.name
 
     def extras_of(self, run_id: str) -> RunExtras:
+        """The RunExtras of ``run_id``, created empty on first use."""
         extras = self.extras.get(run_id)
         if extras is None:
             extras = self.extras[run_id] = RunExtras()
         return extras
 
     def history_of(self, run_id: str) -> RunHistory:
+        """The RunHistory of ``run_id``, created empty on first use."""
         history = self.history.get(run_id)
         if history is None:
             history = self.history[run_id] = RunHistory()
@@ -235,6 +244,8 @@ class Monitor:
         return sorted(self.runs.values(), key=lambda r: (r.started or math.inf, r.run_id))
 
     def selected(self, view: ViewState) -> RunState | None:
+        """The selected run, or None when there are none; an unknown selection falls back to the newest run (and
+        ``view`` is updated)."""
         runs = self.ordered()
         if not runs:
             return None
@@ -245,6 +256,7 @@ class Monitor:
         return runs[-1]
 
     def move(self, view: ViewState, delta: int) -> None:
+        """Move the selection ``delta`` rows in ``ordered()`` (negative = up), clamped to the first and last run."""
         runs = self.ordered()
         if not runs:
             return
@@ -281,6 +293,9 @@ class RunsDirSource:
         self.problems: dict[str, str] = {}  # run id -> why its run.json could not be read
 
     def poll(self, monitor: Monitor) -> bool:
+        """Fold into ``monitor`` what grew in each run folder since the last poll (run.json, whole new lines of
+        metrics/eval/samples); returns whether anything changed.  An unreadable runs folder returns False.
+        """
         changed = False
         try:
             entries = sorted(p for p in self.runs_dir.iterdir() if p.is_dir())

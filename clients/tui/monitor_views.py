@@ -40,12 +40,14 @@ class Scale:
     log: bool
 
     def xs(self, x: np.ndarray) -> np.ndarray:
+        """Dot columns (int64, 0..dots_x-1, rounded and clipped) of the x values ``x``; all 0 for a zero span."""
         span = self.x1 - self.x0
         if span <= 0 or self.dots_x <= 1:
             return np.zeros(len(x), dtype=np.int64)
         return np.clip(((x - self.x0) / span * (self.dots_x - 1) + 0.5).astype(np.int64), 0, self.dots_x - 1)
 
     def ys(self, y: np.ndarray) -> np.ndarray:
+        """Dot rows (int64, 0 = top .. dots_y-1, clipped) of the y values ``y`` (log scale when ``log``)."""
         v = np.log(y) if self.log else y
         return np.clip(np.rint((self.hi - v) / (self.hi - self.lo) * (self.dots_y - 1)), 0, self.dots_y - 1).astype(np.int64)
 
@@ -93,6 +95,7 @@ def _dot(grid: list[list[int]], x: int, y: int) -> None:
 
 
 def empty_grid(width: int, height: int) -> list[list[int]]:
+    """A ``height`` x ``width`` (cells) braille dot grid with no dot set (one int bit mask per cell)."""
     return [[0] * width for _ in range(height)]
 
 

@@ -67,6 +67,7 @@ KEYS: tuple[tuple[str, str], ...] = (
 
 # -- small formatters ------------------------------------------------------------------------
 def fmt_loss(value: float | None) -> str:
+    """A loss (nats/token) for a column: 4 decimals below 100, 1 above, ``-`` for None, ``nan``/``inf`` as such."""
     if value is None:
         return "-"
     if not math.isfinite(value):
@@ -84,6 +85,7 @@ def fmt_si(value: float) -> str:
 
 
 def fmt_duration(seconds: float | None) -> str:
+    """Seconds as a compact duration: ``42s``, ``3m07s``, ``2h05m``, ``1d03h``; ``-`` for None or non-finite."""
     if seconds is None or not math.isfinite(seconds):
         return "-"
     s = int(round(seconds))
@@ -97,6 +99,7 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def fmt_bytes(n: int) -> str:
+    """A byte count in decimal units: ``512 B``, ``17.4 MB`` (``fmt_si`` then a space and B)."""
     text = fmt_si(n)
     return f"{text[:-1]} {text[-1]}B" if n >= 1000 else f"{n} B"  # 17.4M -> 17.4 MB
 
@@ -207,6 +210,9 @@ _DOT_BITS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # [row][co
 
 @dataclass
 class Chart:
+    """A drawn loss chart: plot rows and y labels (one per row), the x axis with stage ticks, boundary columns,
+    whether y is log, per-cell styles."""
+
     lines: list[str]  # plot rows, each exactly the plot width
     labels: list[str]  # y labels, one per row (blank where none)
     axis: str  # the x-axis rule with a tick under each stage boundary
@@ -366,12 +372,15 @@ def phase_timeline(history: RunHistory, width: int) -> str:
 
 
 def phase_legend() -> str:
+    """One line naming each phase's glyph (``glyph phase`` pairs, two spaces apart)."""
     return "  ".join(f"{glyph} {phase}" for phase, glyph in PHASE_GLYPHS.items())
 
 
 # -- runs table --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Column:
+    """A runs-table column: ``title``, ``width`` in terminal cells, right-aligned when ``right``."""
+
     title: str
     width: int
     right: bool = False
@@ -527,6 +536,8 @@ def _chart_row(row: str, cells: list[str] | None = None) -> Line:
 
 # -- help, bars, the whole screen --------------------------------------------------------------
 def help_box(width: int, offline: bool) -> list[Line]:
+    """The ``?`` help overlay as boxed lines (at most ``width`` - 2 cells wide): the keys, the phase legend, and an
+    offline note."""
     key_width = max(len(k) for k, _ in KEYS)
     body = [f" {key:<{key_width}}  {text}" for key, text in KEYS]
     body.append("")
@@ -552,6 +563,8 @@ class Chrome:
 
 
 def title_bar(monitor: Monitor, chrome: Chrome, width: int, now: float | None = None) -> Line:
+    """The top bar, exactly ``width`` cells: source, run count, last seq and the clock (``now``: unix seconds,
+    default the current time)."""
     clock = time.strftime("%H:%M:%S", time.localtime(now if now is not None else time.time()))
     count = len(monitor.runs)
     left = f" tritter · {chrome.source} · {count} run{'s' if count != 1 else ''}"
@@ -563,6 +576,8 @@ def title_bar(monitor: Monitor, chrome: Chrome, width: int, now: float | None = 
 
 
 def status_bar(view: ViewState, chrome: Chrome, width: int) -> Line:
+    """The bottom bar, exactly ``width`` cells: the y/n prompt when one is pending, else the link state and the
+    latest message; the key hint at the right."""
     hint = "? help  q quit "
     if view.confirm is not None:
         line: Line = [("class:confirm", f" {view.confirm.prompt} [y/n] ")]
@@ -579,6 +594,9 @@ def status_bar(view: ViewState, chrome: Chrome, width: int) -> Line:
 
 
 def body(monitor: Monitor, view: ViewState, width: int, height: int, empty: str | None = None) -> list[Line]:
+    """The lines between the bars, ``height`` lines of exactly ``width`` cells: the alerts list, the overlay of
+    marked runs, the selected run's detail or the runs table, as ``view`` asks.
+    """
     runs = monitor.ordered()
     state = monitor.selected(view)
     marked = [r for r in runs if r.run_id in view.marked]

@@ -66,6 +66,9 @@ class CheckpointError(Exception):
 
 @dataclass(frozen=True)
 class CheckpointInfo:
+    """A saved checkpoint file: its ``path``, size in ``bytes``, hex ``sha256`` of the whole file, and the
+    optimizer ``step`` it holds (None if unrecorded)."""
+
     path: Path
     bytes: int
     sha256: str  # of the whole file
@@ -74,6 +77,10 @@ class CheckpointInfo:
 
 @dataclass
 class LoadedCheckpoint:
+    """A checkpoint read back: model tensors (CPU, tied aliases restored), optimizer and trainer state,
+    the RNG states for ``restore_rng``, the saved model's shape (when recorded) and any extra tensors.
+    """
+
     model_state: dict[str, Tensor]  # CPU tensors; tied aliases restored, ready for load_state_dict
     optimizer_state: dict | None  # ready for optimizer.load_state_dict
     trainer_state: dict
@@ -92,6 +99,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def capture_rng() -> dict:
+    """The RNG states of this process: torch CPU (ByteTensor), Python ``random``, numpy's legacy global
+    generator, and per-device CUDA states (only when CUDA is already initialised, else ``[]``).
+    """
     rng: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
@@ -105,6 +115,10 @@ def capture_rng() -> dict:
 
 
 def restore_rng(rng: dict) -> None:
+    """Set the RNG states captured by ``capture_rng`` (CUDA states only for devices that exist).
+
+    Raises KeyError/ValueError/TypeError when ``rng`` lacks a field or a state has the wrong form.
+    """
     torch.set_rng_state(rng["torch"])
     version, internal, gauss = rng["python"]
     random.setstate((version, tuple(internal), gauss))

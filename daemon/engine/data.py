@@ -380,6 +380,7 @@ class Batches:
 
     @property
     def epoch(self) -> int:
+        """The 0-based epoch of the next batch: ``position // windows_per_epoch`` (windows of ``seq_len + 1`` tokens)."""
         return self.position // self.windows_per_epoch
 
     def _perm(self, epoch: int) -> np.ndarray:

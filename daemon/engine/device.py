@@ -23,10 +23,17 @@ log = logging.getLogger("tritter.device")
 
 
 class NoCudaError(RuntimeError):
+    """``--cuda`` cannot be honoured: torch sees no CUDA device, or a rank has no GPU of its own."""
+
     pass
 
 
 def pick_device(cuda: bool, local_rank: int = 0) -> torch.device:
+    """The torch device this process trains on: CPU unless ``cuda``, else ``cuda:local_rank``
+    (made current, TF32 allowed for fp32 matmuls).
+
+    Raises NoCudaError when torch sees no CUDA device or ``local_rank`` >= the visible GPU count.
+    """
     if not cuda:
         return torch.device("cpu")
     if not torch.cuda.is_available():

@@ -22,16 +22,20 @@ from tritter.daemon.worker_protocol import Command, Controls
 
 @dataclass(frozen=True)
 class Ranks:
+    """This process's place in a torchrun job: global ``rank``, ``world`` size (processes) and ``local_rank`` on its node."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
 
     @property
     def main(self) -> bool:
+        """Whether this is rank 0, the one that writes files and emits events."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """Whether more than one process trains (``world > 1``)."""
         return self.world > 1
 
 
@@ -137,6 +141,9 @@ def mean(ranks: Ranks, value: torch.Tensor) -> torch.Tensor:
 
 
 def wrap(ranks: Ranks, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel (gradient buckets as views; ``device_ids`` set on CUDA)
+    when ``ranks`` is distributed, else ``model`` itself.  Needs an initialised process group.
+    """
     if not ranks.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel

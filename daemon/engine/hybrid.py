@@ -70,6 +70,10 @@ Mode = Literal["full", "predict", "correct"]  # the phase machine's state after 
 
 @dataclass(frozen=True)
 class HybridSettings:
+    """Settings of the hybrid (predicted-update) phase machine and its per-tensor AR fit; steps are
+    optimizer steps, errors relative L2.  Raises ValueError unless 1 <= order < history, the runs >= 1, full_steps >= 0.
+    """
+
     history: int = 4  # K: true updates the per-tensor fit covers (as Gram scalars; only `order` kept as tensors)
     order: int = 2  # AR order of the per-tensor fit (< history); `order` fp16 copies = 2*order bytes/parameter
     full_steps: int = 10  # true steps after the LR warmup before the first Predict phase
@@ -205,6 +209,8 @@ class UpdatePredictor:
 
     @property
     def ready(self) -> bool:
+        """Whether ``history`` true updates have been recorded since the fit window (re)started, so a prediction
+        may be made."""
         return self.count >= self.settings.history
 
     # -- recording true updates ------------------------------------------------------------
@@ -362,10 +368,21 @@ class StepReport:
 class StepController(Protocol):
     """The trainer's view of how steps are taken (hybrid or not)."""
 
-    def before_step(self, stage_step: int, warmup_steps: int) -> StepPlan: ...
-    def after_step(self, plan: StepPlan, loss: float, lr: float, gradient_norm: float | None) -> StepReport: ...
-    def state(self) -> dict[str, Any] | None: ...
-    def tensors(self) -> dict[str, Tensor]: ...
+    def before_step(self, stage_step: int, warmup_steps: int) -> StepPlan:
+        """The plan of the stage's 0-based optimizer step ``stage_step`` (warmup while < ``warmup_steps``)."""
+        ...
+
+    def after_step(self, plan: StepPlan, loss: float, lr: float, gradient_norm: float | None) -> StepReport:
+        """Finish a step of ``plan``: its global loss (nats/token), LR, and gradient norm (None = predicted step)."""
+        ...
+
+    def state(self) -> dict[str, Any] | None:
+        """JSON-able state for the checkpoint's metadata, or None when there is none."""
+        ...
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Tensors for the checkpoint's ``extra`` section (name → tensor; empty when none)."""
+        ...
 
 
 class FullTraining:
@@ -380,9 +397,11 @@ class FullTraining:
         return StepReport(gradient_norm or 0.0, None)
 
     def state(self) -> dict[str, Any] | None:
+        """None: plain training has no state to checkpoint."""
         return None
 
     def tensors(self) -> dict[str, Tensor]:
+        """An empty dict: plain training has no tensors to checkpoint."""
         return {}
 
 

@@ -46,6 +46,8 @@ class _Ema:
         self.value: float | None = None
 
     def update(self, x: float) -> float:
+        """Fold ``x`` into the exponential moving average (weight ``alpha``; the first value starts it) and return
+        the new average."""
         self.value = x if self.value is None else self.value + self.alpha * (x - self.value)
         return self.value
 
@@ -79,6 +81,12 @@ class LossWatch:
         return True
 
     def observe(self, step: int, loss: float, grad_norm: float) -> list[AlertEvent]:
+        """Judge optimizer step ``step``'s loss (nats/token) and gradient norm; return the alerts it trips (maybe empty).
+
+        A non-finite loss returns no alert (the trainer raises on it); spike/divergence/ratio alerts wait
+        for ``warmup_steps`` observations (a non-finite norm does not), and each reason is silenced for
+        ``cooldown_steps`` steps after it fires.  Raises nothing.
+        """
         s = self.settings
         alerts: list[AlertEvent] = []
         self.seen += 1

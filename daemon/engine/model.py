@@ -31,6 +31,7 @@ class _Linear(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
 
     def reset_parameters(self) -> None:
+        """Zero the weight (no random draw; ``init_weights`` fills it later)."""
         nn.init.zeros_(self.weight)
 
 
@@ -55,6 +56,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, C) → (B, T, C): ``weight * x / sqrt(mean(x**2, -1) + eps)``, in the compute dtype (see
+        ``compute_dtype``)."""
         # Same op order as transformers (fp32 statistics, weight applied in x's dtype).
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -76,6 +79,9 @@ class RotaryEmbedding(nn.Module):
         self.theta = theta
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(cos, sin), each (T, D) in ``dtype`` on ``device``, for T = ``seq_len`` positions and D = ``head_dim``:
+        angle ``pos * theta**(-2i/D)`` for the D/2 frequencies, repeated twice (transformers' layout).
+        """
         # Recomputed each call (a few hundred flops) rather than kept as a buffer: a buffer would be
         # rounded by model.to(bfloat16) and left uninitialised by meta-device construction.
         dim = self.head_dim
@@ -87,11 +93,14 @@ class RotaryEmbedding(nn.Module):
 
 
 def rotate_half(x: Tensor) -> Tensor:
+    """(..., D) → (..., D): ``cat(-x2, x1)`` of the two halves of the last dim (RoPE's rotation, transformers' layout)."""
     x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
     return torch.cat((-x2, x1), dim=-1)
 
 
 class Attention(nn.Module):
+    """Multi-head causal self-attention with RoPE (no GQA, no bias), transformers' ``LlamaAttention`` names."""
+
     def __init__(self, shape: ModelShape) -> None:
         super().__init__()
         self.num_heads = shape.num_heads
@@ -116,6 +125,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """The feed-forward block: SwiGLU with gate/up (C → intermediate) and down (intermediate → C) projections."""
+
     def __init__(self, shape: ModelShape) -> None:
         super().__init__()
         self.gate_proj = _Linear(shape.hidden_size, shape.intermediate_size)
@@ -128,6 +139,8 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """One pre-norm transformer block: RMSNorm → attention → residual, RMSNorm → MLP → residual."""
+
     def __init__(self, shape: ModelShape) -> None:
         super().__init__()
         # Registration order matches transformers so state_dict key order matches too.
@@ -143,6 +156,10 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
+    """The decoder body: token embedding (V, C), ``num_layers`` blocks, final RMSNorm and the RoPE tables;
+    ``LlamaForCausalLM.forward`` runs it (it has no forward of its own).
+    """
+
     def __init__(self, shape: ModelShape) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(

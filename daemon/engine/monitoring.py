@@ -72,17 +72,37 @@ class Host(Protocol):
     """
 
     @property
-    def model(self) -> torch.nn.Module: ...
+    def model(self) -> torch.nn.Module:
+        """The current model (a LlamaForCausalLM, not DDP-wrapped)."""
+        ...
+
     @property
-    def device(self) -> torch.device: ...
+    def device(self) -> torch.device:
+        """The device the model is on."""
+        ...
+
     @property
-    def tokenizer(self) -> Any: ...
+    def tokenizer(self) -> Any:
+        """The run's ``tokenizers.Tokenizer`` (encodes prompts, decodes samples)."""
+        ...
+
     @property
-    def context(self) -> int: ...
+    def context(self) -> int:
+        """The longest sequence to feed the model, in tokens."""
+        ...
+
     @property
-    def preset_eval_every(self) -> int: ...
-    def emit(self, event: AnyEvent) -> None: ...
-    def heldout(self) -> list[tuple[torch.Tensor, torch.Tensor]]: ...
+    def preset_eval_every(self) -> int:
+        """The current preset's ``eval_every``, in optimizer steps."""
+        ...
+
+    def emit(self, event: AnyEvent) -> None:
+        """Send ``event`` to the daemon."""
+        ...
+
+    def heldout(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The fixed held-out batches [(x, y)], int64 (B, T) each."""
+        ...
 
 
 class TrainerHost:
@@ -95,31 +115,38 @@ class TrainerHost:
 
     @property
     def model(self) -> torch.nn.Module:
+        """The trainer's current (unwrapped) model; it changes at every growth stage."""
         return self.trainer.model
 
     @property
     def device(self) -> torch.device:
+        """The device the trainer trains on."""
         return self.trainer.device
 
     @property
     def context(self) -> int:
+        """The current preset's ``seq_len``, in tokens: the longest sequence sampling feeds the model."""
         return int(self.trainer.preset.train.seq_len)
 
     @property
     def preset_eval_every(self) -> int:
+        """The current preset's ``eval_every``, in optimizer steps."""
         return int(self.trainer.preset.train.eval_every)
 
     @property
     def tokenizer(self) -> Any:
+        """The run's tokenizer (``--tokenizer``'s when the data carries one, else the embedded one), loaded once."""
         if self._tokenizer is None:
             # The run's own tokenizer when the data carries one (--tokenizer), else the embedded one.
             self._tokenizer = getattr(self.trainer.data, "tokenizer", None) or load_tokenizer()
         return self._tokenizer
 
     def emit(self, event: AnyEvent) -> None:
+        """Send ``event`` through the trainer (which stamps ``run_id`` and ``ts``)."""
         self.trainer.emit(event)
 
     def heldout(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The run's fixed held-out batches [(x, y)], int64 (B, T) each, built once on first call."""
         if self._heldout is None:  # one fixed set for the whole run: build the windows once
             self._heldout = self.trainer._heldout()
         return self._heldout
@@ -232,6 +259,9 @@ class RunMonitor:
 
     # -- the measurements -----------------------------------------------------------------------
     def evaluate(self, step: int, stage: str) -> EvalEvent:
+        """Held-out loss of the current model at optimizer ``step`` of ``stage``: an EvalEvent with ``loss``
+        (mean nats/token), ``perplexity`` = exp(loss) (inf past loss 700), ``tokens`` evaluated and ``elapsed_ms``.
+        """
         host = self.host
         started = time.perf_counter()
         loss, tokens = heldout_loss(host.model, host.heldout(), host.device)
@@ -240,6 +270,10 @@ class RunMonitor:
                          elapsed_ms=(time.perf_counter() - started) * 1000.0)
 
     def sample(self, step: int, stage: str) -> SampleEvent:
+        """Continue each configured prompt by ``max_new_tokens`` tokens, greedy and sampled (temperature,
+        top-k; generator seeded from the run's seed and ``step``, so a resume redraws the same text);
+        returns a SampleEvent with the decoded texts and ``elapsed_ms``.
+        """
         host = self.host
         s = self.settings
         started = time.perf_counter()
@@ -261,6 +295,7 @@ class RunMonitor:
                            elapsed_ms=(time.perf_counter() - started) * 1000.0)
 
     def close(self) -> None:
+        """Stop the system sampler (and NVML), if one runs."""
         if self.system is not None:
             self.system.close()
 

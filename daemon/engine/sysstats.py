@@ -91,6 +91,7 @@ class SystemSampler:
         )
 
     def close(self) -> None:
+        """Shut NVML down (errors ignored), once; later samples carry no GPU figures."""
         if self.nvml is not None:
             _read(self.nvml.nvmlShutdown)
             self.nvml = None

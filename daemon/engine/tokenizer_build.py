@@ -39,6 +39,9 @@ def build_tokenizer(documents: list[str], vocab_size: int = DEFAULT_VOCAB_SIZE) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: train the embedded tokenizer (vocab 8192) and write it to ``--out``
+    (default ``daemon/assets/tokenizer.json``); returns exit status 0.  Raises OSError if it cannot write.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ASSETS / "tokenizer.json")
     args = parser.parse_args(argv)

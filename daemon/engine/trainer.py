@@ -89,15 +89,21 @@ class Progress:
     extra: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
+        """The progress as a JSON-able dict (field name → value), for the checkpoint's trainer state."""
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> Progress:
+        """A Progress from ``to_dict``'s output; unknown keys (newer checkpoints) are dropped, missing ones take defaults."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)  # type: ignore[arg-type]
 
 
 def make_optimizer(model: torch.nn.Module, preset: Preset, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW over ``model`` with ``preset.train``'s LR, betas and weight decay; weight decay only on
+    parameters with 2+ dims (matrices, embeddings), none on norms (as nanoGPT ``configure_optimizers``).
+    ``fused``: torch's fused CUDA kernel.
+    """
     settings = preset.train
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -111,6 +117,10 @@ def make_optimizer(model: torch.nn.Module, preset: Preset, fused: bool = False) 
 
 @torch.no_grad()
 def evaluate(model: LlamaForCausalLM, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
+    """Mean loss (nats/token) of ``model`` over ``batches`` [(x, y)], int64 (B, T) each, in eval mode under
+    the device's autocast, without gradients; the model's train/eval mode is restored.
+    Raises ZeroDivisionError for an empty ``batches``.
+    """
     was_training = model.training
     model.eval()
     with autocast(device):
@@ -120,6 +130,13 @@ def evaluate(model: LlamaForCausalLM, batches: list[tuple[torch.Tensor, torch.Te
 
 
 class Trainer:
+    """Trains one run through its stages (grow, train, export), checkpointing and emitting events.
+
+    ``emit`` sends events to the daemon; ``controls`` delivers its commands (polled every step);
+    ``cache_dir`` holds token shards; with ``ranks`` (torchrun) every rank runs the loop and rank 0 reports.
+    Raises (at construction) what ``load_run_data`` raises for unusable data.
+    """
+
     def __init__(
         self,
         run_id: str,
@@ -163,6 +180,7 @@ class Trainer:
 
     # -- plumbing ---------------------------------------------------------------------------
     def emit(self, event: AnyEvent) -> None:
+        """Stamp ``event`` with the run id and ``ts`` (unix seconds), send it, and let the monitor see step events."""
         event.run_id = self.run_id
         event.ts = time.time()
         self._emit(event)
@@ -173,6 +191,7 @@ class Trainer:
 
     @property
     def preset(self) -> Preset:
+        """The current stage's preset, its vocabulary sized to the run's tokenizer."""
         return with_vocab(get_preset(self.stages[self.progress.stage_index]), self.data.vocab_size)
 
     def _heldout(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -568,6 +587,11 @@ class Trainer:
         )
 
     def run(self) -> Outcome:
+        """Train from the latest checkpoint (or from scratch) to the last stage, acting on commands.
+
+        Returns the Outcome (completed, stopped or shutdown).  Raises FloatingPointError on a
+        non-finite loss (after a ``nonfinite_loss`` alert) and whatever else fails; the worker reports that as failed.
+        """
         try:
             return self._run()
         except FloatingPointError as error:  # a NaN/inf loss: alert first, then fail the run
