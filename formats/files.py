@@ -126,8 +126,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     On a clean exit every file in it and the folder itself are fsynced, an existing ``target``
     is moved aside, the temp folder renamed to ``target``, the parent fsynced and the old one
     removed.  On an error the temp folder is removed and the error propagates (``target`` is
-    untouched).  Concurrent writers of one ``target`` are serialised by a lock file
-    ``.<name>.lock`` beside it; the last one to finish wins.  Raises OSError from the file system.
+    untouched).  Concurrent writers of one ``target`` are serialised by a lock on its parent
+    folder; the last one to finish wins.  Raises OSError from the file system.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         fsync_dir(tmp)
         # One swap at a time: two writers (DDP ranks, a re-export racing a resume) that both move
         # the old folder aside and rename theirs in would otherwise fail with ENOTEMPTY/ENOENT.
-        with exclusive_lock(target.parent / f".{target.name}.lock"):
+        with exclusive_lock(target.parent):
             old = None
             if target.exists():  # rename() cannot replace a non-empty folder: move it aside first
                 old = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -187,13 +187,17 @@ def save_cursor(path: Path, seq: int) -> None:
 
 @contextlib.contextmanager
 def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created, mode 0600) for the ``with`` block.
+    """Hold an exclusive ``flock`` on ``path`` for the ``with`` block; blocks until it is free.
 
-    Serialises writers of one shared file or folder across processes (e.g. DDP ranks or two
-    daemons' workers exporting the same stage); blocks until the lock is free.
+    ``path`` is an existing folder (locked through a read-only descriptor, so no lock file is
+    left behind) or a lock file (created, mode 0600).  Serialises writers of one shared file or
+    folder across processes (e.g. DDP ranks, or a re-export racing a resume).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    if path.is_dir():
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

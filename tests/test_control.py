@@ -39,7 +39,7 @@ def test_errors_with_a_daemon(daemon: Daemon, home: Path) -> None:
     assert "--hf-user" in one_line_error(ctl(home, "start", "--upload", check=False))
     assert "does not exist" in one_line_error(ctl(home, "start", "--corpus", "/nope/nothing.txt", check=False))
     assert "unrecognized arguments" in one_line_error(ctl(home, "start", "--bogus", check=False))
-    assert "invalid int value" in one_line_error(ctl(home, "start", "--steps", "many", check=False))
+    assert "'many' must be a whole number" in one_line_error(ctl(home, "start", "--steps", "many", check=False))
     if not Path("/dev/nvidiactl").exists():
         assert "no NVIDIA GPU" in one_line_error(ctl(home, "start", "--cuda", check=False))
     assert "--nproc must be between 1 and 1024" in one_line_error(ctl(home, "start", "--nproc", "4096", check=False))

@@ -67,7 +67,7 @@ def test_rank0_exports_while_the_other_rank_waits(tmp_path: Path) -> None:
     assert results == [(0, "ok"), (1, "ok")]
     folder = export_dir(tmp_path, "tiny")
     assert sorted(p.name for p in folder.iterdir()) == sorted(EXPORT_FILES)
-    leftovers = [p.name for p in folder.parent.iterdir() if p.name != "tiny" and not p.name.endswith(".lock")]
+    leftovers = [p.name for p in folder.parent.iterdir() if p.name != "tiny"]
     assert leftovers == []
 
 
