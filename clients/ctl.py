@@ -36,7 +36,7 @@ from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, Prepa
 from tritter.protocol.state import TERMINAL, RunState, eta_seconds, is_held
 from tritter.formats.hub_names import default_run_name, repo_id_problem
 from tritter.formats.text import fit as fit_text
-from tritter.formats.text import printable
+from tritter.formats.text import fmt_duration, printable
 from tritter.protocol.wire import ProtocolError, encode_json
 
 EXIT_ERROR = 2
@@ -171,20 +171,6 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
-def _duration(seconds: float | None) -> str:
-    """``45s``, ``3m05s``, ``2h07m``, ``3d04h``; ``-`` for None."""
-    if seconds is None:
-        return "-"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
 def _progress(r: RunState) -> str:
     """``120/400 30%``: global step of the run's total, and the share done."""
     share = f" {100 * r.current_step // r.total_steps}%" if r.total_steps else ""
@@ -212,7 +198,7 @@ def format_runs(runs: Sequence[RunState]) -> str:
         lines.append(
             f"{r.run_id:<21} {fit_text(r.run_name, 20)} {queue_status(r):<11} {r.current_stage or '-':<5} "
             f"{_progress(r):>15} {_fmt(r.current_loss):>8} {r.current_phase or '-':<7} "
-            f"{r.tokens_per_s:>8.0f} {_duration(eta_seconds(r)):>7}  {_when(r.started)}"
+            f"{r.tokens_per_s:>8.0f} {fmt_duration(eta_seconds(r)):>7}  {_when(r.started)}"
         )
     return "\n".join(lines)
 
@@ -236,7 +222,7 @@ def format_status(r: RunState) -> str:
         f"stages     {' -> '.join(c.stages())}, {_budget_text(c)}, seed {c.seed}, "
         f"{'hybrid' if c.hybrid else 'no-hybrid'}, {'cuda' if c.cuda else 'cpu'}, corpus {c.corpus or 'embedded'}",
         f"progress   step {_progress(r)}, stage {r.current_stage or '-'}, phase {r.current_phase or '-'}"
-        + (f", {r.step_ms / 1000:.2f} s/step recently, ETA {_duration(eta)}" if (eta := eta_seconds(r)) is not None else ""),
+        + (f", {r.step_ms / 1000:.2f} s/step recently, ETA {fmt_duration(eta)}" if (eta := eta_seconds(r)) is not None else ""),
         f"loss       {_fmt(r.current_loss)} (best {_fmt(r.best_loss)} at step {r.best_step or '-'})",
         f"passes     {r.total_forward} forward, {r.total_backward} backward, {r.predicted_steps} predicted",
         f"speed      {r.tokens_per_s:.0f} tokens/s",

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from tritter.formats.corpus import CorpusReader, DataError, list_corpus
+from tritter.formats.text import fmt_duration
 from tritter.formats.tokenizer import model_vocab_size, train_bpe, write_tokenizer_folder
 
 
@@ -58,17 +59,8 @@ def _limited(texts, limit: int):  # type: ignore[no-untyped-def]
             return
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
-
-
 def prepare_line(p: object) -> str:
-    """One line for a PrepareEvent or PrepareState, e.g. ``tokenizing 34% · 12.1 MB/s · ETA 3m10s``
+    """One line for a PrepareEvent (live or folded into RunState.prepare), e.g. ``tokenizing 34% · 12.1 MB/s · ETA 3m10s``
     or ``ready · 1,234,567 tokens · corpus 3f2a…  tokenizer 9c1e…``."""
     stage = getattr(p, "stage", "")
     done, total = getattr(p, "bytes_done", 0), getattr(p, "bytes_total", 0)
@@ -81,7 +73,7 @@ def prepare_line(p: object) -> str:
             parts.append(f"{rate:.1f} MB/s")
         eta = getattr(p, "eta_s", None)
         if eta is not None:
-            parts.append(f"ETA {_duration(eta)}")
+            parts.append(f"ETA {fmt_duration(eta)}")
     tokens = getattr(p, "tokens", 0)
     if tokens:
         parts.append(f"{tokens:,} tokens")

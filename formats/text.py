@@ -11,6 +11,7 @@ own tables follow), and Markdown table cells escape ``|``.
 from __future__ import annotations
 
 import logging
+import math
 import unicodedata
 
 from wcwidth import wcswidth, wcwidth
@@ -102,6 +103,21 @@ class PrintableFormatter(logging.Formatter):
         the line."""
         record.message = printable(record.message)
         return super().formatMessage(record)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """Seconds as a compact duration: ``42s``, ``3m07s``, ``2h05m``, ``1d03h``; ``-`` for None,
+    non-finite or negative values (an ETA that cannot be known)."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def printable_logs() -> None:

@@ -90,24 +90,6 @@ class AlertRef(msgspec.Struct, kw_only=True):
 MAX_ALERTS = 20
 
 
-class PrepareState(msgspec.Struct, kw_only=True):
-    """The latest ``prepare`` event of a run (corpus hashing/tokenizing progress, then the
-    identity of the data it trains on); see PrepareEvent for the fields."""
-
-    stage: str
-    bytes_done: int = 0
-    bytes_total: int = 0
-    tokens: int = 0
-    mb_per_s: float = 0.0
-    eta_s: float | None = None
-    documents: int = 0
-    replaced: int = 0
-    replaced_at: str = ""
-    corpus_digest: str = ""
-    tokenizer_digest: str = ""
-    vocab_size: int = 0
-
-
 class RunState(msgspec.Struct, kw_only=True):
     """One run as folded from the event log (``fold``): status, progress and monitoring.
 
@@ -150,7 +132,7 @@ class RunState(msgspec.Struct, kw_only=True):
     sample_step: int = 0  # step of the latest sample event
     alert_count: int = 0
     alerts: list[AlertRef] = []  # the newest MAX_ALERTS, oldest first
-    prepare: PrepareState | None = None  # corpus preparation (prepare events)
+    prepare: PrepareEvent | None = None  # the latest prepare event: corpus preparation, then the data identity
     # The run queue (tritterd --slots; see queue_order): the seq of the event that put the run in
     # line (0 = not in line; kept while a queued run is held by pause), its 1-based place among
     # the queued runs (0 = not queued), and whether it ever started (so leaving the queue is a
@@ -356,7 +338,7 @@ def fold(runs: dict[str, RunState], event: AnyEvent) -> RunState | None:
     elif isinstance(event, AlertEvent):
         _apply_alert(state, event)
     elif isinstance(event, PrepareEvent):
-        state.prepare = PrepareState(**{f: getattr(event, f) for f in PrepareState.__struct_fields__})
+        state.prepare = event
     elif isinstance(event, CheckpointEvent) and event.status == "saved":  # a deletion is not a resume point
         state.last_checkpoint = CheckpointRef(
             path=event.path, step=event.step, stage=event.stage, bytes=event.bytes, sha256=event.sha256,

@@ -28,7 +28,7 @@ from tritter.clients.tui.monitor_views import (
     system_pane,
 )
 from tritter.clients.tui.model import PHASES, Monitor, RunHistory, StageMark, ViewState, eta_seconds
-from tritter.formats.text import clip, display_width, printable
+from tritter.formats.text import clip, display_width, fmt_duration, printable
 from tritter.formats.text import fit as fit_text
 from tritter.protocol.state import RunState
 
@@ -82,20 +82,6 @@ def fmt_si(value: float) -> str:
             scaled = value / scale
             return f"{scaled:.2f}{unit}" if scaled < 10 else f"{scaled:.1f}{unit}" if scaled < 100 else f"{scaled:.0f}{unit}"
     return f"{value:.0f}"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """Seconds as a compact duration: ``42s``, ``3m07s``, ``2h05m``, ``1d03h``; ``-`` for None or non-finite."""
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def fmt_bytes(n: int) -> str:

@@ -266,7 +266,8 @@ def test_kill9_mid_tokenization_resumes_from_finished_shards(tmp_path):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), min_size=1, max_size=400))
+# No NUL (a file with one is binary by design: docs/data.md) and no \r (text files read with universal newlines).
+@given(text=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x00"), min_size=1, max_size=400))
 def test_any_text_roundtrips_through_shards(tmp_path_factory, text):
     tmp = tmp_path_factory.mktemp("rt")
     path = tmp / "t.txt"
