@@ -73,20 +73,6 @@ class CheckpointRef(msgspec.Struct, kw_only=True):
     reason: str = ""
 
 
-class AlertRef(msgspec.Struct, kw_only=True):
-    """One alert as run state keeps it (the newest ``MAX_ALERTS`` per run)."""
-
-    seq: int
-    ts: float
-    level: str
-    reason: str
-    step: int
-    value: float | None = None
-    threshold: float | None = None
-    message: str = ""
-    source: str = "worker"
-
-
 MAX_ALERTS = 20
 
 
@@ -131,7 +117,7 @@ class RunState(msgspec.Struct, kw_only=True):
     eval_step: int = 0  # step of the latest periodic eval (0: none yet)
     sample_step: int = 0  # step of the latest sample event
     alert_count: int = 0
-    alerts: list[AlertRef] = []  # the newest MAX_ALERTS, oldest first
+    alerts: list[AlertEvent] = []  # the newest MAX_ALERTS alert events, oldest first
     prepare: PrepareEvent | None = None  # the latest prepare event: corpus preparation, then the data identity
     # The run queue (tritterd --slots; see queue_order): the seq of the event that put the run in
     # line (0 = not in line; kept while a queued run is held by pause), its 1-based place among
@@ -306,10 +292,7 @@ def _apply_upload(state: RunState, event: UploadEvent) -> None:
 
 def _apply_alert(state: RunState, event: AlertEvent) -> None:
     state.alert_count += 1
-    state.alerts.append(AlertRef(
-        seq=event.seq, ts=event.ts, level=event.level, reason=event.reason, step=event.step, value=event.value,
-        threshold=event.threshold, message=event.message, source=event.source,
-    ))
+    state.alerts.append(event)
     del state.alerts[:-MAX_ALERTS]
 
 
