@@ -13,5 +13,5 @@ quiet() { { grep -v "is ignored" || true; }; }
 .venv/bin/python -m pip install -q torch==2.13.0 2>&1 | quiet
 .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | quiet
 # Everything the tests import, test tools included: a missing one fails here, not as skips.
-.venv/bin/python -c "import torch, zmq, msgspec, tritter.daemon, tritter.clients, tritter.protocol, tritter.formats, tritter.recipe, pytest, pytest_timeout, hypothesis, transformers" \
+.venv/bin/python -c "import torch, zmq, msgspec, tritter.daemon, tritter.clients, tritter.protocol, tritter.formats, tritter.recipe, pyarrow, blosc2, xxhash, aiofiles, wcwidth, tensorboardX, prometheus_client, psutil, tensorboard, pytest, pytest_timeout, hypothesis, transformers" \
     || { echo "setup: tritter or a test dependency did not install; see the pip output above" >&2; exit 1; }
