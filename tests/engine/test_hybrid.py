@@ -261,6 +261,14 @@ def test_resume_mid_predict_is_exact(tmp_path: Path, cache: Path, settings: Hybr
     )
     first, stopped = run_trainer(tmp_path / "run", cache, settings, steps=steps, stop_at=stop)
     assert isinstance(stopped.hybrid, HybridController) and stopped.hybrid.predictor.ahead == 2
+    # The stop checkpoint holds the lean history: the last `order` updates of every parameter, fp16.
+    # (Checked now: once the resumed run has written newer ones, retention may delete it.)
+    assert stopped.model is not None
+    names = {n for n, _ in stopped.model.named_parameters()}
+    with safe_open(str(checkpoint_path(tmp_path / "run", stop)), framework="pt") as f:
+        keys = {k for k in f.keys() if k.startswith("extra.hybrid.")}
+        assert {f.get_slice(k).get_dtype() for k in keys} == {"F16"}
+    assert len(keys) == settings.order * len(names)
     second, _ = run_trainer(tmp_path / "run", cache, settings, steps=steps)
     resumed = steps_of(first) + steps_of(second)
     assert [s.step for s in resumed] == list(range(1, steps + 1))
@@ -269,13 +277,6 @@ def test_resume_mid_predict_is_exact(tmp_path: Path, cache: Path, settings: Hybr
     assert [(p.phase, p.step, p.reason) for p in phases_of(reference)] == [
         (p.phase, p.step, p.reason) for p in phases_of(first) + phases_of(second)
     ]
-    # The stop checkpoint holds the lean history: the last `order` updates of every parameter, fp16.
-    assert stopped.model is not None
-    names = {n for n, _ in stopped.model.named_parameters()}
-    with safe_open(str(checkpoint_path(tmp_path / "run", stop)), framework="pt") as f:
-        keys = {k for k in f.keys() if k.startswith("extra.hybrid.")}
-        assert {f.get_slice(k).get_dtype() for k in keys} == {"F16"}
-    assert len(keys) == settings.order * len(names)
 
 
 # --- the lean state ------------------------------------------------------------------------
