@@ -142,7 +142,7 @@ def train(
 
     from tritter.daemon.engine import distributed
     from tritter.daemon.engine.device import default_deterministic, pick_device, set_determinism
-    from tritter.daemon.engine.trainer import Trainer
+    from tritter.daemon.engine.trainer import EndRun, Trainer
 
     deterministic = config.deterministic if config.deterministic is not None else default_deterministic(config.cuda)
     set_determinism(deterministic)
@@ -150,7 +150,10 @@ def train(
     distributed.init(ranks, device)
     trainer = None
     try:
-        trainer = Trainer(args.run_id, config, args.run_dir, emit, controls, args.cache_dir, device, ranks=ranks)
+        try:
+            trainer = Trainer(args.run_id, config, args.run_dir, emit, controls, args.cache_dir, device, ranks=ranks)
+        except EndRun as end:  # stopped or shut down while the corpus was being prepared
+            return end.outcome
         return trainer.run()
     finally:
         # DDP's reducer must be freed while its process group still exists: freed after

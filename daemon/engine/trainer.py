@@ -52,7 +52,9 @@ from tritter.daemon.engine.schedule import lr_at
 from tritter.daemon.engine.seeding import stage_generator
 from tritter.daemon.worker_protocol import Command, Controls, Outcome
 from tritter.protocol.config import RunConfig
-from tritter.protocol.events import AnyEvent, CheckpointEvent, EvalEvent, Phase, PhaseEvent, RunEvent, StageEvent, StepEvent
+from tritter.protocol.events import (
+    AnyEvent, CheckpointEvent, EvalEvent, Phase, PhaseEvent, PrepareEvent, RunEvent, StageEvent, StepEvent,
+)
 
 log = logging.getLogger("tritter.trainer")
 
@@ -63,7 +65,8 @@ DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class EndRun(Exception):
-    """Training must end now with ``outcome`` (a stop or shutdown while paused on a full disk)."""
+    """Training must end now with ``outcome`` (a stop or shutdown while paused on a full disk, or
+    while the corpus is being prepared)."""
 
     def __init__(self, outcome: Outcome) -> None:
         super().__init__(outcome)
@@ -158,7 +161,9 @@ class Trainer:
         self.stages = config.stages()
         # The run's corpus as token shards (prepare events while it tokenizes); refuses other data
         # than the run started on.  Its vocabulary sizes every stage's model.
-        self.data: TokenData = load_run_data(run_id, run_dir, config, cache_dir, emit)
+        self._deferred: Command | None = None  # a pause/checkpoint that came while preparing data
+        self._can_poll_early = ranks is None or not ranks.distributed  # ranks poll in lockstep only
+        self.data: TokenData = load_run_data(run_id, run_dir, config, cache_dir, self._emit_while_preparing)
         self.progress = Progress()
         self.progress.extra["data"] = self.data.identity()
         self.model: LlamaForCausalLM | None = None
@@ -471,6 +476,28 @@ class Trainer:
             self.emit(PhaseEvent(phase=phase, step=self.progress.step + 1, stage=self.preset.name, reason=reason))
 
     # -- commands ---------------------------------------------------------------------------
+    def _emit_while_preparing(self, event: PrepareEvent) -> None:
+        """Emit a ``prepare`` event, then act on a command that arrived meanwhile, so a long
+        tokenization can be stopped: stop and shutdown end the run before training (finished
+        shards stay in the cache and a resume continues from them); pause and checkpoint wait
+        for the first step, when there is a model to save.  Under --nproc commands are only
+        polled in the training loop (every rank must poll at the same points)."""
+        self._emit(event)
+        if not self._can_poll_early or self._deferred is not None:
+            return
+        command = self.controls.poll()
+        if command == Command.STOP:
+            self._emit(RunEvent(status="stopped", reason="stopped by request while preparing the corpus"))
+            raise EndRun(Outcome.STOPPED)
+        if command == Command.SHUTDOWN:
+            raise EndRun(Outcome.SHUTDOWN)
+        self._deferred = command
+
+    def _next_command(self) -> Command | None:
+        """The command to act on before the next step: one deferred from data preparation, else a poll."""
+        command, self._deferred = self._deferred, None
+        return command if command is not None else self.controls.poll()
+
     def _handle(self, command: Command | None) -> Outcome | None:
         """Act on a command; return an outcome when training must end now."""
         if command == Command.CHECKPOINT:
@@ -626,7 +653,7 @@ class Trainer:
                               prefetch=True)
             every = self._checkpoint_every()
             while self.progress.stage_step < self.progress.stage_total:
-                outcome = self._handle(self.controls.poll())
+                outcome = self._handle(self._next_command())
                 if outcome:
                     return outcome
                 self._train_step(batches)
