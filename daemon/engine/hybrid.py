@@ -280,7 +280,7 @@ class UpdatePredictor:
             cross = sum(wi * values[k, i + 1] for i, wi in enumerate(w))
             num += max(guess_sq - 2.0 * cross + values[k, 0], 0.0)
             den += values[k, 0]
-        return (num / den) ** 0.5 if den > 0 else 0.0
+        return float((num / den) ** 0.5) if den > 0 else 0.0  # a Python float: it goes into events
 
     # -- predicting ------------------------------------------------------------------------
     @torch.no_grad()

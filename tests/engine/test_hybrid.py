@@ -17,6 +17,7 @@ from tritter.recipe.presets import ModelShape, Preset, TrainSettings
 from tritter.daemon.engine.trainer import Trainer
 from tritter.protocol.config import RunConfig
 from tritter.protocol.events import PhaseEvent, StepEvent
+from tritter.protocol.wire import decode_event, encode
 
 # Micro presets so that a trainer step takes milliseconds; the real ladder is exercised by
 # tests/test_daemon.py.  Same vocab (the tokenizer's) and head_dim 64, so growth works.
@@ -190,6 +191,15 @@ def test_phases_predicted_steps_and_probes(tmp_path: Path, cache: Path) -> None:
     assert len(probes) >= 4 and all(s.prediction_error is not None and s.prediction_error > 0 for s in probes)
     assert all(s.prediction_error is None for s in predict if s not in probes)
     assert all(not s.was_predicted for s in steps if s.phase != "predict")
+
+
+def test_every_event_of_a_hybrid_run_goes_over_the_wire(tmp_path: Path, cache: Path) -> None:
+    """The worker sends each event msgpack-encoded: a numpy scalar in a field (a probe's
+    prediction error once was one) would fail the run at its first probe."""
+    events, _ = run_trainer(tmp_path, cache, steps=24)
+    assert any(isinstance(e, StepEvent) and e.prediction_error is not None for e in events)
+    for event in events:
+        assert decode_event(encode(event)) == event, event
 
 
 def test_high_error_falls_back_to_correct(tmp_path: Path, cache: Path) -> None:
