@@ -33,7 +33,7 @@ from tritter.protocol.control import Checkpoint, Extend, Pause, Reply, Request, 
 from tritter.clients.monitoring_cli import format_monitoring, parse_kinds, read_prompts, status_lines
 from tritter.protocol.events import EVENT_KINDS
 from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, PrepareEvent, RunEvent, StageEvent, StepEvent, UploadEvent
-from tritter.protocol.state import TERMINAL, RunState, eta_seconds, is_held
+from tritter.protocol.state import TERMINAL, RunState, eta_seconds, is_held, stage_status
 from tritter.formats.hub_names import default_run_name, repo_id_problem
 from tritter.formats.text import fit as fit_text
 from tritter.formats.text import fmt_duration, printable
@@ -235,7 +235,7 @@ def format_status(r: RunState) -> str:
         lines.append(f"checkpoint step {ck.step} ({ck.stage}) {ck.path}, {ck.bytes / 1e6:.1f} MB")
     for s in r.stages:
         lines.append(
-            f"stage {s.index}    {s.stage:<5} {s.status:<9} params {s.params:,}  eval loss {_fmt(s.eval_loss_start)} -> "
+            f"stage {s.index}    {s.stage:<5} {stage_status(r, s):<9} params {s.params:,}  eval loss {_fmt(s.eval_loss_start)} -> "
             f"{_fmt(s.eval_loss_end)}  tokens {s.tokens:,}" + (f"  grown from {s.grown_from}" if s.grown_from else "")
             + (f"  upload {s.upload_status}" + (f": {s.upload_error}" if s.upload_status == "failed" and s.upload_error else "")
                + (f" {s.upload_url}" if s.upload_status == "completed" and s.upload_url else "") if s.upload_status else "")

@@ -76,6 +76,14 @@ class CheckpointRef(msgspec.Struct, kw_only=True):
 MAX_ALERTS = 20
 
 
+def stage_status(run: "RunState", stage: StageState) -> str:
+    """What to show for ``stage`` of ``run``: ``completed``, else ``running`` while the run trains,
+    else the run's own status (a failed run's unfinished stage is ``failed``, not ``running``)."""
+    if stage.status == "completed" or run.status == "running":
+        return stage.status
+    return run.status
+
+
 class RunState(msgspec.Struct, kw_only=True):
     """One run as folded from the event log (``fold``): status, progress and monitoring.
 

@@ -40,6 +40,10 @@ FOLLOW=
 echo
 "$BIN/tritterctl" status "$RUN" || true
 echo
-echo "results:   $TRITTER_HOME/runs/$RUN/ (run.json, metrics.jsonl, checkpoints/)"
+echo "results:   $TRITTER_HOME/runs/$RUN/ (run.json, metrics.jsonl, eval.jsonl, checkpoints/)"
+for stage in "$TRITTER_HOME/runs/$RUN"/export/*/; do
+    [ -d "$stage" ] && echo "model:     $stage (transformers.AutoModelForCausalLM.from_pretrained; README.md has a snippet)"
+done
 echo "event log: $TRITTER_HOME/events.log    daemon log: $TRITTER_HOME/tritterd.log"
+[ "$STATUS" -eq 0 ] || echo "the run did not complete: the reason is in the status above, details in $TRITTER_HOME/tritterd.log" >&2
 exit $STATUS

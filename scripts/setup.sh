@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv and installing torch, tritter and its test tools (the first time takes a few minutes)" >&2
     "$PY" -m venv .venv
 fi
 # pipefail: a failed pip install fails setup; only the noise line is filtered (grep finding

@@ -30,7 +30,7 @@ from tritter.clients.tui.monitor_views import (
 from tritter.clients.tui.model import PHASES, Monitor, RunHistory, StageMark, ViewState, eta_seconds
 from tritter.formats.text import clip, display_width, fmt_duration, printable
 from tritter.formats.text import fit as fit_text
-from tritter.protocol.state import RunState
+from tritter.protocol.state import RunState, stage_status
 
 Fragment = tuple[str, str]
 Line = list[Fragment]
@@ -428,7 +428,7 @@ def _stage_table(state: RunState) -> list[str]:
     for s in state.stages:
         steps = f"{s.start_step + 1}-{s.end_step if s.end_step is not None else '…'}"
         evals = f"{fmt_loss(s.eval_loss_start)} → {fmt_loss(s.eval_loss_end)}"
-        rows.append(f"{s.index:>2} {s.stage:<6} {fmt_si(s.params):>7} {steps:>11} {fmt_si(s.tokens):>7}  {evals:<23} {s.status}")
+        rows.append(f"{s.index:>2} {s.stage:<6} {fmt_si(s.params):>7} {steps:>11} {fmt_si(s.tokens):>7}  {evals:<23} {stage_status(state, s)}")
     if not state.stages:
         rows.append("   (no stage has started yet)")
     return rows
