@@ -42,9 +42,10 @@ def test_errors_with_a_daemon(daemon: Daemon, home: Path) -> None:
     assert "'many' must be a whole number" in one_line_error(ctl(home, "start", "--steps", "many", check=False))
     if not Path("/dev/nvidiactl").exists():
         assert "no NVIDIA GPU" in one_line_error(ctl(home, "start", "--cuda", check=False))
-    assert "--nproc must be between 1 and 1024" in one_line_error(ctl(home, "start", "--nproc", "4096", check=False))
+    assert "4096 is out of range (expected a process count between 1 and 1,024)" in one_line_error(
+        ctl(home, "start", "--nproc", "4096", check=False))
     assert "CPU cores" in one_line_error(ctl(home, "start", "--nproc", "1000", check=False))
-    assert "--seed must be between" in one_line_error(ctl(home, "start", "--seed", "-1", check=False))
+    assert "-1 is out of range (expected a seed between 0 and" in one_line_error(ctl(home, "start", "--seed", "-1", check=False))
     assert "no run 'ghost'" in one_line_error(ctl(home, "stop", "ghost", check=False))
     assert ctl(home, "runs").stdout.startswith("no runs yet")
 
