@@ -52,7 +52,8 @@ def _budget_type(parse: Callable[[str], object]) -> Callable[[str], object]:
         try:
             return parse(text)
         except BudgetError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
+            # argparse already starts the line with "argument --flag:"; don't name the flag twice.
+            raise argparse.ArgumentTypeError(re.sub(r"^--[\w-]+ ", "", str(error))) from None
 
     convert.__name__ = "size"
     return convert
