@@ -58,9 +58,10 @@ def test_own_tokenizer_run_exports_it_and_swapped_corpus_is_refused(home: Path, 
     train = ctl(home, "tokenizer", "train", "--corpus", str(corpus), "--vocab-size", "300", "-o", str(tok_dir))
     assert "300 ids (model vocabulary 320)" in train.stdout
     daemon.start()
-    run = ctl(home, "start", "--end", "tiny", "--steps", "6", "--checkpoint-every", "3", "--no-hybrid",
+    # Long enough that the stop below always comes before the end (a 6-step run could finish first).
+    run = ctl(home, "start", "--end", "tiny", "--steps", "300", "--checkpoint-every", "25", "--no-hybrid",
               "--corpus", str(corpus), "--tokenizer", str(tok_dir)).stdout.strip()
-    follow_until(home, lambda e: e["kind"] == "checkpoint" and e["run_id"] == run and e["step"] >= 3)
+    follow_until(home, lambda e: e["kind"] == "checkpoint" and e["run_id"] == run and e["step"] >= 25)
     ctl(home, "stop", run)
     follow_until(home, lambda e: e["kind"] == "run" and e["run_id"] == run and e["status"] == "stopped")
     ready = [e for e in events(home) if e["kind"] == "prepare" and e["stage"] == "ready"]
