@@ -58,6 +58,10 @@ class _State(msgspec.Struct):
     seq: int = 0
     session: int = 0
     files: dict[str, int] = {}  # event file path relative to the logdir -> committed bytes
+    # The highest step written per run.  TensorBoard drops every point above a step that comes
+    # back lower (its "orphaned data" purge), and a resumed worker's system events carry the
+    # re-trained steps: non-step events are written at max(their step, this).
+    steps: dict[str, int] = {}
 
 
 @dataclass
@@ -161,6 +165,9 @@ class TensorBoardSink(Sink[SinkSettings]):
     def _write(self, event: AnyEvent) -> None:
         w = self._writer(event.run_id)
         ts = event.ts
+        last = self.state.steps.get(event.run_id, 0)
+        at = max(getattr(event, "step", 0), last)  # never lower than a step already written
+        self.state.steps[event.run_id] = at
         if isinstance(event, StepEvent):
             step = event.step
             for tag, value in (("train/loss", event.loss), ("train/lr", event.lr), ("train/grad_norm", event.gradient_norm),
@@ -170,26 +177,26 @@ class TensorBoardSink(Sink[SinkSettings]):
             if event.prediction_error is not None:
                 w.add_scalar("hybrid/prediction_error", event.prediction_error, step, walltime=ts)
         elif isinstance(event, EvalEvent):
-            w.add_scalar("eval/loss", event.loss, event.step, walltime=ts)
-            w.add_scalar("eval/perplexity", event.perplexity, event.step, walltime=ts)
+            w.add_scalar("eval/loss", event.loss, at, walltime=ts)
+            w.add_scalar("eval/perplexity", event.perplexity, at, walltime=ts)
         elif isinstance(event, StageEvent):
-            w.add_scalar("stage/index", event.index, event.step, walltime=ts)
+            w.add_scalar("stage/index", event.index, at, walltime=ts)
             if event.eval_loss is not None:
-                w.add_scalar("stage/eval_loss", event.eval_loss, event.step, walltime=ts)
+                w.add_scalar("stage/eval_loss", event.eval_loss, at, walltime=ts)
             grown = f", grown from {event.grown_from}" if event.grown_from else ""
             w.add_text("stages", f"stage {event.index} **{event.stage}** {event.status} at step {event.step} "
-                                 f"({event.params:,} parameters{grown})", event.step, walltime=ts)
+                                 f"({event.params:,} parameters{grown})", at, walltime=ts)
         elif isinstance(event, SampleEvent):
             for i, sample in enumerate(event.samples):
                 w.add_text(f"samples/{i}", f"**{sample.prompt}**\n\ngreedy: {sample.greedy}\n\n"
                                            f"sampled (T={sample.temperature:g}, top-k {sample.top_k}): {sample.sampled}",
-                           event.step, walltime=ts)
+                           at, walltime=ts)
         elif isinstance(event, SystemEvent):
             for tag, value in _system_scalars(event):
-                w.add_scalar(tag, value, event.step, walltime=ts)
+                w.add_scalar(tag, value, at, walltime=ts)
         elif isinstance(event, AlertEvent):
             w.add_text("alerts", f"**{event.level}** {event.reason} at step {event.step}: {event.message}",
-                       event.step, walltime=ts)
+                       at, walltime=ts)
 
     async def close(self) -> None:
         """Close every open writer (in a thread)."""
