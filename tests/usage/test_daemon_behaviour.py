@@ -17,20 +17,11 @@ from pathlib import Path
 import pytest
 
 from conftest import Daemon, ctl, tool
-from crafted import FakeWorker, run_events, write_log
+from crafted import FakeWorker, run_events, wait_for, write_log
 from tritter.daemon.eventlog import EventLog
 from tritter.protocol.config import RunConfig
 from tritter.protocol.events import RunEvent, StageEvent, StepEvent
 from tritter.protocol.home import SUN_PATH_MAX, Layout
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} within {timeout} s")
 
 
 # -- sd_notify: a reader that never reads -------------------------------------------------------

@@ -10,23 +10,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 from conftest import Daemon, children_of, cmdline, ctl, read_metrics
-from crafted import FakeWorker, run_events, write_log
+from crafted import FakeWorker, run_events, wait_for, write_log
 from tritter.protocol.events import RunEvent, StepEvent
 
 RUN_ID = "20260101-000000-5eed"
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} within {timeout} s")
 
 
 def steps_in(path: Path) -> list[int]:
