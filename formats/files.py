@@ -186,18 +186,13 @@ def save_cursor(path: Path, seq: int) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` for the ``with`` block; blocks until it is free.
+def exclusive_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the existing ``folder`` for the ``with`` block; blocks until it is free.
 
-    ``path`` is an existing folder (locked through a read-only descriptor, so no lock file is
-    left behind) or a lock file (created, mode 0600).  Serialises writers of one shared file or
-    folder across processes (e.g. DDP ranks, or a re-export racing a resume).
+    Locked through a read-only descriptor, so no lock file is left behind.  Serialises writers of
+    one shared folder across processes (e.g. DDP ranks, or a re-export racing a resume).
     """
-    if path.is_dir():
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

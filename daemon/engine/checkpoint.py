@@ -138,14 +138,10 @@ def _numpy_state_json(state: tuple) -> list:
 # --- helpers ---------------------------------------------------------------
 
 
-def _to_cpu(t: Tensor) -> Tensor:
-    return t.detach().to("cpu").contiguous()
-
-
-def _model_tensors(model: nn.Module, copy: Callable[[str, Tensor], Tensor] | None = None) -> tuple[dict[str, Tensor], dict[str, str]]:
+def _model_tensors(model: nn.Module, copy: Callable[[str, Tensor], Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
     """State dict on CPU with shared tensors stored once; returns (tensors, alias -> stored key).
 
-    ``copy(key, tensor)`` makes each stored tensor (default: ``_to_cpu``, no copy for a CPU tensor).
+    ``copy(key, tensor)`` makes each stored tensor (``HostBuffers.copy``).
     """
     tensors: dict[str, Tensor] = {}
     tied: dict[str, str] = {}
@@ -156,7 +152,7 @@ def _model_tensors(model: nn.Module, copy: Callable[[str, Tensor], Tensor] | Non
             tied[key] = seen[ident]
         else:
             seen[ident] = key
-            tensors[key] = copy(key, t) if copy is not None else _to_cpu(t)
+            tensors[key] = copy(key, t)
     return tensors, tied
 
 
