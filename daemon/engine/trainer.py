@@ -162,7 +162,10 @@ class Trainer:
         # The run's corpus as token shards (prepare events while it tokenizes); refuses other data
         # than the run started on.  Its vocabulary sizes every stage's model.
         self._deferred: Command | None = None  # a pause/checkpoint that came while preparing data
-        self._can_poll_early = ranks is None or not ranks.distributed  # ranks poll in lockstep only
+        # --nproc: every rank runs this loop on its slice of one global batch; rank 0 alone
+        # reports and writes checkpoints, and every decision that ends or pauses the loop is
+        # broadcast from it, so all ranks always take the same path.
+        self.ranks = ranks or Ranks()
         self.data: TokenData = load_run_data(run_id, run_dir, config, cache_dir, self._emit_while_preparing)
         self.progress = Progress()
         self.progress.extra["data"] = self.data.identity()
@@ -175,10 +178,6 @@ class Trainer:
         self.writer = BackgroundWriter()  # periodic checkpoints are written while training goes on
         self.snapshot_buffers = HostBuffers()  # host memory reused by every checkpoint's snapshot
         self._last_eval: tuple[int, float] | None = None  # (step, held-out loss) of the latest eval
-        # --nproc: every rank runs this loop on its slice of one global batch; rank 0 alone
-        # reports and writes checkpoints, and every decision that ends or pauses the loop is
-        # broadcast from it, so all ranks always take the same path.
-        self.ranks = ranks or Ranks()
         self.train_model: torch.nn.Module | None = None  # self.model, wrapped in DDP with --nproc
         # Periodic eval, samples, system stats and alerts after each step (rank 0; docs/monitoring.md).
         self.monitor = monitor_for(self)
@@ -483,7 +482,7 @@ class Trainer:
         for the first step, when there is a model to save.  Under --nproc commands are only
         polled in the training loop (every rank must poll at the same points)."""
         self._emit(event)
-        if not self._can_poll_early or self._deferred is not None:
+        if self.ranks.distributed or self._deferred is not None:  # ranks poll in lockstep only
             return
         command = self.controls.poll()
         if command == Command.STOP:

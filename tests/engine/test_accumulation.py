@@ -83,15 +83,18 @@ def run(run_dir: Path, cache: Path, *, steps: int = 6, hybrid: bool = False, sto
         **config: Any) -> tuple[list, Trainer]:
     events: list = []
 
+    made: list[Trainer] = []  # the trainer polls while it is still being built (data preparation)
+
     class Controls:
         def poll(self) -> str | None:
-            return "stop" if stop_at is not None and trainer.progress.step == stop_at else None
+            return "stop" if stop_at is not None and made and made[0].progress.step == stop_at else None
 
         def wait(self) -> str:
             raise AssertionError("never paused here")
 
     full = RunConfig(start="tiny", end="tiny", steps=steps, seed=5, hybrid=hybrid, checkpoint_every=4, **config)
     trainer = Trainer("acc", full, run_dir, events.append, Controls(), cache, hybrid_settings=FAST)
+    made.append(trainer)
     trainer.run()
     return events, trainer
 
