@@ -16,8 +16,12 @@ Exactly once, across its own ``kill -9`` and daemon restarts: the state file
 size of every event file written (saved only after the writers are flushed and fsynced).  On
 start, each event file is cut back to its committed size, and a file the state does not know
 (opened after the last save) is removed; the bus then re-delivers everything after that seq.
-So no record is ever in a file twice, and none is missing.  Each start writes new files with
-its own session number in the name (TensorBoard reads all files of a folder, in name order).
+So no record is ever in a file twice, and none is missing.  Every writer opens a file of its own
+name: tensorboardX names a file by the second and the host only, and opens it with ``"wb"``, so
+a run's writer reopened in the same second (an event after its terminal one, a catch-up that
+replays a whole run at once) would otherwise empty the file already written.  The suffix holds
+this start's session number and a count of writers it opened (TensorBoard reads all files of a
+folder, in name order: time, then session, then count).
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ class TensorBoardSink(Sink[SinkSettings]):
         self.state = _State()
         super().__init__(layout, settings, source)
         self.writers: dict[str, _Writer] = {}
+        self._opened = 0  # writers opened by this start (each file's name is unique by it)
 
     def describe(self) -> str:
         """The start-up log line: where the event files are written."""
@@ -150,11 +155,12 @@ class TensorBoardSink(Sink[SinkSettings]):
         entry = self.writers.get(run_id)
         if entry is None:
             folder = self.logdir / run_id
-            suffix = f".s{self.state.session:06d}"
+            self._opened += 1
+            suffix = f".s{self.state.session:06d}.w{self._opened:06d}"
             writer = SummaryWriter(logdir=str(folder), filename_suffix=suffix, flush_secs=3600, max_queue=10_000)
             writer.flush()  # the file (and its version header) exists from here on
-            paths = sorted(folder.glob(f"{EVENT_FILE_PREFIX}*{suffix}"))
-            entry = self.writers[run_id] = _Writer(writer, paths[-1])
+            (path,) = folder.glob(f"{EVENT_FILE_PREFIX}*{suffix}")  # one file: the suffix is this writer's own
+            entry = self.writers[run_id] = _Writer(writer, path)
         return entry.writer
 
     def _close_run(self, run_id: str) -> None:

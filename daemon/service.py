@@ -282,12 +282,30 @@ class Tritterd:
             return  # killed during shutdown: it resumes from its checkpoint on the next start
         if state.status == "paused" and worker.outcome is None and self.stopping:
             return
+        if worker.outcome == Outcome.STOPPED:  # it stopped as asked, but its own word of it never arrived
+            try:
+                self.record(RunEvent(run_id=worker.run_id, status="stopped", reason="stopped by request"))
+                return
+            except OSError as error:
+                how = f"stopped, but the event log cannot take it: {_why(error)}"
         self.watch.lost_worker(worker.run_id, how)
         self.fail_run(worker.run_id, how)  # logged and recorded (or, on a full disk, marked failed)
 
     def command_worker(self, run_id: str, command: Command) -> None:
-        """Send ``command`` to the run's worker (dropped by ZeroMQ when no such worker is connected)."""
+        """Send ``command`` to the run's worker; held until it has connected (its first message)
+        when it is still starting.  Callers check that the run has a worker."""
+        worker = self.workers.get(run_id)
+        if worker is not None and not worker.connected:
+            worker.pending.append(command)
+            return
         self._worker_sock.send_multipart([run_id.encode(), encode_command(command)])
+
+    def _worker_connected(self, worker: WorkerProcess) -> None:
+        """The worker's first message arrived: it can be reached, so send what it was told meanwhile."""
+        worker.connected = True
+        held, worker.pending = worker.pending, []
+        for command in held:
+            self.command_worker(worker.run_id, command)
 
     async def resume_active_runs(self) -> None:
         """After a restart, every run that was running continues from its last checkpoint."""
@@ -310,13 +328,16 @@ class Tritterd:
                 continue
             identity, kind, body = frames
             run_id = identity.decode(errors="replace")
+            worker = self.workers.get(run_id)
+            if worker is not None and not worker.connected:
+                self._worker_connected(worker)
             if kind == WorkerFrame.EVENT:
                 try:
                     self._worker_event(run_id, body)
                 except OSError as error:  # the log cannot take it: stop the run, keep serving
                     self._log_full(run_id, error)
-            elif kind == WorkerFrame.EXIT and run_id in self.workers:
-                self.workers[run_id].goodbye(decode_outcome(body))
+            elif kind == WorkerFrame.EXIT and worker is not None:
+                worker.goodbye(decode_outcome(body))
 
     def _worker_event(self, run_id: str, body: bytes) -> None:
         try:
@@ -325,6 +346,8 @@ class Tritterd:
             log.error("run %s: dropped an undecodable worker event: %s", run_id, error)
             return
         state = self.runs.get(run_id)
+        if not event.run_id:  # the worker's identity names its run: an unstamped event is still its own
+            event.run_id = run_id
         if state is None or event.run_id != run_id:
             log.error("run %s: dropped an event for run %r", run_id, event.run_id)
             return

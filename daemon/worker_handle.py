@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 
 from tritter.daemon.lifetime import set_parent_death_signal
-from tritter.daemon.worker_protocol import Outcome
+from tritter.daemon.worker_protocol import Command, Outcome
 from tritter.protocol.config import RunConfig
 
 log = logging.getLogger("tritterd.workers")
@@ -36,6 +36,10 @@ class WorkerProcess:
         self.said_goodbye = asyncio.Event()  # its final frame arrived, so all its events have too
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self.exited = asyncio.Event()
+        # Commands wait here until the worker's first message: the ROUTER drops what it sends
+        # to an identity that has not connected yet (``daemon/worker_protocol.py``).
+        self.connected = False
+        self.pending: list[Command] = []
 
     @classmethod
     async def spawn(

@@ -23,7 +23,15 @@ import zmq
 from tritter.formats.text import printable_logs
 from tritter.daemon.engine.distributed import RankControls, Ranks, from_environment
 from tritter.daemon.lifetime import set_parent_death_signal
-from tritter.daemon.worker_protocol import Command, Controls, Outcome, decode_command, event_message, exit_message
+from tritter.daemon.worker_protocol import (
+    Command,
+    Controls,
+    Outcome,
+    decode_command,
+    event_message,
+    exit_message,
+    ready_message,
+)
 from tritter.protocol.config import RunConfig
 from tritter.protocol.events import AnyEvent, RunEvent
 from tritter.protocol.wire import encode
@@ -103,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     sock.setsockopt(zmq.SNDHWM, 0)  # never drop an event; the daemon reads fast and the log is the truth
     sock.setsockopt(zmq.LINGER, 30_000)  # deliver the last events before exiting
     sock.connect(args.endpoint)
+    sock.send_multipart(ready_message())  # commands held by the daemon until now come after this
 
     def emit(event: AnyEvent) -> None:
         sock.send_multipart(event_message(encode(event)))

@@ -6,6 +6,10 @@ front, ``[run_id, kind, body]``.
 
 Worker → daemon (``WorkerFrame``):
 
+- ``[b"ready", b""]``: its first message, sent as soon as it has connected.  The ROUTER drops a
+  message to an identity that has not connected yet, so the daemon holds a worker's commands
+  until its first message has arrived (a ``stop`` typed while a resumed worker starts up would
+  otherwise be lost);
 - ``[b"event", msgpack event]``: one event (``protocol/events.py``), as ``wire.encode`` makes it;
 - ``[b"exit", outcome]``: the worker's last word, its ``Outcome`` in UTF-8, sent after its last
   event (so all its events have arrived once this has).
@@ -43,6 +47,7 @@ class Outcome(enum.StrEnum):
 class WorkerFrame(bytes, enum.Enum):
     """The first frame of a worker → daemon message (after the ROUTER's identity frame)."""
 
+    READY = b"ready"
     EVENT = b"event"
     EXIT = b"exit"
 
@@ -70,6 +75,11 @@ def decode_command(frame: bytes) -> Command | None:
         return Command(frame.decode(errors="replace"))
     except ValueError:
         return None
+
+
+def ready_message() -> list[bytes]:
+    """A worker's first message: it is connected, commands can reach it from now on."""
+    return [WorkerFrame.READY.value, b""]
 
 
 def event_message(payload: bytes) -> list[bytes]:

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import msgspec
+import pytest
 import zmq
 
-from conftest import Daemon, ctl
+from conftest import Daemon, ctl, events, follow_until
 from tritter.protocol.control import Ping, Reply
 from tritter.protocol.home import Layout
 from tritter.protocol.wire import encode
@@ -128,3 +129,23 @@ def test_bad_bind_is_one_clear_line(home: Path) -> None:
 
     result = subprocess.run([tool("tritterd"), "--home", str(home), "--bind", "udp://nowhere"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "tcp://HOST:PORT" in result.stderr  # EXIT_ERROR
+
+
+@pytest.mark.timeout(600)
+def test_stop_the_moment_a_restarted_daemon_answers_ends_the_resumed_run_stopped(home: Path) -> None:
+    """The resumed worker is then still starting or preparing its corpus: the stop must reach it
+    and the run end ``stopped`` by request, not ``failed`` (a lost command, or an event of no run)."""
+    daemon = Daemon(home).start()
+    try:
+        run_id = ctl(home, "start", "--start", "tiny", "--end", "tiny", "--steps", "100000",
+                     "--checkpoint-every", "100000").stdout.strip()
+        follow_until(home, lambda e: e["kind"] == "step" and e["run_id"] == run_id, timeout=120)
+        daemon.kill9()
+        daemon = Daemon(home).start()
+        assert "stopping" in ctl(home, "stop", run_id).stdout
+        assert ctl(home, "wait", run_id, "--timeout", "300", check=False).returncode == 1  # ended, not completed
+        statuses = [(e["status"], e.get("reason")) for e in events(home) if e["run_id"] == run_id and e["kind"] == "run"]
+        assert statuses[-1][0] == "stopped" and statuses[-2][0] == "resumed", statuses
+        assert "dropped" not in daemon.stderr()
+    finally:
+        daemon.stop()

@@ -45,7 +45,7 @@ from tritter.daemon.engine.growth import grow
 from tritter.daemon.engine import accumulation, retention
 from tritter.daemon.engine.hybrid import DEFAULT_SETTINGS, FullTraining, HybridController, HybridSettings, StepController, StepPlan, StepReport
 from tritter.recipe.budget import BatchPlan, config_steps, config_tokens, resolve_batch, stage_steps
-from tritter.daemon.engine.monitoring import monitor_for
+from tritter.daemon.engine.monitoring import RunMonitor, monitor_for
 from tritter.daemon.engine.model import LlamaForCausalLM, count_parameters, init_weights
 from tritter.recipe.presets import Preset, get_preset, with_vocab
 from tritter.daemon.engine.schedule import lr_at
@@ -166,6 +166,7 @@ class Trainer:
         # reports and writes checkpoints, and every decision that ends or pauses the loop is
         # broadcast from it, so all ranks always take the same path.
         self.ranks = ranks or Ranks()
+        self.monitor: RunMonitor | None = None  # set below; ``emit`` may run while the data is prepared
         self.data: TokenData = load_run_data(run_id, run_dir, config, cache_dir, self._emit_while_preparing)
         self.progress = Progress()
         self.progress.extra["data"] = self.data.identity()
@@ -486,7 +487,7 @@ class Trainer:
             return
         command = self.controls.poll()
         if command == Command.STOP:
-            self._emit(RunEvent(status="stopped", reason="stopped by request while preparing the corpus"))
+            self.emit(RunEvent(status="stopped", reason="stopped by request while preparing the corpus"))
             raise EndRun(Outcome.STOPPED)
         if command == Command.SHUTDOWN:
             raise EndRun(Outcome.SHUTDOWN)

@@ -57,6 +57,7 @@ def test_stop_while_preparing_ends_the_run_before_training(tmp_path: Path, corpu
     assert isinstance(events[-1], RunEvent) and events[-1].status == "stopped"
     assert not any(isinstance(e, StepEvent) for e in events)
     assert not (tmp_path / "run" / "checkpoints").exists()
+    assert all(e.run_id == "prep" and e.ts > 0 for e in events)  # the daemon drops an event of no run
 
 
 def test_pause_while_preparing_takes_effect_before_the_first_step(tmp_path: Path, corpus: Path) -> None:
@@ -67,3 +68,4 @@ def test_pause_while_preparing_takes_effect_before_the_first_step(tmp_path: Path
     assert trainer.run() == Outcome.COMPLETED
     kinds = [(type(e).__name__, getattr(e, "status", "")) for e in events if isinstance(e, (RunEvent, StepEvent))]
     assert kinds[:3] == [("RunEvent", "paused"), ("RunEvent", "resumed"), ("StepEvent", "")], kinds
+    assert all(e.run_id == "prep" and e.ts > 0 for e in events)
