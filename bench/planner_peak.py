@@ -29,6 +29,19 @@ from tritter.recipe.planner import plan_stage  # noqa: E402
 from tritter.recipe.presets import get_preset  # noqa: E402
 
 
+def planned(preset_name: str, batch: int, seq: int, every: int) -> dict[str, int]:
+    """The planner's side alone, in bytes: ``plan_stage(..., cuda=True)`` kept activations and transient.
+
+    Pure integer arithmetic (no torch), so identical on every machine:
+    ``tests/test_bench_reproduce.py`` recomputes it against ``bench/results/planner_peak.json``.
+    """
+    plan = plan_stage(get_preset(preset_name), cuda=True,
+                      batch=BatchPlan(micro_batch=batch, accum=1, world=1, seq_len=seq), grad_ckpt_every=every,
+                      hybrid=False)
+    return {"predicted_bytes": plan.activations_bytes + plan.transient_bytes,
+            "activations_bytes": plan.activations_bytes, "transient_bytes": plan.transient_bytes}
+
+
 def measure(preset_name: str, batch: int, seq: int, every: int) -> dict[str, object]:
     """Measured peak vs ``planner.plan_stage(..., cuda=True)`` activations + transient, in bytes."""
     preset = get_preset(preset_name)
@@ -46,12 +59,11 @@ def measure(preset_name: str, batch: int, seq: int, every: int) -> dict[str, obj
             loss = model(x, labels=y)
         loss.backward()
     peak = _profiled_peak(prof)
-    plan = plan_stage(preset, cuda=True, batch=BatchPlan(micro_batch=batch, accum=1, world=1, seq_len=seq),
-                      grad_ckpt_every=every, hybrid=False)
-    predicted = plan.activations_bytes + plan.transient_bytes
+    plan = planned(preset_name, batch, seq, every)
+    predicted = plan["predicted_bytes"]
     return {"preset": preset_name, "batch": batch, "seq": seq, "every": every, "measured_peak_bytes": peak,
             "predicted_bytes": predicted, "ratio": peak / predicted if peak else None,
-            "activations_bytes": plan.activations_bytes, "transient_bytes": plan.transient_bytes}
+            "activations_bytes": plan["activations_bytes"], "transient_bytes": plan["transient_bytes"]}
 
 
 def main() -> int:
