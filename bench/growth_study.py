@@ -106,9 +106,10 @@ class Variant:
     """One way to reach ``big``.  ``small``: the key of the first stage's shape in ``SHAPES``
     (None: from scratch); ``width``: ``grow``'s method (zero, clone); ``depth``: identity (new
     layers are exact identities, ``grow``'s) or stack (copies of the trained layers); ``share``:
-    the small stage's part of the FLOPs budget (0..1); ``rewarmup``: warm the LR up again after
-    growth (else continue at the peak); ``optimizer``: reset, carry or asym (AdamW state at
-    growth); ``matrix_lr_scale``: LR multiplier of the grown model's matrices and embedding."""
+    the small stage's part of the FLOPs budget (0..1; 1 = a reference that is never grown);
+    ``rewarmup``: warm the LR up again after growth (else continue at the peak); ``optimizer``:
+    reset, carry or asym (AdamW state at growth); ``matrix_lr_scale``: LR multiplier of the
+    grown model's matrices and embedding."""
 
     name: str
     small: str | None = "half"
@@ -121,8 +122,9 @@ class Variant:
 
 
 SCRATCH = Variant("scratch", small=None, share=0.0)
-# The schedule sweep is run on the best operator of the operator sweep (depth x2 by stacking).
-BEST_OPERATOR = dict(small="half", depth="stack")
+# The schedule sweep is run on the best operator of the operator sweep: width x2 by zero-padding
+# (the width runs ended ~0.4 nats below scratch, the depth runs above it; docs/growth.md).
+BEST_OPERATOR = dict(small="narrow", width="zero")
 VARIANTS = [
     SCRATCH,
     # operators, all at share 0.25, re-warmup, fresh AdamW (the trainer's handling)
@@ -132,17 +134,20 @@ VARIANTS = [
     Variant("depth2-stack", small="half", depth="stack"),
     Variant("depth4-stack", small="quarter", depth="stack"),
     # timing (share of FLOPs in the small model; 0.75 = a late single expansion)
-    Variant("stack-share0.125", **BEST_OPERATOR, share=0.125),
-    Variant("stack-share0.5", **BEST_OPERATOR, share=0.5),
-    Variant("stack-share0.75", **BEST_OPERATOR, share=0.75),
+    Variant("zero-share0.125", **BEST_OPERATOR, share=0.125),
+    Variant("zero-share0.5", **BEST_OPERATOR, share=0.5),
+    Variant("zero-share0.75", **BEST_OPERATOR, share=0.75),
     # LR at growth
-    Variant("stack-continue-lr", **BEST_OPERATOR, rewarmup=False),
-    Variant("stack-matrix-lr0.5", **BEST_OPERATOR, matrix_lr_scale=0.5),
+    Variant("zero-continue-lr", **BEST_OPERATOR, rewarmup=False),
+    Variant("zero-matrix-lr0.5", **BEST_OPERATOR, matrix_lr_scale=0.5),
     # optimizer state at growth
-    Variant("stack-carry-adam", **BEST_OPERATOR, optimizer="carry"),
-    Variant("stack-asym-adam", **BEST_OPERATOR, optimizer="asym"),
+    Variant("zero-carry-adam", **BEST_OPERATOR, optimizer="carry"),
+    Variant("zero-asym-adam", **BEST_OPERATOR, optimizer="asym"),
+    # reference, not a growth: the narrow model alone for the whole budget (does growing beat
+    # just training the cheaper model?)
+    Variant("narrow-only", small="narrow", share=1.0),
 ]
-QUICK = ["scratch", "depth2-identity", "depth2-stack"]
+QUICK = ["scratch", "width-zero", "depth2-stack"]
 
 
 # --------------------------------------------------------------------------- data and FLOPs
@@ -251,7 +256,12 @@ def train_run(v: Variant, seed: int, budget_steps: int, evals: int, work: Path, 
     held = heldout_windows(heldout)
     big = SHAPES["big"]
     budget = budget_steps * BATCH * SEQ * flops_per_token(big)
-    stages = [(big, budget)] if v.small is None else [(SHAPES[v.small], v.share * budget), (big, (1 - v.share) * budget)]
+    if v.small is None:
+        stages = [(big, budget)]
+    elif v.share >= 1:  # a reference: the small model alone for the whole budget, never grown
+        stages = [(SHAPES[v.small], budget)]
+    else:
+        stages = [(SHAPES[v.small], v.share * budget), (big, (1 - v.share) * budget)]
     began = time.perf_counter()
     model = LlamaForCausalLM(stages[0][0])
     init_weights(model, stage_generator(seed, 0))
@@ -349,8 +359,11 @@ def summarize(variants: list[Variant], seeds: list[int], runs: dict[tuple[str, i
         per_seed = []
         for seed in seeds:
             r, target = runs[(v.name, seed)], runs[("scratch", seed)]["final"]
+            ftt = flops_to_reach(r["curve"], target)
             per_seed.append({"seed": seed, "final": r["final"], "jump": r["jump"], "wall_s": r["wall_s"],
-                             "flops_to_target": flops_to_reach(r["curve"], target)})
+                             "flops_to_target": ftt, "tokens": r["tokens"],
+                             # reached by the small model before it was grown (the growth did not do it)
+                             "before_growth": v.small is not None and ftt is not None and ftt <= v.share})
         reached = [s["flops_to_target"] for s in per_seed if s["flops_to_target"] is not None]
         mean_ftt, std_ftt = _spread(reached)
         mean_final, std_final = _spread([s["final"] for s in per_seed])
@@ -360,6 +373,7 @@ def summarize(variants: list[Variant], seeds: list[int], runs: dict[tuple[str, i
         mean_curve = [[curves[0][i][0], statistics.fmean(c[i][1] for c in curves)] for i in range(points)]
         rows.append({**asdict(v), "flops_to_target": mean_ftt, "flops_to_target_std": std_ftt,
                      "reached": f"{len(reached)}/{len(seeds)}", "final": mean_final, "final_std": std_final,
+                     "before_growth": sum(p["before_growth"] for p in per_seed),
                      "jump_max_abs": max(jumps) if jumps else None, "per_seed": per_seed, "mean_curve": mean_curve})
     return rows
 
@@ -375,9 +389,9 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
     rows = {r["name"]: r for r in summary["variants"]}
     groups = {
         "growth-operators": ["scratch", "width-zero", "width-clone", "depth2-identity", "depth2-stack", "depth4-stack"],
-        "growth-timing": ["scratch", "stack-share0.125", "depth2-stack", "stack-share0.5", "stack-share0.75"],
-        "growth-lr-optimizer": ["scratch", "depth2-stack", "stack-continue-lr", "stack-matrix-lr0.5", "stack-carry-adam",
-                                "stack-asym-adam"],
+        "growth-timing": ["scratch", "zero-share0.125", "width-zero", "zero-share0.5", "zero-share0.75"],
+        "growth-lr-optimizer": ["scratch", "width-zero", "zero-continue-lr", "zero-matrix-lr0.5", "zero-carry-adam",
+                                "zero-asym-adam"],
     }
     written = []
     for title, names in groups.items():
@@ -393,7 +407,8 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
         ax.axhline(target, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("training FLOPs / scratch budget")
         ax.set_ylabel(f"held-out loss (nats/token), mean of {len(summary['seeds'])} seeds")
-        ax.set_ylim(target - 0.3, target + 1.6)
+        lowest = min(loss for name in names for _, loss in rows[name]["mean_curve"])
+        ax.set_ylim(lowest - 0.1, target + 1.6)  # the first evals (random init, ~ln V) would flatten the rest
         ax.set_title(title.replace("-", " "))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -412,6 +427,8 @@ DOC_END = "<!-- growth-study:end -->"
 def _describe(r: dict[str, Any]) -> tuple[str, str, str, str]:
     if r["small"] is None:
         return "—", "—", "—", "—"
+    if r["share"] >= 1:
+        return r["small"], "none (reference: never grown)", "1", "—"
     depth = {"identity": "identity layers", "stack": "stacked copies"}[r["depth"]]
     op = f"width {r['width']}" if SHAPES[r["small"]].hidden_size != SHAPES["big"].hidden_size else depth
     lr = ("re-warmup" if r["rewarmup"] else "continue") + (f", matrices x{r['matrix_lr_scale']:g}" if r["matrix_lr_scale"] != 1 else "")
@@ -432,15 +449,16 @@ def render_markdown(summary: dict[str, Any]) -> str:
     for name, s in shapes.items():
         lines.append(f"| {name} | {s['hidden_size']} | {s['num_layers']} | {s['parameters']:,} | {s['flops_per_token']:.3g} |")
     lines += ["", "| variant | from | operator | small share | LR; optimizer at growth | FLOPs-to-target (mean ± sd) | reached "
-                  "| final loss (mean ± sd) | max \|jump\| |",
-              "|---|---|---|--:|---|--:|--:|--:|--:|"]
+                  "| of which before growth | tokens | final loss (mean ± sd) | max \\|jump\\| |",
+              "|---|---|---|--:|---|--:|--:|--:|--:|--:|--:|"]
     for r in summary["variants"]:
         small, op, share, how = _describe(r)
         ftt = "—" if r["flops_to_target"] is None else f"{r['flops_to_target']:.3f} ± {r['flops_to_target_std']:.3f}"
         jump = "—" if r["jump_max_abs"] is None else f"{r['jump_max_abs']:.1e}"
         name = f"**{r['name']}**" if r["name"] == summary["best"] else r["name"]
-        lines.append(f"| {name} | {small} | {op} | {share} | {how} | {ftt} | {r['reached']} "
-                     f"| {r['final']:.4f} ± {r['final_std']:.4f} | {jump} |")
+        before = "—" if r["small"] is None else str(r["before_growth"])
+        lines.append(f"| {name} | {small} | {op} | {share} | {how} | {ftt} | {r['reached']} | {before} "
+                     f"| {r['per_seed'][0]['tokens']:,} | {r['final']:.4f} ± {r['final_std']:.4f} | {jump} |")
     lines += ["", "Per seed (FLOPs-to-target / final loss):", "",
               "| variant | " + " | ".join(f"seed {s}" for s in summary["seeds"]) + " |",
               "|---|" + "--:|" * len(summary["seeds"])]
@@ -452,15 +470,15 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_doc(doc: Path, block: str) -> bool:
-    """Replace the generated block in ``doc``; returns whether the file changed.  Raises
-    ValueError when ``doc`` has no ``DOC_BEGIN`` ... ``DOC_END`` block."""
+def update_doc(doc: Path, block: str, write: bool = True) -> bool:
+    """Replace the generated block in ``doc`` (only when ``write``); returns whether it differs.
+    Raises ValueError when ``doc`` has no ``DOC_BEGIN`` ... ``DOC_END`` block."""
     text = doc.read_text()
     start, end = text.find(DOC_BEGIN), text.find(DOC_END)
     if start < 0 or end < start:
         raise ValueError(f"{doc} has no generated growth-study block to replace")
     new = text[:start] + block + text[end + len(DOC_END):]
-    if new != text:
+    if new != text and write:
         doc.write_text(new)
     return new != text
 
@@ -478,19 +496,27 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=None, help="write loss-vs-FLOPs PNGs into this folder")
     ap.add_argument("--from", dest="from_json", type=Path, default=None, help="plot from this JSON instead of training")
     ap.add_argument("--doc", type=Path, default=None, help="rewrite the generated block of this markdown file")
+    ap.add_argument("--check", action="store_true", help="with --doc: exit 1 when the block differs, write nothing")
     ap.add_argument("--json", action="store_true", help="print only the final JSON line")
     args = ap.parse_args()
 
     if args.from_json is not None:
-        summary = json.loads(args.from_json.read_text().strip().splitlines()[-1])
-        summary = summary.get("result", summary)  # a bench/run_all.py record holds the JSON under "result"
+        try:  # this script's output (JSON on its last line) or a bench/run_all.py record (JSON, under "result")
+            text = args.from_json.read_text().strip()
+            summary = json.loads(text) if text.startswith("{") and text.endswith("}") and "\n{" not in text else \
+                json.loads(text.splitlines()[-1])
+        except (OSError, ValueError) as error:
+            sys.exit(f"growth_study: cannot read {args.from_json}: {error}")
+        summary = summary.get("result", summary)
         for path in plot(summary, args.plot) if args.plot else []:
             print(path)
         if args.doc:
             try:
-                changed = update_doc(args.doc, render_markdown(summary))
+                changed = update_doc(args.doc, render_markdown(summary), write=not args.check)
             except (OSError, ValueError) as error:
                 sys.exit(f"growth_study: {error}")
+            if args.check and changed:
+                sys.exit(f"growth_study: {args.doc} differs from {args.from_json}: re-render it with --doc")
             print(f"{args.doc}: {'updated' if changed else 'unchanged'}")
         return
     budget = args.budget or (60 if args.quick else 300)
@@ -513,9 +539,9 @@ def main() -> None:
         for key, future in futures.items():
             runs[key] = future.result()
     rows = summarize(variants, seeds, runs)
-    grown = [r for r in rows if r["name"] != "scratch" and r["flops_to_target"] is not None
+    grown = [r for r in rows if r["small"] is not None and r["share"] < 1 and r["flops_to_target"] is not None
              and r["reached"] == f"{len(seeds)}/{len(seeds)}"]
-    best = min(grown, key=lambda r: r["flops_to_target"]) if grown else None
+    best = min(grown, key=lambda r: (round(r["flops_to_target"], 6), r["final"])) if grown else None  # ties: lower loss
     params = {k: count_parameters(LlamaForCausalLM(s)) for k, s in SHAPES.items()}
     summary = {
         "bench": "growth_study",

@@ -59,8 +59,7 @@ BENCHES: tuple[Bench, ...] = (
     Bench("hybrid_syncs", "hybrid.py", ("--syncs", "--quick", "--steps", "40", "--json"), ("--syncs", "--json")),
     Bench("hybrid_state", "hybrid.py", ("--state", "--json"), ("--state", "--json")),
     Bench("hybrid_lean", "hybrid_lean.py", ("--json",), ("--json",)),  # tiny + small: well under 2 minutes
-    Bench("growth", "growth.py", ("--quick", "--threads", "1", "--json"), ("--threads", "1", "--json")),
-    Bench("growth_study", "growth_study.py", ("--quick", "--json"), ("--json",)),
+    Bench("growth_study", "growth_study.py", ("--quick", "--jobs", "2", "--json"), ("--jobs", "2", "--json")),
     Bench("grad_ckpt", "grad_ckpt.py", ("--quick", "--json"), ("--json",)),
     Bench("compress", "compress.py", ("--quick", "--json"), ("--json",)),
     Bench("compress_memory", "compress_memory.py", ("--threads", "2", "--json"), ("--threads", "2", "--json")),

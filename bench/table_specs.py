@@ -209,16 +209,6 @@ SPECS: dict[str, tuple[Table, ...]] = {
         Fig("predicted step", "syncs_hybrid.predicted", "**{:g}**", kind="exact"),
         Fig("true-step time hybrid ÷ `--no-hybrid`", "true_step_ratio", "{:.2f}"),
     )),),
-    "growth": (Table(figs=(
-        Fig("token budget per run, tiny share", ("budget_tokens", "tiny_share"), "{:,}, {}", kind="exact"),
-        Fig("final eval loss, small from scratch", "final_eval_scratch", "{:.4f}", kind="deterministic"),
-        Fig("final eval loss, tiny → small", "final_eval_grown", "{:.4f}", kind="deterministic"),
-        Fig("**tokens-to-target** (grown ÷ scratch)", "tokens_to_target_ratio", "**{:.3f}**", target="≤ 0.70",
-            kind="deterministic"),
-        Fig("FLOPs-to-target", "flops_to_target_ratio", "{:.3f}", kind="deterministic"),
-        Fig("eval-loss jump at growth (relative)", "growth_jump_rel", "{:.1e}", target="≈ 0", kind="deterministic"),
-        Fig("wall time, scratch / grown", ("wall_s_scratch", "wall_s_grown"), "{:.0f} / {:.0f}", "s"),
-    )),),
     "grad_ckpt": (Table(rows="cases", figs=(
         Fig("preset", "preset", kind="exact"),
         Fig("batch × seq", ("batch", "seq"), "{} × {}", kind="exact"),

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
+
+from tritter.recipe.budget import BudgetError
 
 # Seq numbers, counts and steps: anything past 2**53 is no longer exact as a JSON number.
 MAX_COUNT = 2**53
@@ -60,3 +63,18 @@ def bounded_float(low: float, high: float, what: str = "a number", *, low_open: 
 
     parse.__name__ = "number"
     return parse
+
+
+def budget_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse ``type`` from a ``recipe.budget`` parser (``parse_steps``, ``parse_tokens``,
+    ``parse_size``): its BudgetError becomes one usage line."""
+
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except BudgetError as error:
+            # argparse already starts the line with "argument --flag:"; don't name the flag twice.
+            raise argparse.ArgumentTypeError(re.sub(r"^--[\w-]+ ", "", str(error))) from None
+
+    convert.__name__ = "size"
+    return convert

@@ -20,7 +20,7 @@ from typing import NoReturn
 
 import zmq.auth
 
-from tritter.clients.cli_args import MAX_COUNT, bounded_float, bounded_int
+from tritter.clients.cli_args import MAX_COUNT, bounded_float, bounded_int, budget_type
 from tritter.clients.plan_cmd import add_plan_parser, run_plan
 from tritter.clients.connection import Connection, DaemonUnavailable, RequestFailed
 from tritter.clients.data_cmd import add_tokenizer_parser, prepare_line, run_tokenizer
@@ -43,20 +43,6 @@ EXIT_ERROR = 2
 EXIT_RUN_FAILED = 1
 EXIT_TIMEOUT = 124
 MAX_TIMEOUT_S = 10 * 365 * 86400.0  # ten years: longer is a typo, and asyncio cannot wait for inf
-
-
-def _budget_type(parse: Callable[[str], object]) -> Callable[[str], object]:
-    """An argparse ``type`` from a ``recipe.budget`` parser: its BudgetError becomes one usage line."""
-
-    def convert(text: str) -> object:
-        try:
-            return parse(text)
-        except BudgetError as error:
-            # argparse already starts the line with "argument --flag:"; don't name the flag twice.
-            raise argparse.ArgumentTypeError(re.sub(r"^--[\w-]+ ", "", str(error))) from None
-
-    convert.__name__ = "size"
-    return convert
 
 
 class UserError(Exception):
@@ -83,11 +69,11 @@ def build_parser() -> Parser:
     start.add_argument("--start", default="tiny", metavar="PRESET", help=f"first stage ({', '.join(PRESET_NAMES)}; default tiny)")
     start.add_argument("--end", default="small", metavar="PRESET", help="last stage (default small)")
     budget = start.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=_budget_type(parse_steps), metavar="N[,N...]",
+    budget.add_argument("--steps", type=budget_type(parse_steps), metavar="N[,N...]",
                         help="optimizer steps per stage, one value or one per stage (default 200)")
-    budget.add_argument("--tokens", type=_budget_type(parse_tokens), metavar="N[,N...]",
+    budget.add_argument("--tokens", type=budget_type(parse_tokens), metavar="N[,N...]",
                         help="tokens per stage instead of --steps (suffixes k, M, B), one value or one per stage")
-    start.add_argument("--batch-tokens", type=_budget_type(lambda t: parse_size(t, "--batch-tokens")), metavar="N",
+    start.add_argument("--batch-tokens", type=budget_type(lambda t: parse_size(t, "--batch-tokens")), metavar="N",
                        help="global batch per optimizer step in tokens, by gradient accumulation (k/M suffixes; default: the preset's)")
     start.add_argument("--micro-batch", type=bounded_int(1, 1 << 20, "a sequence count"), metavar="N",
                        help="sequences per forward/backward on each process (default: the preset's; probed on CUDA)")
@@ -152,9 +138,9 @@ def build_parser() -> Parser:
     extend.add_argument("run")
     extend.add_argument("--end", required=True, choices=PRESET_NAMES, metavar="PRESET", help="the new last stage")
     extend_budget = extend.add_mutually_exclusive_group()
-    extend_budget.add_argument("--steps", type=_budget_type(parse_steps), metavar="N[,N...]",
+    extend_budget.add_argument("--steps", type=budget_type(parse_steps), metavar="N[,N...]",
                                help="optimizer steps per new stage (default: the run's last stage's)")
-    extend_budget.add_argument("--tokens", type=_budget_type(parse_tokens), metavar="N[,N...]",
+    extend_budget.add_argument("--tokens", type=budget_type(parse_tokens), metavar="N[,N...]",
                                help="tokens per new stage instead of --steps (k/M/B)")
     add_tokenizer_parser(sub)
     keygen = sub.add_parser("keygen", help="make a CURVE key pair for a remote client")

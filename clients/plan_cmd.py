@@ -5,17 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from tritter.clients.cli_args import bounded_int
+from dataclasses import asdict
+
+from tritter.clients.cli_args import bounded_int, budget_type
 from tritter.protocol.config import MAX_GRAD_CKPT_EVERY, MAX_NPROC, PRESET_NAMES
-from tritter.recipe.budget import BudgetError, parse_size
-from tritter.recipe.planner import format_plan, plan_run
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text, "--batch-tokens")
-    except BudgetError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+from tritter.recipe.budget import parse_size, parse_steps, parse_tokens, per_stage
+from tritter.recipe.planner import budget_run, format_budget, format_plan, plan_run
 
 
 def add_plan_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,7 +19,7 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     plan.add_argument("--start", default="tiny", choices=PRESET_NAMES, metavar="PRESET", help="first stage (default tiny)")
     plan.add_argument("--end", default="small", choices=PRESET_NAMES, metavar="PRESET", help="last stage (default small)")
     plan.add_argument("--cuda", action="store_true", help="plan for a GPU: bf16 autocast, fused AdamW, micro-batch fitted to 80 GB")
-    plan.add_argument("--batch-tokens", type=_size, metavar="N", help="global batch per optimizer step in tokens (k/M suffixes)")
+    plan.add_argument("--batch-tokens", type=budget_type(lambda t: parse_size(t, "--batch-tokens")), metavar="N", help="global batch per optimizer step in tokens (k/M suffixes)")
     plan.add_argument("--micro-batch", type=bounded_int(1, 1 << 20, "a sequence count"), metavar="N",
                       help="sequences per forward/backward on each process")
     plan.add_argument("--grad-ckpt-every", type=bounded_int(0, MAX_GRAD_CKPT_EVERY), metavar="N",
@@ -33,20 +28,40 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     hybrid = plan.add_mutually_exclusive_group()
     hybrid.add_argument("--hybrid", dest="hybrid", action="store_true", default=True, help="count the hybrid predictor (default)")
     hybrid.add_argument("--no-hybrid", dest="hybrid", action="store_false")
+    budget = plan.add_mutually_exclusive_group()
+    budget.add_argument("--tokens", type=budget_type(parse_tokens), metavar="N[,N...]",
+                        help="tokens per stage (k/M/B; one value or one per stage): adds each stage's training FLOPs, "
+                             "its share of the run's and GPU-hours")
+    budget.add_argument("--steps", type=budget_type(parse_steps), metavar="N[,N...]",
+                        help="optimizer steps per stage instead of --tokens (x each stage's tokens per step)")
     plan.add_argument("--json", action="store_true", help="one JSON object: {\"stages\": [...]}")
 
 
 def run_plan(args: argparse.Namespace) -> int:
     """Print the plan (table, or one JSON object with ``--json``); exit 0.
 
-    Raises ValueError (shown as one line by tritterctl) for --start bigger than --end or bad sizes.
+    Raises ValueError (shown as one line by tritterctl) for --start bigger than --end or bad sizes,
+    BudgetError when ``--tokens``/``--steps`` has neither one value nor one per stage.
     """
     plans = plan_run(
         args.start, args.end, cuda=args.cuda, batch_tokens=args.batch_tokens, micro_batch=args.micro_batch,
         grad_ckpt_every=args.grad_ckpt_every, nproc=args.nproc, hybrid=args.hybrid,
     )
+    stages = [p.stage for p in plans]
+    budgets = None
+    if args.tokens:
+        budgets = budget_run(plans, per_stage(args.tokens, stages, "--tokens"))
+    elif args.steps:
+        steps = per_stage(args.steps, stages, "--steps")
+        budgets = budget_run(plans, [n * p.tokens_per_step for n, p in zip(steps, plans)])
     if args.json:
-        print(json.dumps({"stages": [p.to_dict() for p in plans]}))
+        out: dict[str, object] = {"stages": [p.to_dict() for p in plans]}
+        if budgets is not None:
+            out["budget"] = [asdict(b) for b in budgets]
+        print(json.dumps(out))
     else:
         print(format_plan(plans))
+        if budgets is not None:
+            print()
+            print(format_budget(budgets))
     return 0

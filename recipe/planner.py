@@ -326,3 +326,44 @@ def format_plan(plans: list[StagePlan]) -> str:
     device = "cuda (bf16 autocast, fused AdamW)" if plans and plans[0].activation_dtype == "bf16" else "cpu (fp32)"
     lines.append(f"per rank, {device}; peak excludes the CUDA context. 40% MFU of an H100 (989 TFLOP/s dense bf16).")
     return "\n".join(lines)
+
+
+# -- a run's budget ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StageBudget:
+    """One stage's share of a run's training compute: ``tokens`` trained, ``flops`` = tokens x
+    the plan's FLOPs per token (6N + attention, as ``flops_per_token``), ``share`` of the run's
+    FLOPs (0..1) and ``gpu_hours`` at ``TARGET_MFU`` of an H100 (all GPUs together)."""
+
+    stage: str
+    tokens: int
+    flops: float
+    share: float
+    gpu_hours: float
+
+
+def budget_run(plans: list[StagePlan], tokens: list[int]) -> list[StageBudget]:
+    """Per-stage training FLOPs of ``plans`` trained on ``tokens`` (one count per stage, as
+    ``recipe.budget.per_stage`` makes them).  Raises ValueError when the lengths differ."""
+    if len(tokens) != len(plans):
+        raise ValueError(f"{len(tokens)} token budgets for {len(plans)} stages")
+    flops = [t * p.flops_per_token for t, p in zip(tokens, plans)]
+    total = sum(flops) or 1.0
+    return [StageBudget(p.stage, t, f, f / total, t / p.tokens_per_s_at_target_mfu / 3600)
+            for p, t, f in zip(plans, tokens, flops)]
+
+
+def format_budget(budgets: list[StageBudget]) -> str:
+    """Rows to print under ``format_plan``: tokens, training FLOPs, share of the run's FLOPs, and
+    GPU-hours at 40% MFU per stage, with the run's totals."""
+    tokens = [_count(b.tokens).replace("G", "B") for b in budgets]  # B for billions of tokens, as --tokens takes them
+    rows = [("training tokens", tokens, _count(sum(b.tokens for b in budgets)).replace("G", "B")),
+            ("training FLOPs", [f"{b.flops:.3g}" for b in budgets], f"{sum(b.flops for b in budgets):.3g}"),
+            ("share of FLOPs", [f"{b.share:.0%}" for b in budgets], "100%"),
+            ("GPU-hours at 40% MFU", [f"{b.gpu_hours:.1f}" for b in budgets], f"{sum(b.gpu_hours for b in budgets):.1f}")]
+    header = ["", *(b.stage for b in budgets), "run"]
+    table = [header, *([label, *cells, total] for label, cells, total in rows)]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
+    lines.append("Growth pays most with most of the FLOPs before the last stage (docs/growth.md: 3/4 measured best).")
+    return "\n".join(lines)

@@ -49,6 +49,21 @@ def test_docs_tables_are_the_render_of_the_recorded_results() -> None:
         assert f"<!-- bench:{name}:begin -->" in text
 
 
+def test_growth_doc_is_the_render_of_the_recorded_study(tmp_path: Path) -> None:
+    study = [sys.executable, str(ROOT / "bench" / "growth_study.py"), "--from", str(RESULTS / "growth_study.json")]
+    proc = subprocess.run([*study, "--doc", str(ROOT / "docs" / "growth.md"), "--check"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # A typed-over figure is caught, in one line.
+    doc = tmp_path / "growth.md"
+    text = (ROOT / "docs" / "growth.md").read_text()
+    best = json.loads((RESULTS / "growth_study.json").read_text())["result"]["best_flops_to_target"]
+    assert f"{best:.3f}" in text
+    doc.write_text(text.replace(f"{best:.3f}", f"{best - 0.1:.3f}"))
+    proc = subprocess.run([*study, "--doc", str(doc), "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "differs" in proc.stderr
+
+
 def test_check_catches_a_typed_figure_and_a_changed_result(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     results = tmp_path / "results"

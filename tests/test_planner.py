@@ -172,3 +172,28 @@ def test_tritterctl_plan_runs_without_a_daemon(tmp_path) -> None:
     assert table.returncode == 0 and "peak GiB" in table.stdout and "FLOPs/token" in table.stdout
     bad = subprocess.run([*ctl, "plan", "--start", "1b", "--end", "tiny"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "bigger" in bad.stderr
+
+
+def test_plan_tokens_gives_each_stage_its_share_of_the_training_flops(tmp_path) -> None:
+    ctl = [sys.executable, "-m", "tritter.clients.ctl", "--home", str(tmp_path / "nothing-here")]
+    out = subprocess.run([*ctl, "plan", "--start", "100m", "--end", "1b", "--tokens", "12B,3B,1B", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    fpt = [s["flops_per_token"] for s in got["stages"]]
+    budget = got["budget"]
+    assert [b["tokens"] for b in budget] == [12 * 10**9, 3 * 10**9, 10**9]
+    assert [b["flops"] for b in budget] == [t * f for t, f in zip((12e9, 3e9, 1e9), fpt)]
+    assert sum(b["share"] for b in budget) == pytest.approx(1.0)
+    # By hand at 40% of an H100's 989 TFLOP/s: hours = tokens x FLOPs/token / (0.4 x 989e12) / 3600.
+    assert budget[2]["gpu_hours"] == pytest.approx(1e9 * fpt[2] / (0.4 * 989e12) / 3600)
+    table = subprocess.run([*ctl, "plan", "--start", "tiny", "--end", "small", "--tokens", "3M,1M"],
+                           capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "share of FLOPs" in table.stdout and "3M" in table.stdout
+    steps = subprocess.run([*ctl, "plan", "--start", "tiny", "--end", "small", "--steps", "10", "--json"],
+                           capture_output=True, text=True, timeout=60)
+    plans = json.loads(steps.stdout)
+    assert [b["tokens"] for b in plans["budget"]] == [10 * s["tokens_per_step"] for s in plans["stages"]]
+    for bad, why in ((["--tokens", "1M,2M,3M"], "has 3 values but the run has 2 stages"), (["--tokens", "x"], "is not a size")):
+        refused = subprocess.run([*ctl, "plan", *bad], capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1

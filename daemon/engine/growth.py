@@ -2,8 +2,9 @@
 
 Two exact methods, both matching the old logits to ~1e-6 relative in fp32, RMSNorm epsilon
 included: zero-padding (the default, any widths) and cloning (integer width ratios only).
-The trainer zero-pads: measured on tiny -> small, the padded model trained on to a lower loss
-than the cloned one (docs/growth.md); cloning stays available for experiments.
+The trainer zero-pads: in the growth study (bench/growth_study.py, docs/growth.md) the padded
+model trained on to a lower loss than the cloned one in every seed; cloning stays available for
+experiments.
 
 Cloning (HyperCloning / Net2Net style). Let ``k = D / d``.
 
