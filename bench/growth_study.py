@@ -348,7 +348,7 @@ def flops_to_reach(curve: list[list[float]], target: float) -> float | None:
 def _spread(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None  # no spread from one
 
 
 def summarize(variants: list[Variant], seeds: list[int], runs: dict[tuple[str, int], dict]) -> list[dict[str, Any]]:
@@ -389,7 +389,7 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
     rows = {r["name"]: r for r in summary["variants"]}
     groups = {
         "growth-operators": ["scratch", "width-zero", "width-clone", "depth2-identity", "depth2-stack", "depth4-stack"],
-        "growth-timing": ["scratch", "zero-share0.125", "width-zero", "zero-share0.5", "zero-share0.75"],
+        "growth-timing": ["scratch", "zero-share0.125", "width-zero", "zero-share0.5", "zero-share0.75", "narrow-only"],
         "growth-lr-optimizer": ["scratch", "width-zero", "zero-continue-lr", "zero-matrix-lr0.5", "zero-carry-adam",
                                 "zero-asym-adam"],
     }
@@ -442,7 +442,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     lines = [DOC_BEGIN, "",
              f"Budget: {summary['budget_steps']} steps of `big` ({summary['budget_steps'] * BATCH * SEQ:,} tokens, "
              f"{summary['budget_flops']:.3g} FLOPs); seeds {', '.join(map(str, summary['seeds']))}; "
-             f"{summary['threads']} torch thread per run. Best: **{summary['best']}**, FLOPs-to-target "
+             f"{summary['threads']} torch thread per run. Best (lowest mean FLOPs-to-target, ties broken by final "
+             f"loss): **{summary['best']}**, FLOPs-to-target "
              f"**{summary['best_flops_to_target']:.3f}** (goal ≤ {summary['goal_flops_to_target']:.2f}: "
              f"{'met' if summary['ok'] else 'not met'}).", "",
              "| model | d | layers | parameters | FLOPs/token |", "|---|--:|--:|--:|--:|"]
@@ -453,12 +454,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
               "|---|---|---|--:|---|--:|--:|--:|--:|--:|--:|"]
     for r in summary["variants"]:
         small, op, share, how = _describe(r)
-        ftt = "—" if r["flops_to_target"] is None else f"{r['flops_to_target']:.3f} ± {r['flops_to_target_std']:.3f}"
+        ftt = "—" if r["flops_to_target"] is None else f"{r['flops_to_target']:.3f} " + (
+            "(n=1)" if r["flops_to_target_std"] is None else f"± {r['flops_to_target_std']:.3f}")
         jump = "—" if r["jump_max_abs"] is None else f"{r['jump_max_abs']:.1e}"
         name = f"**{r['name']}**" if r["name"] == summary["best"] else r["name"]
         before = "—" if r["small"] is None else str(r["before_growth"])
         lines.append(f"| {name} | {small} | {op} | {share} | {how} | {ftt} | {r['reached']} | {before} "
-                     f"| {r['per_seed'][0]['tokens']:,} | {r['final']:.4f} ± {r['final_std']:.4f} | {jump} |")
+                     f"| {r['per_seed'][0]['tokens']:,} | {r['final']:.4f} ± {r['final_std'] or 0:.4f} | {jump} |")
     lines += ["", "Per seed (FLOPs-to-target / final loss):", "",
               "| variant | " + " | ".join(f"seed {s}" for s in summary["seeds"]) + " |",
               "|---|" + "--:|" * len(summary["seeds"])]
@@ -483,6 +485,26 @@ def update_doc(doc: Path, block: str, write: bool = True) -> bool:
     return new != text
 
 
+def read_summary(path: Path) -> dict[str, Any] | None:
+    """The study's JSON from ``path``: this script's output (the JSON object on its last line) or a
+    ``bench/run_all.py`` record of it (under ``result``); None for anything else (unreadable, empty,
+    other JSON)."""
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for candidate in (text, text.splitlines()[-1] if text else ""):
+        try:
+            data = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get("result"), dict):
+            data = data["result"]
+        if isinstance(data, dict) and data.get("bench") == "growth_study" and {"shapes", "variants"} <= data.keys():
+            return data
+    return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"variants {', '.join(QUICK)}, seed 0, budget 60 steps")
@@ -501,13 +523,13 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.from_json is not None:
-        try:  # this script's output (JSON on its last line) or a bench/run_all.py record (JSON, under "result")
-            text = args.from_json.read_text().strip()
-            summary = json.loads(text) if text.startswith("{") and text.endswith("}") and "\n{" not in text else \
-                json.loads(text.splitlines()[-1])
-        except (OSError, ValueError) as error:
-            sys.exit(f"growth_study: cannot read {args.from_json}: {error}")
-        summary = summary.get("result", summary)
+        if args.check and not args.doc:
+            ap.error("--check needs --doc (the file to compare)")
+        summary = read_summary(args.from_json)
+        if summary is None:
+            sys.exit(f"growth_study: {args.from_json} is not this script's JSON output nor a bench/run_all.py record of it")
+        if not args.doc and not args.plot:  # nothing to write: show the block
+            print(render_markdown(summary))
         for path in plot(summary, args.plot) if args.plot else []:
             print(path)
         if args.doc:
@@ -562,9 +584,9 @@ def main() -> None:
         print(f"\nbudget {budget} big-model steps; seeds {seeds}; scratch final {rows[0]['final']:.4f}")
         print(f"{'variant':<22} {'FLOPs->target':>14} {'reached':>8} {'final':>16} {'max |jump|':>10}")
         for r in rows:
-            ftt = "n/a" if r["flops_to_target"] is None else f"{r['flops_to_target']:.3f} ± {r['flops_to_target_std']:.3f}"
+            ftt = "n/a" if r["flops_to_target"] is None else f"{r['flops_to_target']:.3f} ± {r['flops_to_target_std'] or 0:.3f}"
             jump = "" if r["jump_max_abs"] is None else f"{r['jump_max_abs']:.2e}"
-            print(f"{r['name']:<22} {ftt:>14} {r['reached']:>8} {r['final']:>9.4f} ± {r['final_std']:.4f} {jump:>10}")
+            print(f"{r['name']:<22} {ftt:>14} {r['reached']:>8} {r['final']:>9.4f} ± {r['final_std'] or 0:.4f} {jump:>10}")
     if args.plot:
         for path in plot(summary, args.plot):
             log(f"wrote {path}")

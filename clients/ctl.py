@@ -32,6 +32,7 @@ from tritter.recipe.budget import check_config as check_budgets
 from tritter.protocol.control import Checkpoint, Extend, Pause, Reply, Request, Resume, Runs, Start, Status, Stop, Upload
 from tritter.clients.monitoring_cli import format_monitoring, parse_kinds, read_prompts, status_lines
 from tritter.protocol.events import EVENT_KINDS
+from tritter.protocol.exitcodes import version_line
 from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, PrepareEvent, RunEvent, StageEvent, StepEvent, UploadEvent
 from tritter.protocol.state import TERMINAL, RunState, eta_seconds, is_held, stage_status
 from tritter.formats.hub_names import default_run_name, repo_id_problem
@@ -63,6 +64,7 @@ def build_parser() -> Parser:
     range-checked by their types)."""
     parser = Parser(prog="tritterctl", description="Drive tritterd.", epilog=__doc__.split("\n\n", 1)[1])
     add_target_arguments(parser)
+    parser.add_argument("--version", action="version", version=version_line("tritterctl"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     start = sub.add_parser("start", help="start a progressive run; prints its id")

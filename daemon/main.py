@@ -23,7 +23,7 @@ from tritter.daemon.gpus import visible_gpu_count
 from tritter.daemon.scheduler import SlotPolicy
 from tritter.daemon.service import Tritterd
 from tritter.formats.text import printable_logs
-from tritter.protocol.exitcodes import EXIT_ERROR, OneLineParser
+from tritter.protocol.exitcodes import EXIT_ERROR, OneLineParser, version_line
 from tritter.protocol.home import Layout, remote_endpoints, resolve_home
 from tritter.protocol.wire import ProtocolError
 
@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     home, a bad flag value, a second daemon or a socket error; a bad flag exits 2 through the parser.
     """
     parser = OneLineParser(prog="tritterd", description="The tritter training daemon (runs in the foreground).")
+    parser.add_argument("--version", action="version", version=version_line("tritterd"))
     parser.add_argument("--home", help="home directory (default: $TRITTER_HOME or ~/.local/share/tritter)")
     parser.add_argument("--bind", metavar="tcp://HOST:PORT", help="also serve remote clients over tcp with CURVE")
     parser.add_argument("--no-recorder", action="store_true", help="do not supervise a tritter-record child")

@@ -37,3 +37,17 @@ class OneLineParser(argparse.ArgumentParser):
         Raises SystemExit (through ``self.exit``); never returns.
         """
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see: {self.prog.split()[0]} --help)\n")
+
+
+def version_line(program: str) -> str:
+    """``--version`` text of a tritter program: ``"<program> <package version> (protocol v<N>)"``; the
+    package version is the installed distribution's (``unknown`` when run from a bare source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from tritter.protocol.events import PROTOCOL_VERSION
+
+    try:
+        installed = version("tritter")
+    except PackageNotFoundError:
+        installed = "unknown"
+    return f"{program} {installed} (protocol v{PROTOCOL_VERSION})"

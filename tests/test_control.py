@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -149,3 +150,14 @@ def test_stop_the_moment_a_restarted_daemon_answers_ends_the_resumed_run_stopped
         assert "dropped" not in daemon.stderr()
     finally:
         daemon.stop()
+
+
+def test_version_of_each_program_is_the_packages() -> None:
+    import tomllib
+
+    from conftest import tool
+
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    for program in ("tritterctl", "tritterd"):
+        out = subprocess.run([tool(program), "--version"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.strip().splitlines() == [f"{program} {declared} (protocol v1)"], out

@@ -145,7 +145,7 @@ This is the model at the end of stage **{card.stage}** (stage {card.index + 1} o
 | global step | {card.step:,} |
 | tokens in this stage | {card.tokens:,} |
 | held-out eval loss (end of stage) | {_fmt(card.eval_loss)} |
-| held-out eval loss (start of stage, right after growth) | {_fmt(card.eval_loss_start)} |
+| held-out eval loss (start of stage, {'right after growth' if card.index else 'at initialisation'}) | {_fmt(card.eval_loss_start)} |
 | growth lineage | {lineage} |
 | corpus | {md_cell(card.corpus)} |
 | seed | {card.seed} |
