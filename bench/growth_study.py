@@ -55,10 +55,8 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
-import math
 import multiprocessing
 import statistics
 import sys

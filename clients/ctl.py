@@ -27,7 +27,7 @@ from tritter.clients.data_cmd import add_tokenizer_parser, prepare_line, run_tok
 from tritter.clients.subscription import DISCONNECTED, LIVE, SILENCE_BEATS, Subscription
 from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.protocol.config import MAX_GRAD_CKPT_EVERY, MAX_NPROC, MAX_PRIORITY, MAX_SEED, MAX_STEPS, PRESET_NAMES, RunConfig, validate_config
-from tritter.recipe.budget import BudgetError, parse_size, parse_steps, parse_tokens
+from tritter.recipe.budget import parse_size, parse_steps, parse_tokens
 from tritter.recipe.budget import check_config as check_budgets
 from tritter.protocol.control import Checkpoint, Extend, Pause, Reply, Request, Resume, Runs, Start, Status, Stop, Upload
 from tritter.clients.monitoring_cli import format_monitoring, parse_kinds, read_prompts, status_lines
