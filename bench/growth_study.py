@@ -377,8 +377,12 @@ def summarize(variants: list[Variant], seeds: list[int], runs: dict[tuple[str, i
 
 
 def plot(summary: dict[str, Any], out: Path) -> list[Path]:
-    """Loss vs FLOPs (mean over seeds) PNGs: one per sweep (operators, timing, LR and optimizer)."""
-    import matplotlib
+    """Loss vs FLOPs (mean over seeds) PNGs: one per sweep (operators, timing, LR and optimizer).
+    Exits with one line when matplotlib is missing (``pip install -e '.[bench]'``)."""
+    try:
+        import matplotlib
+    except ImportError:
+        sys.exit("growth_study: --plot needs matplotlib: .venv/bin/pip install -e '.[bench]'")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
