@@ -13,7 +13,11 @@ optimizer step and the event's own time as wall time:
 
 Exactly once, across its own ``kill -9`` and daemon restarts: the state file
 ``HOME/tensorboard/.tritter-tensorboard.json`` holds the last seq handled *and* the committed
-size of every event file written (saved only after the writers are flushed and fsynced).  On
+size of every event file written (saved only after the writers are flushed and fsynced).
+Records are written synchronously (tensorboardX's ``EventsWriter``, with its ``summary``
+builders): ``SummaryWriter`` hands them to a background thread, and its ``flush()`` does not wait
+for that thread's queue, so a committed size could miss records the saved seq already counted —
+and a restart would then cut them off and never see them again.  On
 start, each event file is cut back to its committed size, and a file the state does not know
 (opened after the last save) is removed; the bus then re-delivers everything after that seq.
 So no record is ever in a file twice, and none is missing.  Every writer opens a file of its own
@@ -30,11 +34,12 @@ import asyncio
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-from tensorboardX import SummaryWriter
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.summary import scalar, text
 
 from tritter.clients.sink_base import Sink, SinkSettings, sink_main, sink_parser
 from tritter.clients.target import Target
@@ -68,10 +73,34 @@ class _State(msgspec.Struct):
     steps: dict[str, int] = {}
 
 
-@dataclass
-class _Writer:
-    writer: SummaryWriter
-    path: Path  # its event file
+class _EventFile:
+    """One event file, written synchronously: each ``add_*`` is in the file's buffer when it
+    returns (``SummaryWriter``'s method names, so the writing code reads the same)."""
+
+    def __init__(self, folder: Path, suffix: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self._events = EventsWriter(str(folder / "events"), suffix)  # writes the file-version record
+        self._events.flush()  # the file exists, with its header, from here on
+        (self.path,) = folder.glob(f"{EVENT_FILE_PREFIX}*{suffix}")  # one file: the suffix is this writer's own
+
+    def add_scalar(self, tag: str, value: float, step: int, walltime: float) -> None:
+        """Append a scalar point (``value`` at global ``step``, unix ``walltime``)."""
+        self._events.write_event(Event(summary=scalar(tag, value), step=int(step), wall_time=walltime))
+
+    def add_text(self, tag: str, body: str, step: int, walltime: float) -> None:
+        """Append a text entry (markdown ``body``) at global ``step``."""
+        self._events.write_event(Event(summary=text(tag, body), step=int(step), wall_time=walltime))
+
+    def commit(self) -> int:
+        """Flush and fsync the file; returns its size in bytes (everything added so far)."""
+        self._events.flush()
+        with open(self.path, "rb") as handle:
+            os.fsync(handle.fileno())
+            return os.fstat(handle.fileno()).st_size
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        self._events.close()
 
 
 class TensorBoardSink(Sink[SinkSettings]):
@@ -86,7 +115,7 @@ class TensorBoardSink(Sink[SinkSettings]):
         self.logdir = layout.home / "tensorboard"
         self.state = _State()
         super().__init__(layout, settings, source)
-        self.writers: dict[str, _Writer] = {}
+        self.writers: dict[str, _EventFile] = {}
         self._opened = 0  # writers opened by this start (each file's name is unique by it)
 
     def describe(self) -> str:
@@ -114,11 +143,8 @@ class TensorBoardSink(Sink[SinkSettings]):
         self.state.seq = self.cursor
         atomic_write(self.logdir / STATE_FILE, msgspec.json.encode(self.state))
 
-    def _commit(self, entry: _Writer) -> None:
-        entry.writer.flush()  # tensorboardX queues records for its writer thread: wait for them
-        with open(entry.path, "rb") as handle:
-            os.fsync(handle.fileno())
-            self.state.files[entry.path.relative_to(self.logdir).as_posix()] = os.fstat(handle.fileno()).st_size
+    def _commit(self, entry: _EventFile) -> None:
+        self.state.files[entry.path.relative_to(self.logdir).as_posix()] = entry.commit()
 
     async def start(self) -> None:
         """Cut event files back to their committed sizes and drop uncommitted ones (in a thread), so no record is
@@ -151,22 +177,17 @@ class TensorBoardSink(Sink[SinkSettings]):
             return
         await asyncio.to_thread(self._write, event)
 
-    def _writer(self, run_id: str) -> SummaryWriter:
+    def _writer(self, run_id: str) -> _EventFile:
         entry = self.writers.get(run_id)
         if entry is None:
-            folder = self.logdir / run_id
             self._opened += 1
-            suffix = f".s{self.state.session:06d}.w{self._opened:06d}"
-            writer = SummaryWriter(logdir=str(folder), filename_suffix=suffix, flush_secs=3600, max_queue=10_000)
-            writer.flush()  # the file (and its version header) exists from here on
-            (path,) = folder.glob(f"{EVENT_FILE_PREFIX}*{suffix}")  # one file: the suffix is this writer's own
-            entry = self.writers[run_id] = _Writer(writer, path)
-        return entry.writer
+            entry = self.writers[run_id] = _EventFile(self.logdir / run_id, f".s{self.state.session:06d}.w{self._opened:06d}")
+        return entry
 
     def _close_run(self, run_id: str) -> None:
         entry = self.writers.pop(run_id)
         self._commit(entry)  # its size must be known before the file is let go
-        entry.writer.close()
+        entry.close()
 
     def _write(self, event: AnyEvent) -> None:
         w = self._writer(event.run_id)
@@ -207,7 +228,7 @@ class TensorBoardSink(Sink[SinkSettings]):
     async def close(self) -> None:
         """Close every open writer (in a thread)."""
         for entry in self.writers.values():
-            await asyncio.to_thread(entry.writer.close)
+            await asyncio.to_thread(entry.close)
         self.writers.clear()
 
 

@@ -56,3 +56,28 @@ def test_a_writer_reopened_in_the_same_second_keeps_what_was_written(tmp_path: P
     files = sorted((tmp_path / "tensorboard" / "r").glob("events.out.tfevents.*"))
     assert len(files) == 2 and len({f.name for f in files}) == 2
     assert _losses(tmp_path / "tensorboard" / "r") == [(1, 4.0), (2, 3.5)]
+
+
+def test_the_committed_size_holds_every_event_the_saved_seq_counts(tmp_path: Path) -> None:
+    """A restart cuts each file back to its committed size and resumes after the saved seq: every
+    event up to that seq must lie inside the committed bytes, or it is lost for good."""
+    steps = 500
+
+    async def feed() -> tuple[Path, int]:
+        sink = tb.TensorBoardSink(Layout(tmp_path))
+        await sink.start()
+        for seq in range(1, steps + 1):
+            await sink.on_event(_step(seq, seq, 10.0 - seq / 100))
+            sink.cursor = seq
+        await asyncio.to_thread(sink.save_progress)
+        entry = sink.writers["r"]
+        committed = sink.state.files[entry.path.relative_to(sink.logdir).as_posix()]
+        snapshot = tmp_path / "committed" / "r"
+        snapshot.mkdir(parents=True)
+        (snapshot / entry.path.name).write_bytes(entry.path.read_bytes()[:committed])  # what a restart keeps
+        await sink.close()
+        return snapshot, committed
+
+    snapshot, committed = asyncio.run(feed())
+    assert committed > 0
+    assert [s for s, _ in _losses(snapshot)] == list(range(1, steps + 1))
