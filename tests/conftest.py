@@ -222,6 +222,18 @@ class EventStream:
         self.proc.wait(timeout=10)
 
 
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.1) -> object:
+    """Call ``predicate`` every ``every`` s until it returns something truthy, and return that;
+    AssertionError ``"WHAT: not within TIMEOUT s"`` when ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
 def follow_until(home: Path, predicate: Callable[[dict], bool], timeout: float = 120.0, since: int = 1) -> dict:
     """Read the live event stream until an event matches; fail after ``timeout`` seconds."""
     stream = EventStream(home, since)

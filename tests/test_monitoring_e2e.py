@@ -11,24 +11,13 @@ import os
 import re
 import signal
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Daemon, EventStream, children_of, cmdline, ctl, events, read_metrics, tool, wait_for_metrics
+from conftest import Daemon, EventStream, children_of, cmdline, ctl, events, tool, wait_for_metrics, wait_until
 from prometheus_client.parser import text_string_to_metric_families
-
-
-def _wait(predicate, what: str, timeout: float = 120.0, every: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -68,7 +57,7 @@ def test_eval_samples_system_metrics_and_tensorboard(home: Path, tmp_path: Path)
     try:
         run_id = ctl(home, "start", "--start", "tiny", "--end", "tiny", "--steps", "4", "--eval-every", "2",
                      "--sample-every", "4", "--sample-prompts", str(prompts), "--checkpoint-every", "4").stdout.strip()
-        url = _wait(lambda: (m := re.search(r"Prometheus metrics on (http://\S+)", daemon.stderr())) and m.group(1), "metrics url", 30)
+        url = wait_until(lambda: (m := re.search(r"Prometheus metrics on (http://\S+)", daemon.stderr())) and m.group(1), 30, "metrics url")
         assert url.startswith("http://127.0.0.1:") and not url.endswith(":0/metrics")
         assert ctl(home, "wait", run_id, "--timeout", "600").returncode == 0
         log = events(home)
@@ -87,9 +76,9 @@ def test_eval_samples_system_metrics_and_tensorboard(home: Path, tmp_path: Path)
         assert stage_done and stage_done[0]["eval_loss"] is not None  # stage events keep their eval loss
         # The recorder's files: every eval / sample once, the same numbers as the log.
         run_dir = home / "runs" / run_id
-        rows = _wait(lambda: r if len(r := _jsonl(run_dir / "eval.jsonl")) == 2 else None, "eval.jsonl")
+        rows = wait_until(lambda: r if len(r := _jsonl(run_dir / "eval.jsonl")) == 2 else None, 120, "eval.jsonl")
         assert [(r["step"], r["loss"]) for r in rows] == [(e["step"], e["loss"]) for e in evals]
-        lines = _wait(lambda: r if len(r := _jsonl(run_dir / "samples.jsonl")) == 1 else None, "samples.jsonl")
+        lines = wait_until(lambda: r if len(r := _jsonl(run_dir / "samples.jsonl")) == 1 else None, 120, "samples.jsonl")
         assert [r["samples"] for r in lines] == [e["samples"] for e in samples]
         # events --kind filters (text and JSON).
         only = [json.loads(x) for x in ctl(home, "events", "--json", "--kind", "eval,alert").stdout.splitlines()]
@@ -101,8 +90,8 @@ def test_eval_samples_system_metrics_and_tensorboard(home: Path, tmp_path: Path)
         # Prometheus: the run's numbers as run.json has them (refreshed every 0.5 s).
         state = json.loads((run_dir / "run.json").read_text())
         key = (("name", state["run_name"]), ("run_id", run_id))
-        scraped = _wait(lambda: (m := _scrape(url)).get(("tritter_run_status", (*key, ("status", "completed")))) == 1.0 and m,
-                        "completed in /metrics", 10)
+        scraped = wait_until(lambda: (m := _scrape(url)).get(("tritter_run_status", (*key, ("status", "completed")))) == 1.0 and m,
+                             10, "completed in /metrics")
         assert scraped[("tritter_run_step", key)] == state["current_step"] == 4
         assert scraped[("tritter_run_eval_loss", key)] == pytest.approx(evals[-1]["loss"])
         assert scraped[("tritter_run_loss", key)] == pytest.approx(state["current_loss"])
@@ -118,7 +107,7 @@ def test_eval_samples_system_metrics_and_tensorboard(home: Path, tmp_path: Path)
         assert set(re.findall(r"tritter_[a-z_]+", dashboard)) <= served
         # TensorBoard (supervised child): the losses read back equal metrics.jsonl.
         metrics = wait_for_metrics(home, run_id, 4)
-        _wait(lambda: _same_as_metrics(_tb_losses(home / "tensorboard" / run_id), metrics), "tensorboard losses", 60, 1.0)
+        wait_until(lambda: _same_as_metrics(_tb_losses(home / "tensorboard" / run_id), metrics), 60, "tensorboard losses", every=1.0)
     finally:
         daemon.stop()
 
@@ -133,7 +122,7 @@ def test_tensorboard_exactly_once_across_its_kill9_and_a_daemon_restart(home: Pa
         run_id = ctl(home, "start", "--start", "tiny", "--end", "tiny", "--steps", "12", "--checkpoint-every", "4",
                      "--eval-every", "0", "--sample-every", "0").stdout.strip()
         logdir = home / "tensorboard" / run_id
-        _wait(lambda: len(_tb_losses(logdir)) >= 3, "first tensorboard steps", 300, 0.5)
+        wait_until(lambda: len(_tb_losses(logdir)) >= 3, 300, "first tensorboard steps", every=0.5)
         sink.kill()  # kill -9 the sink mid-run ...
         sink.wait(timeout=10)
         wait_for_metrics(home, run_id, 6, timeout=300)
@@ -143,7 +132,7 @@ def test_tensorboard_exactly_once_across_its_kill9_and_a_daemon_restart(home: Pa
         assert ctl(home, "wait", run_id, "--timeout", "600").returncode == 0
         metrics = wait_for_metrics(home, run_id, 12)
         assert [m["step"] for m in metrics] == list(range(1, 13))
-        _wait(lambda: _same_as_metrics(_tb_losses(logdir), metrics), "tensorboard = metrics.jsonl", 60, 1.0)
+        wait_until(lambda: _same_as_metrics(_tb_losses(logdir), metrics), 60, "tensorboard = metrics.jsonl", every=1.0)
     finally:
         for process in (sink, recorder):  # never leave a sink behind, whatever failed
             if process is not None and process.poll() is None:
@@ -153,8 +142,8 @@ def test_tensorboard_exactly_once_across_its_kill9_and_a_daemon_restart(home: Pa
 
 
 def _worker_pid(daemon: Daemon, run_id: str) -> int:
-    return _wait(lambda: next((p for p in children_of(daemon.pid) if run_id in cmdline(p) and "worker_main" in cmdline(p)), None),
-                 "the worker process", 60)
+    return wait_until(lambda: next((p for p in children_of(daemon.pid) if run_id in cmdline(p) and "worker_main" in cmdline(p)), None),
+                      60, "the worker process")
 
 
 @pytest.mark.timeout(1200)  # a diverging run (tens of tiny steps), then a stall and a kill
@@ -181,7 +170,7 @@ def test_alerts_divergence_stall_lost_worker_and_on_alert(home: Path) -> None:
         stream.until(lambda e: e["kind"] == "run" and e["status"] == "failed", 120)
         alerts = [e for e in events(home) if e["kind"] == "alert"]
         # --on-alert got every alert, as JSON on stdin, one object per line.
-        delivered = _wait(lambda: d if len(d := _jsonl(hook_out)) >= len(alerts) else None, "hook output", 60)
+        delivered = wait_until(lambda: d if len(d := _jsonl(hook_out)) >= len(alerts) else None, 60, "hook output")
         assert sorted(d["seq"] for d in delivered) == [a["seq"] for a in alerts]
         status = json.loads(ctl(home, "status", run_id, "--json").stdout)
         assert status["alert_count"] == len(alerts) and status["alerts"][-1]["reason"] == alerts[-1]["reason"]

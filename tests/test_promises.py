@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import Daemon, children_of, cmdline, ctl, events, tool, wait_for_metrics
+from conftest import Daemon, children_of, cmdline, ctl, events, tool, wait_for_metrics, wait_until
 
 from tritter.daemon.eventlog import MAGIC
 from tritter.protocol.events import PROTOCOL_VERSION
@@ -20,14 +20,6 @@ from tritter.protocol.home import Layout
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"  # not the venv's: another user may not be able to read it
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    """Until ``predicate()``; AssertionError naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} within {timeout} s"
-        time.sleep(0.1)
 
 
 def alive(pid: int) -> bool:
@@ -62,7 +54,7 @@ def test_home_comes_from_tritter_home_else_the_xdg_default(home: Path, tmp_path:
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     try:
         # tritterd without --home serves $TRITTER_HOME ...
-        wait_for(lambda: daemon.poll() is not None or ctl(home, "runs", check=False, timeout=20).returncode == 0, 60,
+        wait_until(lambda: daemon.poll() is not None or ctl(home, "runs", check=False, timeout=20).returncode == 0, 60,
                  "tritterd on $TRITTER_HOME answering")
         assert daemon.poll() is None, (home / "tritterd.stderr").read_text()
         assert (home / "events.log").exists()
@@ -151,7 +143,7 @@ def test_one_daemon_run_keeps_its_promises(daemon: Daemon, home: Path) -> None:
 
     # kill -9 of the daemon takes its worker with it: nothing keeps training on its own.
     workers: list[int] = []
-    wait_for(lambda: bool(workers.extend(p for p in children_of(daemon.pid) if "tritter.daemon.worker_main" in cmdline(p))
+    wait_until(lambda: bool(workers.extend(p for p in children_of(daemon.pid) if "tritter.daemon.worker_main" in cmdline(p))
                           or workers), 120, "the long run's worker")
     daemon.kill9()
-    wait_for(lambda: not alive(workers[0]), 60, f"worker {workers[0]} gone after kill -9 of the daemon")
+    wait_until(lambda: not alive(workers[0]), 60, f"worker {workers[0]} gone after kill -9 of the daemon")

@@ -7,11 +7,10 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from ckpt_helpers import synthetic
-from conftest import Daemon, ctl, events, tool
+from conftest import Daemon, ctl, events, tool, wait_until
 from tritter.clients.ckpt.compressor import Compressor, CompressSettings
 from tritter.formats import codec
 from tritter.formats.checkpoints import checkpoint_step
@@ -83,15 +82,6 @@ def test_kill_points_lose_nothing_and_redo_nothing(tmp_path: Path) -> None:
     assert c2.process(ev2) == "superseded" and raw2.exists()
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def _sink(home: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as f:
         return subprocess.Popen(
@@ -108,7 +98,7 @@ def test_sink_end_to_end_with_kill9(daemon: Daemon, tmp_path: Path) -> None:
     try:
         run_id = ctl(home, "start", "--start", "tiny", "--end", "tiny", "--steps", "6", "--checkpoint-every", "2").stdout.strip().split()[-1]
         ckpt_dir = home / "runs" / run_id / "checkpoints"
-        _wait(lambda: "compressed step-" in log.read_text(), 150, "the first compressed checkpoint")
+        wait_until(lambda: "compressed step-" in log.read_text(), 150, "the first compressed checkpoint")
         os.kill(sink.pid, signal.SIGKILL)  # mid-run, possibly mid-file
         sink.wait(timeout=10)
         sink = _sink(home, log)
@@ -119,7 +109,7 @@ def test_sink_end_to_end_with_kill9(daemon: Daemon, tmp_path: Path) -> None:
         def caught_up() -> bool:
             cursor = home / "compress.cursor"
             return cursor.exists() and int(cursor.read_text() or 0) >= last_seq
-        _wait(caught_up, 120, "the sink to handle every checkpoint event")
+        wait_until(caught_up, 120, "the sink to handle every checkpoint event")
     finally:
         sink.send_signal(signal.SIGTERM)
         sink.wait(timeout=30)

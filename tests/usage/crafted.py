@@ -62,13 +62,3 @@ class FakeWorker:
     def close(self) -> None:
         self.sock.close()
         self.ctx.term()
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
-    """Poll ``predicate`` every 50 ms until it is true; AssertionError("WHAT within TIMEOUT s") otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} within {timeout} s")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, ctl, tool
-from crafted import FakeWorker, run_events, wait_for, write_log
+from conftest import Daemon, ctl, tool, wait_until
+from crafted import FakeWorker, run_events, write_log
 from tritter.daemon.eventlog import EventLog
 from tritter.protocol.config import RunConfig
 from tritter.protocol.events import RunEvent, StageEvent, StepEvent
@@ -33,7 +33,7 @@ def test_a_notify_socket_nobody_reads_never_blocks_the_daemon(home: Path, tmp_pa
     try:
         # a watchdog ping every 50 ms fills the queue within a second
         daemon.start(env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "100000"}, ready=False)
-        wait_for(lambda: "notify socket" in daemon.stderr() and "dropped" in daemon.stderr(), 60,
+        wait_until(lambda: "notify socket" in daemon.stderr() and "dropped" in daemon.stderr(), 60,
                  "the daemon did not report a dropped notification")
         for _ in range(3):  # control and catch-up keep answering, promptly
             started = time.monotonic()
@@ -68,7 +68,7 @@ def test_a_home_with_a_long_non_ascii_path_works(tmp_path: Path) -> None:
     again = subprocess.Popen("exec " + hint, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "PATH": path})
     try:
-        wait_for(lambda: again.poll() is not None or ctl(home, "runs", check=False, timeout=10).returncode == 0, 60,
+        wait_until(lambda: again.poll() is not None or ctl(home, "runs", check=False, timeout=10).returncode == 0, 60,
                  "the hinted command did not start tritterd")
         assert again.poll() is None, f"the hinted command exited with {again.returncode}"
     finally:
@@ -151,7 +151,7 @@ def test_run_wide_tokens_and_pace_ignore_pauses_and_clock_changes(home: Path) ->
         worker.send(StageEvent(run_id=run_id, status="started", stage="small", index=1, step=10, params=2))
         worker.send(step(11, "small", 2048, now + 600))  # after a 10-minute pause
         worker.send(step(12, "small", 4096, now - 3600))  # the clock was set back an hour
-        wait_for(lambda: json.loads(ctl(home, "status", run_id, "--json").stdout)["current_step"] == 12, 30,
+        wait_until(lambda: json.loads(ctl(home, "status", run_id, "--json").stdout)["current_step"] == 12, 30,
                  "the stand-in worker's steps did not arrive")
         state = json.loads(ctl(home, "status", run_id, "--json").stdout)
         assert state["tokens"] == 4096  # this stage
@@ -166,7 +166,7 @@ def test_run_wide_tokens_and_pace_ignore_pauses_and_clock_changes(home: Path) ->
         steps = [e for e in map(json.loads, ctl(home, "events", "--json").stdout.splitlines()) if e["kind"] == "step"]
         assert [(e["step"], e["run_tokens"]) for e in steps][-3:] == [(10, 10_240), (11, 10_240 + 2048), (12, 14_336)]
         run_json = json.loads((home / "runs" / run_id / "run.json").read_text())
-        wait_for(lambda: json.loads((home / "runs" / run_id / "run.json").read_text())["current_step"] == 12, 10,
+        wait_until(lambda: json.loads((home / "runs" / run_id / "run.json").read_text())["current_step"] == 12, 10,
                  "run.json did not follow")
         run_json = json.loads((home / "runs" / run_id / "run.json").read_text())
         assert run_json["run_tokens"] == 14_336 and run_json["tokens"] == 4096
@@ -196,7 +196,7 @@ def test_wait_says_when_the_daemon_is_gone_and_ends_when_the_run_pauses_itself(h
     try:
         # wait asks for the run's status (one socket), then subscribes (a SUB and a catch-up
         # socket): kill the daemon only once it is waiting, not while it first asks.
-        wait_for(lambda: sockets_of(wait.pid) >= 3, 60, "tritterctl wait did not subscribe")
+        wait_until(lambda: sockets_of(wait.pid) >= 3, 60, "tritterctl wait did not subscribe")
         daemon.kill9()
         gone = Lines.take(lines.err, 1, 30)[0]
         assert "stopped answering" in gone, gone
