@@ -301,6 +301,12 @@ ROWS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _aligned(rows: list[list[str]]) -> list[str]:
+    """Text lines of a table: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+
+
 def format_plan(plans: list[StagePlan]) -> str:
     """A table: one column per stage, one row per figure (GiB = 2^30 bytes, per rank)."""
     header = ["", *(p.stage for p in plans)]
@@ -321,8 +327,7 @@ def format_plan(plans: list[StagePlan]) -> str:
             else:
                 cells.append(str(getattr(p, field)))
         rows.append(cells)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines = _aligned(rows)
     device = "cuda (bf16 autocast, fused AdamW)" if plans and plans[0].activation_dtype == "bf16" else "cpu (fp32)"
     lines.append(f"per rank, {device}; peak excludes the CUDA context. 40% MFU of an H100 (989 TFLOP/s dense bf16).")
     return "\n".join(lines)
@@ -363,7 +368,6 @@ def format_budget(budgets: list[StageBudget]) -> str:
             ("GPU-hours at 40% MFU", [f"{b.gpu_hours:.1f}" for b in budgets], f"{sum(b.gpu_hours for b in budgets):.1f}")]
     header = ["", *(b.stage for b in budgets), "run"]
     table = [header, *([label, *cells, total] for label, cells, total in rows)]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
+    lines = _aligned(table)
     lines.append("Growth pays most with most of the FLOPs before the last stage (docs/growth.md: 3/4 measured best).")
     return "\n".join(lines)
