@@ -63,7 +63,7 @@ BENCHES: tuple[Bench, ...] = (
     Bench("grad_ckpt", "grad_ckpt.py", ("--quick", "--json"), ("--json",)),
     Bench("compress", "compress.py", ("--quick", "--json"), ("--json",)),
     Bench("compress_memory", "compress_memory.py", ("--threads", "2", "--json"), ("--threads", "2", "--json")),
-    Bench("checkpoint_save", "checkpoint_save.py", ("--quick", "--json"), ("--rounds", "3", "--json")),
+    Bench("checkpoint_save", "checkpoint_save.py", ("--quick", "--json"), ("--json",)),
     Bench("data", "data.py", ("--quick", "--json"), ("--pairs", "1", "--json")),
     Bench("monitoring", "monitoring.py", ("--quick", "--json"), ("--json",)),
     Bench("planner_peak", "planner_peak.py", ("--batch", "1", "--seq", "256", "--every", "0", "--json"),

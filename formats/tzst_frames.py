@@ -68,6 +68,9 @@ def _b2() -> Any:
             if _blosc2 is None:
                 import blosc2  # noqa: PLC0415
 
+                # python-blosc2 holds the GIL through compress2/decompress2 unless told otherwise,
+                # so frames coded on a thread pool ran one at a time (2 threads were slower than 1).
+                blosc2.set_releasegil(True)
                 _blosc2 = blosc2
     return _blosc2
 

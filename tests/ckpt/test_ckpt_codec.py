@@ -14,7 +14,7 @@ from tritter.formats import checkpoints, codec
 
 
 def roundtrip(data: bytes, base: bytes | None = None) -> tuple[bytes, bytes]:
-    blob = b"".join(codec.compress_bytes(data, base=base, base_name="prev.safetensors"))
+    blob = bytes(codec.compress_bytes(data, base=base, base_name="prev.safetensors"))
     assert bytes(codec.decompress_bytes(blob, base, check_tensors=True)) == data
     return blob, data
 
@@ -72,7 +72,7 @@ def test_delta_chain_resolved_from_files(tmp_path: Path) -> None:
 
 def test_corrupt_and_truncated_payload_raise(tmp_path: Path) -> None:
     data = synthetic(8)
-    blob = b"".join(codec.compress_bytes(data))
+    blob = bytes(codec.compress_bytes(data))
     for bad in (blob[:-1], blob[: len(blob) // 2], blob[:10], blob + b"x"):
         with pytest.raises(codec.CodecError):
             codec.decompress_bytes(bad)
@@ -89,7 +89,7 @@ def test_corrupt_and_truncated_payload_raise(tmp_path: Path) -> None:
 def test_wrong_or_missing_base_is_refused(tmp_path: Path) -> None:
     a, other = synthetic(9), synthetic(10)
     b = synthetic(11, base=a)
-    blob = b"".join(codec.compress_bytes(b, base=a, base_name="step-00000001.safetensors"))
+    blob = bytes(codec.compress_bytes(b, base=a, base_name="step-00000001.safetensors"))
     with pytest.raises(codec.BaseMismatchError, match="does not match"):
         codec.decompress_bytes(blob, other)
     with pytest.raises(codec.BaseMismatchError, match="needs it"):
@@ -120,7 +120,7 @@ def test_any_single_byte_flip_or_cut_is_a_codec_error() -> None:
 
     a = synthetic(12)
     b = synthetic(13, base=a)
-    blob = b"".join(codec.compress_bytes(b, base=a, base_name="a.safetensors"))
+    blob = bytes(codec.compress_bytes(b, base=a, base_name="a.safetensors"))
     rnd = random.Random(0)
     positions = list(range(0, 64)) + [rnd.randrange(len(blob)) for _ in range(150)]
     for pos in positions:

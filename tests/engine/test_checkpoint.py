@@ -199,3 +199,32 @@ def test_list_checkpoints(tmp_path: Path) -> None:
         "step-00000100.safetensors",
     ]
     assert load_checkpoint(list_checkpoints(tmp_path)[0]).optimizer_state is None
+
+
+def test_flush_behind_syncs_while_writing_and_a_sync_error_aborts(tmp_path: Path, monkeypatch) -> None:
+    blobs = [safetensors_stream.Blob(f"t{i}", "F32", (1 << 18,), memoryview(np.full(1 << 18, i, np.float32)).cast("B"))
+             for i in range(6)]  # 6 MiB
+    monkeypatch.setattr(safetensors_stream, "FLUSH_BEHIND", 1 << 20)
+    monkeypatch.setattr(safetensors_stream, "_CHUNK", 1 << 20)
+    synced: list[int] = []
+    real = safetensors_stream.os.fdatasync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(safetensors_stream.os, "fdatasync", counting)
+    path = tmp_path / "x.safetensors"
+    written = safetensors_stream.write_safetensors(path, blobs, {"k": "v"})
+    assert len(synced) >= 2  # the disk gets the file while it is still being written
+    assert written.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert safetensors_stream.verify_content(path) is True
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(safetensors_stream.os, "fdatasync", failing)
+    other = tmp_path / "y.safetensors"
+    with pytest.raises(OSError, match="Input/output"):
+        safetensors_stream.write_safetensors(other, blobs, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]  # no partial file, no temp
