@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Checkpoint compression: tritter's .tzst (full and delta) against ZipNN and zstd, side by side.
 
-Makes real checkpoints by training the ``tiny`` preset through a real ``tritterd`` (in a
-temporary home) unless ``--ckpt-dir`` points at existing ``step-*.safetensors`` files, then
+Makes real checkpoints by training a preset (``small``; ``--quick``: ``tiny``) through a real
+``tritterd`` (in a temporary home) unless ``--ckpt-dir`` points at existing ``step-*.safetensors`` files, then
 measures on the newest checkpoint (full) and on the last two (delta):
 
 * fp32: the files as written by the trainer (weights, AdamW moments, RNG);
@@ -54,8 +54,8 @@ def tool(name: str) -> str:
     return str(path) if path.exists() else name
 
 
-def make_checkpoints(home: Path, steps: int, every: int, log: Callable[[str], None]) -> list[Path]:
-    """Train the tiny preset through a real tritterd; returns its checkpoint files."""
+def make_checkpoints(home: Path, preset: str, steps: int, every: int, log: Callable[[str], None]) -> list[Path]:
+    """Train ``preset`` through a real tritterd; returns its checkpoint files."""
     home.mkdir(parents=True, exist_ok=True)
     stderr = open(home / "tritterd.stderr", "ab")
     daemon = subprocess.Popen([tool("tritterd"), "--home", str(home)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -66,11 +66,11 @@ def make_checkpoints(home: Path, steps: int, every: int, log: Callable[[str], No
                 raise SystemExit(f"tritterd did not start: see {home / 'tritterd.stderr'}")
             time.sleep(0.2)
         out = subprocess.run(
-            [tool("tritterctl"), "--home", str(home), "start", "--start", "tiny", "--end", "tiny", "--steps", str(steps), "--checkpoint-every", str(every)],
+            [tool("tritterctl"), "--home", str(home), "start", "--start", preset, "--end", preset, "--steps", str(steps), "--checkpoint-every", str(every)],
             capture_output=True, text=True, check=True,
         )
         run_id = out.stdout.strip().split()[-1]
-        log(f"training tiny for {steps} steps (run {run_id}, checkpoint every {every}) ...")
+        log(f"training {preset} for {steps} steps (run {run_id}, checkpoint every {every}) ...")
         subprocess.run([tool("tritterctl"), "--home", str(home), "wait", run_id, "--timeout", "1800"], check=True, capture_output=True)
     finally:
         daemon.terminate()
@@ -251,7 +251,9 @@ def span(values: list[float]) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20 steps, checkpoints 10 apart, 2 rounds")
+    parser.add_argument("--quick", action="store_true", help="tiny preset, 20 steps, checkpoints 10 apart, 2 rounds")
+    parser.add_argument("--preset", help="preset trained for the checkpoints (default small, as in issue 17's measurement; "
+                        "--quick: tiny, whose few-KB tensors are the worst case for per-frame overhead)")
     parser.add_argument("--steps", type=int, help="training steps (default 75; --quick 20)")
     parser.add_argument("--every", type=int, help="steps between checkpoints (default 25; --quick 10)")
     parser.add_argument("--repeat", type=int, help="measurement rounds, reported as ranges (default 3; --quick 2)")
@@ -260,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS on a 100m-preset checkpoint (~1.2 GB; minutes)")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
+    preset = args.preset or ("tiny" if args.quick else "small")
     steps = args.steps or (20 if args.quick else 75)
     every = args.every or (10 if args.quick else 25)
     repeat = args.repeat or (2 if args.quick else 3)
@@ -274,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ckpt_dir:
             files = sorted(args.ckpt_dir.glob("step-*.safetensors"))
         else:
-            files = make_checkpoints(tmp / "home", steps, every, log)
+            files = make_checkpoints(tmp / "home", preset, steps, every, log)
         if len(files) < 2:
             raise SystemExit(f"need at least two checkpoints, found {len(files)}")
         prev, last = files[-2].read_bytes(), files[-1].read_bytes()
@@ -299,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"round {rnd + 1}/{repeat} done")
         results = []
         for (dtype, name, threads), rs in runs.items():
-            row: dict[str, Any] = {"dtype": dtype, "codec": name, "threads": threads, "ratio": round(rs[0]["ratio"], 4),
+            row: dict[str, Any] = {"dtype": dtype, "codec": name, "threads": threads, "all_cores": threads > 1, "ratio": round(rs[0]["ratio"], 4),
                                    "compress_MBps": span([r["compress_MBps"] for r in rs]),
                                    "decompress_MBps": span([r["decompress_MBps"] for r in rs]),
                                    "compress_cpu_MBps": span([r["compress_cpu_MBps"] for r in rs]),
@@ -374,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = {
             "bench": "compress",
             "quick": args.quick,
+            "preset": None if args.ckpt_dir else preset,
             "checkpoints": [files[-2].name, files[-1].name],
             "steps_apart": (checkpoint_step(files[-1]) or 0) - (checkpoint_step(files[-2]) or 0),
             "fp32_bytes": len(last),

@@ -61,7 +61,8 @@ BENCHES: tuple[Bench, ...] = (
     Bench("hybrid_lean", "hybrid_lean.py", ("--json",), ("--json",)),  # tiny + small: well under 2 minutes
     Bench("growth_study", "growth_study.py", ("--quick", "--jobs", "2", "--json"), ("--jobs", "2", "--json")),
     Bench("grad_ckpt", "grad_ckpt.py", ("--quick", "--json"), ("--json",)),
-    Bench("compress", "compress.py", ("--quick", "--json"), ("--json",)),
+    Bench("compress", "compress.py", ("--quick", "--json"), ("--json",)),  # small preset (tiny with --quick)
+    Bench("compress_tiny", "compress.py", ("--quick", "--json"), ("--preset", "tiny", "--json")),  # few-KB tensors: the worst case
     Bench("compress_memory", "compress_memory.py", ("--threads", "2", "--json"), ("--threads", "2", "--json")),
     Bench("checkpoint_save", "checkpoint_save.py", ("--quick", "--json"), ("--json",)),
     Bench("data", "data.py", ("--quick", "--json"), ("--pairs", "1", "--json")),

@@ -91,6 +91,45 @@ class Table:
     where: tuple[tuple[str, Any], ...] = ()  # row tables: keep the items whose field equals the value
 
 
+def _compress() -> tuple[Table, ...]:
+    """bench/compress.py: one thread (CPU-time speeds), all cores (wall clock), groups, resume."""
+    def speeds(where: tuple, caption: str, clock: str) -> Table:
+        return Table(rows="results", where=where, caption=caption, figs=(
+            *_keys("dtype", "codec"),
+            Fig("ratio", "ratio", "{:.3f}x", kind="measured"),
+            Fig("ratio ÷ ZipNN's", "ratio_vs_zipnn", "**{:.3f}**", target="≥ 1", kind="measured"),
+            Fig("compress ÷ ZipNN", (f"compress{clock}_vs_zipnn.0", f"compress{clock}_vs_zipnn.1"), "{:.2f}–{:.2f}",
+                target="≥ 1"),
+            Fig("decompress ÷ ZipNN", (f"decompress{clock}_vs_zipnn.0", f"decompress{clock}_vs_zipnn.1"), "{:.2f}–{:.2f}",
+                target="≥ 1"),
+            Fig("bit-exact", "bit_exact", kind="exact"),
+        ))
+
+    return (
+        speeds((("threads", 1),), "One thread; speeds in MB of original per CPU second, as ranges (min–max over the "
+               "rounds) of the ratio to ZipNN in the same round:", "_cpu"),
+        speeds((("all_cores", True),), "All cores (ZipNN with as many threads); wall-clock speeds, ranges of the ratio "
+               "to ZipNN in the same round:", ""),
+        Table(rows="groups", caption="Ratio per tensor group (delta: against the previous checkpoint):", figs=(
+            *_keys("dtype", "group"),
+            Fig("bytes", "bytes", "{:,}", kind="exact"),
+            Fig("tritter full", "tritter_full", "**{:.3f}x**", kind="measured"),
+            Fig("tritter delta", "tritter_delta", "{:.3f}x", kind="measured"),
+            Fig("ZipNN", "zipnn", "{:.3f}x", kind="measured"),
+            Fig("zstd-3", "zstd3", "{:.3f}x", kind="measured"),
+        )),
+        Table(figs=(
+            Fig("checkpoints compared", ("checkpoints.0", "checkpoints.1", "fp32_bytes"), "{} → {} ({:,} B fp32)",
+                kind="exact"),
+            Fig("resume: tritter ÷ safetensors load (+ copy into tensors), warm page cache",
+                ("resume.tritter_full_vs_safetensors.0", "resume.tritter_full_vs_safetensors.1"), "{:.2f}–{:.2f}",
+                target="≥ 0.8"),
+            Fig("resume: same, files evicted first (cold)", ("resume.tritter_full_cold_vs_safetensors_cold.0",
+                "resume.tritter_full_cold_vs_safetensors_cold.1"), "{:.2f}–{:.2f}", target="≥ 0.8"),
+        )),
+    )
+
+
 def _keys(*fields: str) -> tuple[Fig, ...]:
     """Row-table key columns: each field under its own name, exact."""
     return tuple(Fig(f, f, kind="exact") for f in fields)
@@ -236,35 +275,8 @@ SPECS: dict[str, tuple[Table, ...]] = {
             "step_ms_estimate"), "**{:.2%}** ({} ms of {} ms)", target="< 1 %"),
         Fig("sampler_share without prefetch", "sampler_share_no_prefetch", "{:.2%}"),
     )),),
-    "compress": (
-        Table(rows="results", where=(("threads", 1),), caption="One thread; speeds in MB of original per CPU second, "
-              "as ranges (min–max over the rounds) of the ratio to ZipNN in the same round:", figs=(
-            *_keys("dtype", "codec"),
-            Fig("ratio", "ratio", "{:.3f}x", kind="measured"),
-            Fig("ratio ÷ ZipNN's", "ratio_vs_zipnn", "**{:.3f}**", target="≥ 1", kind="measured"),
-            Fig("compress ÷ ZipNN", ("compress_cpu_vs_zipnn.0", "compress_cpu_vs_zipnn.1"), "{:.2f}–{:.2f}",
-                target="≥ 1"),
-            Fig("decompress ÷ ZipNN", ("decompress_cpu_vs_zipnn.0", "decompress_cpu_vs_zipnn.1"), "{:.2f}–{:.2f}",
-                target="≥ 1"),
-            Fig("bit-exact", "bit_exact", kind="exact"),
-        )),
-        Table(rows="groups", caption="Ratio per tensor group (delta: against the previous checkpoint):", figs=(
-            *_keys("dtype", "group"),
-            Fig("bytes", "bytes", "{:,}", kind="exact"),
-            Fig("tritter full", "tritter_full", "**{:.3f}x**", kind="measured"),
-            Fig("tritter delta", "tritter_delta", "{:.3f}x", kind="measured"),
-            Fig("ZipNN", "zipnn", "{:.3f}x", kind="measured"),
-            Fig("zstd-3", "zstd3", "{:.3f}x", kind="measured"),
-        )),
-        Table(figs=(
-            Fig("checkpoints compared", ("checkpoints.0", "checkpoints.1", "fp32_bytes"), "{} → {} ({:,} B fp32)",
-                kind="exact"),
-            Fig("resume: tritter ÷ safetensors load, warm page cache", ("resume.tritter_full_vs_safetensors.0",
-                "resume.tritter_full_vs_safetensors.1"), "{:.2f}–{:.2f}", target="≥ 0.8"),
-            Fig("resume: same, files evicted first (cold)", ("resume.tritter_full_cold_vs_safetensors_cold.0",
-                "resume.tritter_full_cold_vs_safetensors_cold.1"), "{:.2f}–{:.2f}", target="≥ 0.8"),
-        )),
-    ),
+    "compress": _compress(),
+    "compress_tiny": _compress(),
     "compress_memory": (
         Table(rows="rows", caption="Peak RSS of a fresh process per operation:",
               figs=(

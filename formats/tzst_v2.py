@@ -599,6 +599,32 @@ def _tensor_segment(src: BytesSource | RawFileSource, span: TensorSpan, base: So
 # --- decompress -------------------------------------------------------------------------------
 
 
+def _segment_jobs(reader: TzstReader, i: int, out: np.ndarray) -> Iterator[tuple[int, Callable[[], tuple[int, str, np.ndarray]]]]:
+    """(bytes, job) per frame of segment ``i``, decoding into ``out`` (the segment's bytes); each
+    job returns (i, state, out): ``checked`` (the segment is complete and checked), ``frame``
+    (more to come) or ``last`` (complete, to be checked by the caller).
+
+    A one-frame segment (most tensors) is checked against its xxh3 inside its job, on the
+    worker; a longer one by the caller once its last frame is in (``_check_done``).
+    """
+    fjobs = reader.frame_jobs(i, out)
+    if len(fjobs) == 1:
+        n, fj = fjobs[0]
+        yield n, lambda: (fj(), reader.check(i, out), i, "checked", out)[2:]
+        return
+    for k, (n, fj) in enumerate(fjobs):
+        yield n, lambda fj=fj, state="last" if k == len(fjobs) - 1 else "frame": (fj(), i, state, out)[1:]
+
+
+def _check_done(reader: TzstReader, results: Iterator[tuple[int, str, np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
+    """(segment index, its bytes) for each segment as it completes, in order, every one checked."""
+    for i, state, out in results:
+        if state == "last":
+            reader.check(i, out)
+        if state != "frame":
+            yield i, out
+
+
 def iter_segments(reader: TzstReader, threads: int = 1) -> Iterator[tuple[int, np.ndarray]]:
     """(segment index, its original bytes, checked) in file order; frames decode ahead on ``threads``.
 
@@ -606,17 +632,12 @@ def iter_segments(reader: TzstReader, threads: int = 1) -> Iterator[tuple[int, n
     bounded by a few frames plus the segments being filled.
     """
 
-    def jobs() -> Iterator[tuple[int, Callable[[], tuple[int, bool, np.ndarray]]]]:
+    def jobs() -> Iterator[tuple[int, Callable[[], tuple[int, str, np.ndarray]]]]:
         for i, seg in enumerate(reader.segments):
             out = np.empty(int(seg["end"]) - int(seg["start"]), np.uint8)
-            fjobs = reader.frame_jobs(i, out)
-            for k, (n, fj) in enumerate(fjobs):
-                yield n, lambda fj=fj, i=i, last=k == len(fjobs) - 1, out=out: (fj(), i, last, out)[1:]
+            yield from _segment_jobs(reader, i, out)
 
-    for i, last, out in ordered_map(jobs(), threads):
-        if last:
-            reader.check(i, out)
-            yield i, out
+    yield from _check_done(reader, ordered_map(jobs(), threads))
 
 
 def decode_into(reader: TzstReader, out: np.ndarray, threads: int = 1) -> None:
@@ -628,13 +649,9 @@ def decode_into(reader: TzstReader, out: np.ndarray, threads: int = 1) -> None:
     if out.nbytes != reader.size:
         raise ValueError("output buffer size does not match the original file")
 
-    def jobs() -> Iterator[tuple[int, Callable[[], tuple[int, bool]]]]:
+    def jobs() -> Iterator[tuple[int, Callable[[], tuple[int, str, np.ndarray]]]]:
         for i, seg in enumerate(reader.segments):
-            fjobs = reader.frame_jobs(i, out[int(seg["start"]) : int(seg["end"])])
-            for k, (n, fj) in enumerate(fjobs):
-                yield n, lambda fj=fj, i=i, last=k == len(fjobs) - 1: (fj(), i, last)[1:]
+            yield from _segment_jobs(reader, i, out[int(seg["start"]) : int(seg["end"])])
 
-    for i, last in ordered_map(jobs(), threads):
-        if last:
-            seg = reader.segments[i]
-            reader.check(i, out[int(seg["start"]) : int(seg["end"])])
+    for _ in _check_done(reader, ordered_map(jobs(), threads)):
+        pass
