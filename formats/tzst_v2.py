@@ -486,8 +486,8 @@ def compress(
     head = src.header_bytes()
     base_head = base.header_bytes() if base is not None else None
 
-    # (segment entry, frame jobs) in file order; a job returns (desc, parts, original bytes).
-    def segments() -> Iterator[tuple[dict[str, Any], list[Callable[[], tuple[dict[str, Any], list[bytes], np.ndarray]]]]]:
+    # (segment entry, [(frame bytes, job)]) in file order; a job returns (desc, parts, original bytes).
+    def segments() -> Iterator[tuple[dict[str, Any], list[tuple[int, Callable[[], tuple[dict[str, Any], list[bytes], np.ndarray]]]]]]:
         raw_head = np.frombuffer(head, np.uint8)
         yield {"name": "__header__", "start": 0, "end": len(head)}, [(len(head), lambda: (*frames.encode_header(head, base_head), raw_head))]
         pos = len(head)
