@@ -256,7 +256,7 @@ class Compressor(Sink[CompressSettings]):
                         log.warning("%s (left alone)", exc)
         ordered = sorted(headers)
         keep_last = self.settings.keep_last
-        keep = set(ordered[len(ordered) - keep_last :] if keep_last else [])
+        keep = set(ordered[-keep_last:] if keep_last else [])  # all of them while there are fewer than N
         keep.add(max(steps))  # the run's newest checkpoint, in whatever form
         keep.update(s for s, h in headers.items() if h.get("meta", {}).get("reason") == "stage")
         todo = list(keep)
