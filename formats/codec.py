@@ -640,6 +640,8 @@ def compress_file(
             else:
                 base_src = _source(base)
                 base_sha = base_sha or _file_sha256(base)
+                if isinstance(base_src, tzst_v2.TzstReader):
+                    base_src.checked_reads = True  # never build a delta on damaged base bytes
         index: dict[str, Any] = {}
 
         def write(f: Any) -> None:

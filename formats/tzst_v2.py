@@ -244,6 +244,10 @@ class TzstReader:
         self._base_lock = threading.Lock()
         self._head: bytes | None = None
         self.size = int(self.index["original"]["size"])
+        # checked_reads: ``read`` decodes whole segments and checks their xxh3 (see ``read``)
+        self.checked_reads = False
+        self._checked: tuple[int, np.ndarray] | None = None
+        self._checked_lock = threading.Lock()
 
     def _layout(self) -> None:
         """Check that segments tile the file and frames the payload; index frame offsets."""
@@ -370,7 +374,17 @@ class TzstReader:
         return self._head
 
     def read(self, start: int, end: int) -> np.ndarray:
-        """Original bytes ``[start, end)``: decodes the frames they touch (whole frames)."""
+        """Original bytes ``[start, end)``: decodes the frames they touch (whole frames).
+
+        With ``checked_reads`` (set when this file is the base of a delta being written) it
+        decodes every segment it touches whole and checks its xxh3 first (the last one stays
+        cached for the next frames of the same tensor): a delta made against damaged base bytes
+        would decode right only against the same damage, and its index would still name the
+        intact base's sha256.  Decoding a delta needs no such check: its own segments' xxh3
+        catch a wrong base.  Raises CodecError.
+        """
+        if self.checked_reads:
+            return self._read_checked(start, end)
         out = np.empty(end - start, np.uint8)
         for seg_i, seg in enumerate(self.segments):
             s0, s1 = int(seg["start"]), int(seg["end"])
@@ -390,6 +404,20 @@ class TzstReader:
                     self.decode_frame(seg_i, k, tmp, f0 - s0)
                     a, b = max(f0, start), min(f1, end)
                     out[a - start : b - start] = tmp[a - f0 : b - f0]
+        return out
+
+    def _read_checked(self, start: int, end: int) -> np.ndarray:
+        out = np.empty(end - start, np.uint8)
+        for seg_i, seg in enumerate(self.segments):
+            s0, s1 = int(seg["start"]), int(seg["end"])
+            if s1 <= start or s0 >= end:
+                continue
+            with self._checked_lock:
+                if self._checked is None or self._checked[0] != seg_i:
+                    self._checked = (seg_i, self.decode_segment(seg_i, check=True))
+                whole = self._checked[1]
+            a, b = max(s0, start), min(s1, end)
+            out[a - start : b - start] = whole[a - s0 : b - s0]
         return out
 
 

@@ -169,7 +169,16 @@ class Compressor(Sink[CompressSettings]):
         meta = {"run_id": event.run_id, "step": event.step, "stage": event.stage, "reason": event.reason, "seq": event.seq}
         t0 = time.monotonic()
         # Tensor by tensor: the raw file and the base (decoded frame by frame) are read by range.
-        header = codec.compress_file(raw, out, base=base, meta=meta, threads=self.settings.threads, sha256=sha)
+        try:
+            header = codec.compress_file(raw, out, base=base, meta=meta, threads=self.settings.threads, sha256=sha)
+        except codec.CodecError as exc:
+            if base is None:
+                raise
+            # Most likely the base does not decode to what its index promises (damaged on disk):
+            # a keyframe does not need it (and fails the same way if the raw file is the problem).
+            log.warning("%s: no delta (%s); writing a keyframe", out.name, exc)
+            base, why = None, "the delta base is unusable"
+            header = codec.compress_file(raw, out, meta=meta, threads=self.settings.threads, sha256=sha)
         if base is not None and not self._delta_pays(out, base):
             why = f"a delta was {out.stat().st_size / 1e6:.2f} MB, over {DELTA_PAYS:.0%} of the last keyframe"
             header = codec.compress_file(raw, out, meta=meta, threads=self.settings.threads, sha256=sha)
