@@ -72,6 +72,8 @@ def parse_header(head: bytes | memoryview, size: int) -> tuple[int, list[TensorS
     spans.sort(key=lambda s: (s.start, s.end))
     pos = data_start
     for s in spans:
+        if s.end > size >= s.start >= pos:
+            raise CodecError(f"truncated: tensor {s.name!r} ends {s.end - size:,} bytes past the end of the file")
         if s.start < pos or s.end < s.start or s.end > size:
             raise CodecError(f"not a safetensors file (tensor {s.name!r} overlaps or runs past the end)")
         pos = s.end

@@ -96,17 +96,23 @@ class BytesSource:
 
 
 class RawFileSource:
-    """A ``.safetensors`` file, read range by range (never whole)."""
+    """A ``.safetensors`` file, read range by range (never whole).  Raises CodecError naming the
+    file when it cannot be opened or is not a (whole) safetensors file."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.fd = -1
         try:
             self.fd = os.open(self.path, os.O_RDONLY)
             self.size = os.fstat(self.fd).st_size
             head = os.pread(self.fd, header_length(os.pread(self.fd, 8, 0), self.size), 0)
+            self.data_start, spans, _ = parse_header(head, self.size)
         except OSError as exc:
+            self._close_fd()
             raise CodecError(f"{path}: {exc.strerror or exc}") from None
-        self.data_start, spans, _ = parse_header(head, self.size)
+        except CodecError as exc:
+            self._close_fd()
+            raise CodecError(f"{path}: {exc}") from None
         self._head = head
         self.ordered = spans
         self.spans = {s.name: s for s in spans}
@@ -132,6 +138,11 @@ class RawFileSource:
     def close(self) -> None:
         """Close the file descriptor (once; a second call raises OSError)."""
         os.close(self.fd)
+
+    def _close_fd(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 # --- reading a version 2 file ------------------------------------------------------------------

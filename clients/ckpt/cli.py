@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,12 @@ class _Refused(Exception):
     """A refusal that is not about the input (the output exists): exit 2 like every error."""
 
 
-def _check_out(out: Path, force: bool) -> None:
+def _check_out(out: Path, force: bool, *inputs: Path | None) -> None:
+    """Refuse an existing ``out`` without ``force``, and ``out`` naming one of the ``inputs``
+    (even with ``force``: the command promises to keep its input)."""
+    for src in inputs:
+        if src is not None and (out.resolve() == src.resolve() or (out.exists() and src.exists() and out.samefile(src))):
+            raise _Refused(f"{out} is an input of this command; choose another output")
     if out.exists() and not force:
         raise _Refused(f"{out} exists (use --force to overwrite)")
 
@@ -60,8 +67,12 @@ def _compress(args: argparse.Namespace) -> int:
     src = Path(args.file)
     _kind(src, sniff.SAFETENSORS)
     out = Path(args.output) if args.output else src.with_name(src.name + SUFFIX)
-    _check_out(out, args.force)
     base = Path(args.delta_from) if args.delta_from else None
+    _check_out(out, args.force, src, base)
+    if base is not None:
+        _kind(base)
+    if verify_content(src) is False:  # bit-exact compression would keep the damage, under a new name
+        raise codec.CodecError(f"{src}: content checksum mismatch (corrupt checkpoint); not compressed")
     if base is not None and base.resolve().parent != out.resolve().parent:
         print(f"tritter-ckpt: warning: {base.name} is not next to {out}; decompress looks for the base there", file=sys.stderr)
     header = codec.compress_file(src, out, base=base, threads=args.threads, max_ratio=args.max_ratio)
@@ -77,7 +88,7 @@ def _decompress(args: argparse.Namespace) -> int:
     _kind(src, sniff.TZST)
     default = raw_name(src) if is_compressed(src) else src.name + ".safetensors"  # x.bin -> x.bin.safetensors
     out = Path(args.output) if args.output else src.with_name(default)
-    _check_out(out, args.force)
+    _check_out(out, args.force, src)
     size = codec.decompress_file(src, out)  # streams; every digest checked before the rename; keeps src's permissions
     print(f"{out}: {size / 1e6:.2f} MB")
     return 0
@@ -92,7 +103,7 @@ def _verify(args: argparse.Namespace) -> int:
         n = sum(1 for s in header["segments"] if "dtype" in s)
         what = f"{n} tensors and the file sha256 match the header"
         if header.get("base"):
-            what += f" (delta chain of {len(codec.base_chain(path))} files)"
+            what += f" (delta, chain depth {header.get('chain', 1)}: decoded from {len(codec.base_chain(path))} files)"
     else:
         data = codec.read_safetensors_bytes(path)
         _, spans, meta = codec.parse_safetensors(data)
@@ -122,7 +133,9 @@ def _info(args: argparse.Namespace) -> int:
             size = s["end"] - s["start"]
             packed = sum(d["n"] + (1 if d["m"] == "const" else 0) for d in s["streams"])
             rows.append({"name": s["name"], "dtype": s["dtype"], "shape": s["shape"], "bytes": size, "compressed": packed,
-                         "ratio": round(size / max(packed, 1), 3), "delta": bool(s.get("delta"))})
+                         "ratio": round(size / max(packed, 1), 3),
+                         # version 1 marked a delta tensor; version 2 marks each XOR frame ("x")
+                         "delta": bool(s.get("delta")) or any(d.get("x") for d in s["streams"])})
         summary = {
             "file": str(path),
             "format": f"{header['format']}/{header['version']}",
@@ -144,7 +157,8 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     print(f"{path}: {summary['format']}, {summary['original']['size']:,} bytes, sha256 {summary['original']['sha256']}")
     if "ratio" in summary:
-        kind = f"delta of {summary['base']['name']} (chain depth {summary['chain']})" if summary["base"] else "full (keyframe)"
+        kind = (f"delta of {summary['base']['name']} (chain depth {summary['chain']}: decoded from {summary['chain'] + 1} files)"
+                if summary["base"] else "full (keyframe)")
         print(f"compressed {summary['compressed_bytes']:,} bytes, ratio {summary['ratio']:.3f}x, {kind}")
         if summary["meta"]:
             print("meta " + json.dumps(summary["meta"], sort_keys=True))
@@ -181,10 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", help="output file (default: FILE without .tzst)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite OUT")
     p.set_defaults(func=_decompress)
-    p = sub.add_parser("verify", help="check every tensor's sha256 (and the whole file's) against the header")
+    p = sub.add_parser("verify", help="decode and check every tensor's digest and the whole file's sha256 against the index")
     p.add_argument("file", metavar="FILE")
     p.set_defaults(func=_verify)
-    p = sub.add_parser("info", help="tensors, dtypes, sizes and ratio")
+    p = sub.add_parser("info", help="tensors, dtypes, sizes and ratio, from the index alone (verify checks the contents)")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=_info)
@@ -195,17 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     """``tritter-ckpt`` command line; returns the exit status.
 
     0 on success (also on a closed output pipe), ``EXIT_ERROR`` (2) with one line on stderr for a corrupt or
-    unreadable input, a refused output (exists without ``--force``) or any OSError, ``EXIT_INTERRUPTED`` (130)
-    on Ctrl-C; a bad flag exits 2 through the parser.
+    unreadable input, a refused output (exists without ``--force``, or names an input) or any OSError,
+    ``EXIT_INTERRUPTED`` (130) on Ctrl-C or SIGTERM (a temp output is removed first); a bad flag exits 2
+    through the parser.
     """
     args = build_parser().parse_args(argv)
+    # SIGTERM (systemd, `kill`) unwinds like Ctrl-C, so a half-written output's temp file is removed
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
         return int(args.func(args))
     except codec.CodecError as exc:
         print(f"tritter-ckpt: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyError, TypeError, ValueError) as exc:  # a well-formed but wrong header, met by info/verify
-        print(f"tritter-ckpt: error: {args.file}: corrupt header ({type(exc).__name__}: {exc})", file=sys.stderr)
+        print(f"tritter-ckpt: error: {args.file}: corrupt header ({exc})", file=sys.stderr)
         return EXIT_BAD_INPUT
     except _Refused as exc:
         print(f"tritter-ckpt: error: {exc}", file=sys.stderr)
@@ -217,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -119,3 +119,87 @@ def test_compress_bad_raw_input(tmp_path: Path) -> None:
     assert r.returncode == 2 and "not a checkpoint" in r.stderr  # decided by content (formats/sniff.py)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
     assert ckpt("verify", tmp_path / "missing.safetensors").returncode == 2
+
+
+def _one_line(r: subprocess.CompletedProcess[str]) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr and "Error:" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def test_info_marks_the_tensors_stored_as_deltas(files: tuple[Path, Path]) -> None:
+    first, second = files
+    assert ckpt("compress", second, "--delta-from", first).returncode == 0
+    packed = second.with_name(second.name + ".tzst")
+    from tritter.formats import codec  # noqa: PLC0415
+
+    xor = {s["name"] for s in codec.read_header(packed)["segments"] if any(d.get("x") for d in s.get("streams", []))}
+    assert xor  # synthetic "next step" tensors are XOR-coded against the base
+    info = json.loads(ckpt("info", packed, "--json").stdout)
+    assert {t["name"] for t in info["tensors"] if t["delta"]} == xor
+    text = ckpt("info", packed).stdout
+    assert sum(line.rstrip().endswith("delta") for line in text.splitlines()) == len(xor)
+
+
+def test_an_output_naming_an_input_is_refused_even_with_force(files: tuple[Path, Path]) -> None:
+    first, second = files
+    original = first.read_bytes()
+    assert "input" in _one_line(ckpt("compress", first, "-o", first, "-f"))
+    assert "input" in _one_line(ckpt("compress", second, "--delta-from", first, "-o", first, "-f"))
+    assert first.read_bytes() == original
+    assert ckpt("compress", first).returncode == 0
+    packed = first.with_name(first.name + ".tzst")
+    before = packed.read_bytes()
+    assert "input" in _one_line(ckpt("decompress", packed, "-o", packed, "-f"))
+    assert packed.read_bytes() == before
+
+
+def test_compress_refuses_a_raw_checkpoint_that_fails_its_content_digest(tmp_path: Path) -> None:
+    import numpy as np  # noqa: PLC0415
+
+    from tritter.formats.safetensors_stream import Blob, write_safetensors  # noqa: PLC0415
+
+    path = tmp_path / "step-00000001.safetensors"
+    write_safetensors(path, [Blob("w", "F32", (4096,), memoryview(np.arange(4096, dtype=np.float32)).cast("B"))], {})
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x40  # a tensor byte: the file still parses, its content digest no longer matches
+    path.write_bytes(bytes(data))
+    assert "content checksum" in _one_line(ckpt("compress", path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name] and path.read_bytes() == bytes(data)
+
+
+def test_truncated_or_foreign_inputs_are_named_in_one_line(files: tuple[Path, Path], tmp_path: Path) -> None:
+    first, second = files
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(first.read_bytes()[:-1000])
+    line = _one_line(ckpt("compress", cut))
+    assert str(cut) in line and "truncated" in line
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    line = _one_line(ckpt("compress", second, "--delta-from", text))
+    assert str(text) in line and "not a checkpoint" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, second.name, cut.name, text.name])
+
+
+def test_sigterm_during_decompress_leaves_no_temp_file(tmp_path: Path) -> None:
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    big = tmp_path / "big.safetensors"
+    rng = np.random.default_rng(0)
+    save_file({f"w{i}": torch.from_numpy(rng.standard_normal(4 << 20, dtype=np.float32)) for i in range(12)}, str(big))  # 200 MB
+    assert ckpt("compress", big).returncode == 0
+    big.unlink()
+    p = subprocess.Popen([tool("tritter-ckpt"), "decompress", str(big) + ".tzst"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(q.name.endswith(".tmp") for q in tmp_path.iterdir()):
+        assert p.poll() is None and time.monotonic() < deadline, "decompress ended before its temp file was seen"
+        time.sleep(0.002)
+    os.kill(p.pid, signal.SIGTERM)
+    assert p.wait(timeout=60) == 130
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["big.safetensors.tzst"]  # no temp, no partial output
