@@ -11,9 +11,12 @@ An ordinary subscriber, like ``tritter-record``: its cursor (the last seq it has
 2. writes it as ``<name>.tzst.tmp``, fsyncs, reads it back and decodes every segment against
    the xxh3 of the original's bytes, and only then renames it into place and removes the raw
    file;
-3. applies retention to the run's compressed checkpoints: the newest ``--keep-last`` N, every
+3. with ``--keep-last N`` only, prunes the run's compressed checkpoints: the newest N, every
    stage-final one and the run's newest checkpoint are kept, plus whatever delta bases those
-   need; the others are deleted.  Raw files are never deleted by retention.
+   need; the others are deleted.  Raw files are never deleted by it.  By default the sink
+   deletes nothing: retention is the run's ``--keep-checkpoints`` (``daemon/engine/retention.py``),
+   which the daemon applies to both forms and which also keeps the best-eval checkpoint — a
+   second policy here would delete what that one promises to keep.
 
 Everything it does is decided from the files, so a ``kill -9`` at any point loses nothing: a
 half-written output is a ``.tmp`` file, discarded and redone from the raw file, and an output
@@ -47,7 +50,7 @@ from tritter.protocol.home import Layout
 
 log = logging.getLogger("tritter-compress")
 
-DEFAULT_KEEP_LAST = 5
+DEFAULT_KEEP_LAST: int | None = None  # no pruning by the sink: the run's --keep-checkpoints decides
 DEFAULT_KEYFRAME_EVERY = 8
 DELTA_PAYS = 0.9  # a delta over 90% of its keyframe's size is rewritten as a keyframe
 
@@ -56,18 +59,19 @@ DELTA_PAYS = 0.9  # a delta over 90% of its keyframe's size is rewritten as a ke
 class CompressSettings(SinkSettings):
     """``tritter-compress`` options.
 
-    ``keep_last``: compressed checkpoints kept per run besides stage-final ones (>= 0);
+    ``keep_last``: compressed checkpoints kept per run besides stage-final ones (>= 0), None to
+    prune nothing (retention left to the run's ``--keep-checkpoints``);
     ``keyframe_every``: a full keyframe at least every K checkpoints (>= 1; 1 = no deltas);
     ``threads``: compression threads (None = up to 4).  ValueError (one line) otherwise.
     """
 
-    keep_last: int = DEFAULT_KEEP_LAST
+    keep_last: int | None = DEFAULT_KEEP_LAST
     keyframe_every: int = DEFAULT_KEYFRAME_EVERY
     threads: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.keep_last < 0 or self.keyframe_every < 1:
+        if (self.keep_last is not None and self.keep_last < 0) or self.keyframe_every < 1:
             raise ValueError("--keep-last must be >= 0 and --keyframe-every >= 1")
         if self.threads is not None and self.threads < 1:
             raise ValueError("--threads must be >= 1")
@@ -89,8 +93,8 @@ class Compressor(Sink[CompressSettings]):
 
     def describe(self) -> str:
         """The start-up log line: the runs folder and the retention/keyframe settings."""
-        return (f"compressing checkpoints under {self.layout.runs} "
-                f"(keep last {self.settings.keep_last}, keyframe every {self.settings.keyframe_every})")
+        keep = "retention: the runs' --keep-checkpoints" if self.settings.keep_last is None else f"keep last {self.settings.keep_last}"
+        return f"compressing checkpoints under {self.layout.runs} ({keep}, keyframe every {self.settings.keyframe_every})"
 
     # -- events ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -112,7 +116,8 @@ class Compressor(Sink[CompressSettings]):
         if isinstance(event, CheckpointEvent):
             try:
                 self.process(event)
-                self.retain(event.run_id)
+                if self.settings.keep_last is not None:
+                    self.retain(event.run_id)
             except (codec.CodecError, OSError) as exc:
                 log.error("run %s step %d: %s (raw file kept)", event.run_id, event.step, exc)
             except Exception:  # a sink keeps going: the raw file stays, the next event is handled
@@ -244,7 +249,10 @@ class Compressor(Sink[CompressSettings]):
 
     # -- retention ------------------------------------------------------------------------------
     def retain(self, run_id: str) -> list[Path]:
-        """Delete the run's compressed checkpoints that retention does not keep; returns them."""
+        """Delete the run's compressed checkpoints that ``--keep-last`` does not keep; returns them
+        (none without ``--keep-last``)."""
+        if self.settings.keep_last is None:
+            return []
         ckpt_dir = self.layout.run_dir(run_id) / "checkpoints"
         if not ckpt_dir.is_dir():
             return []
@@ -296,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     """``tritter-compress [--home DIR | --connect URL ...] [--keep-last N] [--keyframe-every K] [--threads T]``."""
     parser = sink_parser(Compressor, "Compress every new checkpoint to .safetensors.tzst and prune old ones.",
                          "the home whose runs/<id>/checkpoints to compress")
-    parser.add_argument("--keep-last", type=bounded_int(0, 10**6), default=DEFAULT_KEEP_LAST, metavar="N", help=f"compressed checkpoints kept per run besides stage-final ones (default {DEFAULT_KEEP_LAST})")
+    parser.add_argument("--keep-last", type=bounded_int(0, 10**6), default=DEFAULT_KEEP_LAST, metavar="N",
+                        help="also prune: compressed checkpoints kept per run besides stage-final ones (default: prune "
+                             "nothing; the run's --keep-checkpoints decides, and keeps the best-eval one)")
     parser.add_argument("--keyframe-every", type=bounded_int(1, 10**6), default=DEFAULT_KEYFRAME_EVERY, metavar="K", help=f"a full keyframe at least every K checkpoints; 1 = no deltas (default {DEFAULT_KEYFRAME_EVERY})")
     parser.add_argument("--threads", type=bounded_int(1, 256), help="compression threads (default: up to 4)")
     args = parser.parse_args(argv)

@@ -60,7 +60,7 @@ def test_keep_last_keeps_every_file_while_there_are_fewer_than_n(tmp_path: Path)
     """--keep-last N: after each new checkpoint the run keeps its newest min(N, count) files
     (keyframes only, so no base chain keeps extra ones).  A negative slice start used to keep
     only the newest one or two while a run had fewer than N."""
-    for keep_last in (2, 3, 5):
+    for keep_last in (2, 3, 5, None):  # None, the default: the sink prunes nothing (--keep-checkpoints decides)
         home = tmp_path / f"home{keep_last}"
         c = Compressor(Layout(home), CompressSettings(keep_last=keep_last, keyframe_every=1, threads=1))
         c.handle(RunEvent(seq=1, run_id=RUN, status="started"))
@@ -68,7 +68,7 @@ def test_keep_last_keeps_every_file_while_there_are_fewer_than_n(tmp_path: Path)
         for step in range(1, 8):
             data = synthetic(step, base=data)
             c.handle(_event(home, step, data, step + 1))
-            expected = list(range(max(1, step - keep_last + 1), step + 1))
+            expected = list(range(max(1, step - (keep_last or 10**6) + 1), step + 1))
             assert _names(home) == [f"step-{s:08d}.safetensors.tzst" for s in expected], (keep_last, step)
 
 
