@@ -3,7 +3,8 @@
 
 Makes real checkpoints by training a preset (``small``; ``--quick``: ``tiny``) through a real
 ``tritterd`` (in a temporary home) unless ``--ckpt-dir`` points at existing ``step-*.safetensors`` files, then
-measures on the newest checkpoint (full) and on the last two (delta):
+measures on the newest two consecutive checkpoints with the same tensors (full: the newer one;
+delta: against the older; a stage-final checkpoint drops the hybrid state, so it is skipped):
 
 * fp32: the files as written by the trainer (weights, AdamW moments, RNG);
 * bf16: the same files with every F32 tensor cast to BF16 (weights *and* optimizer state).
@@ -77,6 +78,24 @@ def make_checkpoints(home: Path, preset: str, steps: int, every: int, log: Calla
         daemon.wait(timeout=120)
         stderr.close()
     return sorted((home / "runs" / run_id / "checkpoints").glob("step-*.safetensors"))
+
+
+def same_tensors_pair(files: list[Path]) -> list[Path]:
+    """The newest two consecutive checkpoints holding the same tensor names (a stage-final
+    checkpoint drops the hybrid schedule's extra state, so against the periodic one before it a
+    delta would only show what was dropped); the last two when no pair matches."""
+    names = [{s.name for s in codec.parse_safetensors(p.read_bytes())[1]} for p in files]
+    for i in range(len(files) - 1, 0, -1):
+        if names[i] == names[i - 1]:
+            return [files[i - 1], files[i]]
+    return files[-2:]
+
+
+def _opt(value: Any, fmt: str) -> str:
+    """``fmt`` of value, or "-" where there is none (ZipNN not installed)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return fmt.format(value)
 
 
 def to_bf16(data: bytes) -> bytes:
@@ -251,10 +270,10 @@ def span(values: list[float]) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny preset, 20 steps, checkpoints 10 apart, 2 rounds")
+    parser.add_argument("--quick", action="store_true", help="tiny preset, 30 steps, checkpoints 10 apart, 2 rounds")
     parser.add_argument("--preset", help="preset trained for the checkpoints (default small, as in issue 17's measurement; "
                         "--quick: tiny, whose few-KB tensors are the worst case for per-frame overhead)")
-    parser.add_argument("--steps", type=int, help="training steps (default 75; --quick 20)")
+    parser.add_argument("--steps", type=int, help="training steps (default 75; --quick 30)")
     parser.add_argument("--every", type=int, help="steps between checkpoints (default 25; --quick 10)")
     parser.add_argument("--repeat", type=int, help="measurement rounds, reported as ranges (default 3; --quick 2)")
     parser.add_argument("--threads", type=int, help="'all cores' thread count (default: os.cpu_count())")
@@ -263,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
     preset = args.preset or ("tiny" if args.quick else "small")
-    steps = args.steps or (20 if args.quick else 75)
+    steps = args.steps or (30 if args.quick else 75)
     every = args.every or (10 if args.quick else 25)
     repeat = args.repeat or (2 if args.quick else 3)
     all_cores = args.threads or os.cpu_count() or 1
@@ -280,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             files = make_checkpoints(tmp / "home", preset, steps, every, log)
         if len(files) < 2:
             raise SystemExit(f"need at least two checkpoints, found {len(files)}")
+        files = same_tensors_pair(files)
         prev, last = files[-2].read_bytes(), files[-1].read_bytes()
         variants = {"fp32": (prev, last), "bf16": (to_bf16(prev), to_bf16(last))}
         have_zipnn = zipnn_codec("fp32", 1) is not None
@@ -357,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             def rng(v: list[float], fmt: str = "{:.0f}") -> str:
                 return f"{fmt.format(v[0])}-{fmt.format(v[1])}"
-            log(f"{r['dtype']:<5} {r['codec']:<14} {r['threads']:>3} {r['ratio']:>6.3f}x {r.get('ratio_vs_zipnn', float('nan')):>8.3f}"
+            log(f"{r['dtype']:<5} {r['codec']:<14} {r['threads']:>3} {r['ratio']:>6.3f}x {_opt(r.get('ratio_vs_zipnn'), '{:.3f}'):>8}"
                 f" {rng(r['compress_MBps']):>13} {rng(r['compress_vs_zipnn'], '{:.2f}') if 'compress_vs_zipnn' in r else '-':>11}"
                 f" {rng(r['decompress_MBps']):>13} {rng(r['decompress_vs_zipnn'], '{:.2f}') if 'decompress_vs_zipnn' in r else '-':>11} {r['bit_exact']}")
         log("")
@@ -371,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{'dtype':<5} {'group':<11} {'MB':>6} {'tritter full':>12} {'delta':>7} {'max full':>9} {'delta':>7} {'zipnn':>7} {'zstd-3':>7}")
         for g in groups:
             log(f"{g['dtype']:<5} {g['group']:<11} {g['bytes'] / 1e6:>6.1f} {g['tritter_full']:>11.3f}x {g['tritter_delta']:>6.3f}x"
-                f" {g['tritter_max_full']:>8.3f}x {g['tritter_max_delta']:>6.3f}x {g.get('zipnn', float('nan')):>6.3f}x {g['zstd3']:>6.3f}x")
+                f" {g['tritter_max_full']:>8.3f}x {g['tritter_max_delta']:>6.3f}x {_opt(g.get('zipnn'), '{:.3f}x'):>7} {g['zstd3']:>6.3f}x")
         log("")
         log("resume (load into torch tensors; *_cold: files evicted from the page cache first): " + ", ".join(f"{k} {v[0]:.2f}-{v[1]:.2f}" for k, v in resume.items()))
         summary = {
