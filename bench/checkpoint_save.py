@@ -163,6 +163,11 @@ def main() -> int:
         "durable_ratio_range": _range(rows["save_s"], rows["save_file_fsync_s"]),
         "threads": torch.get_num_threads(),
     }
+    log(f"{preset}, {nbytes / 1e9:.2f} GB, medians of {args.rounds}: save_file {med['save_file_s']:.2f} s, + fsync "
+        f"{med['save_file_fsync_s']:.2f} s, tritter save {med['save_s']:.2f} s (stall {med['stall_s']:.2f} s), "
+        f"SHA-256 alone {med['sha256_s']:.2f} s")
+    log(f"stall / save {result['stall_ratio']} (target <= 0.2); save / save_file {result['save_ratio']} (target <= 1.2; "
+        f"SHA-256 alone is {result['sha256_floor_ratio']}); save / (save_file + fsync) {result['durable_ratio']}")
     print(json.dumps(result))
     return 0
 

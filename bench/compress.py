@@ -125,7 +125,8 @@ def split_groups(data: bytes) -> dict[str, bytes]:
     for k, v in load(data).items():
         if v.is_floating_point():
             out.setdefault(group_of(k), {})[k] = v
-    return {g: save(t) for g, t in out.items() if g != "other"}
+    order = ("weights", "exp_avg", "exp_avg_sq")  # the same row order for every dtype
+    return {g: save(out[g]) for g in order if g in out}
 
 
 def zipnn_codec(dtype: str, threads: int) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]] | None:

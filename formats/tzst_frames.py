@@ -33,6 +33,7 @@ the exponent, and measured on trained checkpoints that costs nothing on AdamW mo
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from typing import Any
 
@@ -66,6 +67,9 @@ def _b2() -> Any:
     if _blosc2 is None:
         with _blosc2_lock:
             if _blosc2 is None:
+                # blosc2 imports numexpr, which logs "NumExpr defaulting to N threads." at INFO in
+                # every sink and worker log; tritter does not use numexpr
+                logging.getLogger("numexpr.utils").setLevel(logging.WARNING)
                 import blosc2  # noqa: PLC0415
 
                 # python-blosc2 holds the GIL through compress2/decompress2 unless told otherwise,

@@ -45,6 +45,8 @@ def _check_out(out: Path, force: bool, *inputs: Path | None) -> None:
             raise _Refused(f"{out} is an input of this command; choose another output")
     if out.exists() and not force:
         raise _Refused(f"{out} exists (use --force to overwrite)")
+    if not out.parent.is_dir():  # a typo in -o should not create folders
+        raise _Refused(f"{out.parent}: no such folder")
 
 
 def _kind(path: Path, want: str | None = None) -> str:

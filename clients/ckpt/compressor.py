@@ -158,7 +158,7 @@ class Compressor(Sink[CompressSettings]):
                 if raw.exists() and file_sha256(raw) == event.sha256:
                     raw.unlink()
                     fsync_dir(raw.parent)
-                    log.info("%s: already compressed; removed the raw file", out.name)
+                    log.info("run %s: %s: already compressed; removed the raw file", event.run_id, out.name)
                 return "done"
         try:
             before = os.stat(raw)
@@ -168,7 +168,7 @@ class Compressor(Sink[CompressSettings]):
         sha = file_sha256(raw)  # streamed: the sink never holds a whole checkpoint (16 GB at 1b)
         if sha != event.sha256:
             # The step was saved again (e.g. periodic, then stage-final): its own event follows.
-            log.info("%s was rewritten after step %d's %s event; leaving it for the later event", raw.name, event.step, event.reason)
+            log.info("run %s: %s was rewritten after step %d's %s event; leaving it for the later event", event.run_id, raw.name, event.step, event.reason)
             return "superseded"
         base, why = self._choose_base(event, raw)
         meta = {"run_id": event.run_id, "step": event.step, "stage": event.stage, "reason": event.reason, "seq": event.seq}
@@ -181,7 +181,7 @@ class Compressor(Sink[CompressSettings]):
                 raise
             # Most likely the base does not decode to what its index promises (damaged on disk):
             # a keyframe does not need it (and fails the same way if the raw file is the problem).
-            log.warning("%s: no delta (%s); writing a keyframe", out.name, exc)
+            log.warning("run %s: %s: no delta (%s); writing a keyframe", event.run_id, out.name, exc)
             base, why = None, "the delta base is unusable"
             header = codec.compress_file(raw, out, meta=meta, threads=self.settings.threads, sha256=sha)
         if base is not None and not self._delta_pays(out, base):
@@ -190,13 +190,14 @@ class Compressor(Sink[CompressSettings]):
         self.compressed += 1
         after = os.stat(raw)
         if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
-            log.info("%s was rewritten while being compressed; keeping it for its own event", raw.name)
+            log.info("run %s: %s was rewritten while being compressed; keeping it for its own event", event.run_id, raw.name)
             return "compressed"
         raw.unlink()
         fsync_dir(raw.parent)
         packed = out.stat().st_size
         kind = f"delta of {header['base']['name']}, chain {header['chain']}" if header.get("base") else f"keyframe ({why})"
-        log.info("compressed %s: %.2f MB -> %.2f MB (%.3fx, %s) in %.1f s", out.name, after.st_size / 1e6, packed / 1e6, after.st_size / packed, kind, time.monotonic() - t0)
+        log.info("run %s: compressed %s: %.2f MB -> %.2f MB (%.3fx, %s) in %.1f s", event.run_id, out.name, after.st_size / 1e6,
+                 packed / 1e6, after.st_size / packed, kind, time.monotonic() - t0)
         return "compressed"
 
     def _choose_base(self, event: CheckpointEvent, raw: Path) -> tuple[Path | None, str]:
@@ -294,7 +295,7 @@ class Compressor(Sink[CompressSettings]):
                     path = p
             path.unlink(missing_ok=True)
             removed.append(path)
-            log.info("retention: removed %s", path.name)
+            log.info("run %s: retention: removed %s", run_id, path.name)
         if removed:
             fsync_dir(ckpt_dir)
         return removed

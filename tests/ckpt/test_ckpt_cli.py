@@ -178,6 +178,7 @@ def test_truncated_or_foreign_inputs_are_named_in_one_line(files: tuple[Path, Pa
     text.write_text("hello\n")
     line = _one_line(ckpt("compress", second, "--delta-from", text))
     assert str(text) in line and "not a checkpoint" in line
+    assert "no such folder" in _one_line(ckpt("compress", first, "-o", tmp_path / "typo" / "x.tzst"))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, second.name, cut.name, text.name])
 
 
