@@ -255,10 +255,10 @@ class TzstReader:
         self._base_lock = threading.Lock()
         self._head: bytes | None = None
         self.size = int(self.index["original"]["size"])
-        # checked_reads: ``read`` decodes whole segments and checks their xxh3 (see ``read``)
+        # checked_reads: ``read`` checks the xxh3 of every segment it touches first (see ``read``)
         self.checked_reads = False
-        self._checked: tuple[int, np.ndarray] | None = None
-        self._checked_lock = threading.Lock()
+        self._verified: set[int] = set()
+        self._verify_lock = threading.Lock()
 
     def _layout(self) -> None:
         """Check that segments tile the file and frames the payload; index frame offsets."""
@@ -352,14 +352,17 @@ class TzstReader:
             lo += n
         return jobs
 
+    def _mismatch(self, seg_i: int) -> None:
+        name = self.segments[seg_i].get("name")
+        raise CodecError(f"{self.what}: segment {name!r} fails its xxh3 check (corrupt file, or a wrong delta base)")
+
     def check(self, seg_i: int, out: np.ndarray) -> None:
         """Check decoded segment ``seg_i`` (``out``: its uint8 bytes) against the index's xxh3.
 
         Raises CodecError when the digest differs (a corrupt file or the wrong delta base).
         """
-        seg = self.segments[seg_i]
-        if _xxh(out) != seg.get("xxh3"):
-            raise CodecError(f"{self.what}: segment {seg.get('name')!r} fails its xxh3 check (corrupt file, or a wrong delta base)")
+        if _xxh(out) != self.segments[seg_i].get("xxh3"):
+            self._mismatch(seg_i)
 
     def decode_segment(self, seg_i: int, out: np.ndarray | None = None, check: bool = True) -> np.ndarray:
         """Decode segment ``seg_i`` (original bytes ``[start, end)``) into ``out`` (uint8, ``end - start``
@@ -387,20 +390,20 @@ class TzstReader:
     def read(self, start: int, end: int) -> np.ndarray:
         """Original bytes ``[start, end)``: decodes the frames they touch (whole frames).
 
-        With ``checked_reads`` (set when this file is the base of a delta being written) it
-        decodes every segment it touches whole and checks its xxh3 first (the last one stays
-        cached for the next frames of the same tensor): a delta made against damaged base bytes
-        would decode right only against the same damage, and its index would still name the
-        intact base's sha256.  Decoding a delta needs no such check: its own segments' xxh3
-        catch a wrong base.  Raises CodecError.
+        With ``checked_reads`` (set when this file is the base of a delta being written) every
+        segment it touches is first decoded frame by frame and checked against its xxh3, once
+        (``verify_segment``): a delta made against damaged base bytes would decode right only
+        against the same damage, and its index would still name the intact base's sha256.
+        Decoding a delta needs no such check: its own segments' xxh3 catch a wrong base.
+        Raises CodecError.
         """
-        if self.checked_reads:
-            return self._read_checked(start, end)
         out = np.empty(end - start, np.uint8)
         for seg_i, seg in enumerate(self.segments):
             s0, s1 = int(seg["start"]), int(seg["end"])
             if s1 <= start or s0 >= end:
                 continue
+            if self.checked_reads:
+                self.verify_segment(seg_i)
             lo = s0
             for k, d in enumerate(seg["streams"]):
                 n = int(d["len"])
@@ -417,19 +420,24 @@ class TzstReader:
                     out[a - start : b - start] = tmp[a - f0 : b - f0]
         return out
 
-    def _read_checked(self, start: int, end: int) -> np.ndarray:
-        out = np.empty(end - start, np.uint8)
-        for seg_i, seg in enumerate(self.segments):
-            s0, s1 = int(seg["start"]), int(seg["end"])
-            if s1 <= start or s0 >= end:
-                continue
-            with self._checked_lock:
-                if self._checked is None or self._checked[0] != seg_i:
-                    self._checked = (seg_i, self.decode_segment(seg_i, check=True))
-                whole = self._checked[1]
-            a, b = max(s0, start), min(s1, end)
-            out[a - start : b - start] = whole[a - s0 : b - s0]
-        return out
+    def verify_segment(self, seg_i: int) -> None:
+        """Decode segment ``seg_i`` frame by frame (one frame in memory at a time) and check its
+        xxh3, once per reader (later calls return at once).  Raises CodecError on a mismatch."""
+        with self._verify_lock:
+            if seg_i in self._verified:
+                return
+            seg = self.segments[seg_i]
+            h = xxhash.xxh3_64()
+            lo = 0
+            for k, d in enumerate(seg["streams"]):
+                n = int(d["len"])
+                frame = np.empty(n, np.uint8)
+                self.decode_frame(seg_i, k, frame, lo)
+                h.update(frame)
+                lo += n
+            if h.hexdigest() != seg.get("xxh3"):
+                self._mismatch(seg_i)
+            self._verified.add(seg_i)
 
 
 # --- parallel helpers --------------------------------------------------------------------------
