@@ -301,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(files) < 2:
             raise SystemExit(f"need at least two checkpoints, found {len(files)}")
         files = same_tensors_pair(files)
+        if {s.name for s in codec.parse_safetensors(files[0].read_bytes())[1]} != {s.name for s in codec.parse_safetensors(files[1].read_bytes())[1]}:
+            log(f"note: {files[0].name} and {files[1].name} hold different tensors (no two checkpoints match): the delta covers only the shared ones")
         prev, last = files[-2].read_bytes(), files[-1].read_bytes()
         variants = {"fp32": (prev, last), "bf16": (to_bf16(prev), to_bf16(last))}
         have_zipnn = zipnn_codec("fp32", 1) is not None

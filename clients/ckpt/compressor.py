@@ -59,7 +59,7 @@ DELTA_PAYS = 0.9  # a delta over 90% of its keyframe's size is rewritten as a ke
 class CompressSettings(SinkSettings):
     """``tritter-compress`` options.
 
-    ``keep_last``: compressed checkpoints kept per run besides stage-final ones (>= 0), None to
+    ``keep_last``: the newest compressed checkpoints kept per run, stage-final ones always (>= 0), None to
     prune nothing (retention left to the run's ``--keep-checkpoints``);
     ``keyframe_every``: a full keyframe at least every K checkpoints (>= 1; 1 = no deltas);
     ``threads``: compression threads (None = up to 4).  ValueError (one line) otherwise.
@@ -93,7 +93,8 @@ class Compressor(Sink[CompressSettings]):
 
     def describe(self) -> str:
         """The start-up log line: the runs folder and the retention/keyframe settings."""
-        keep = "retention: the runs' --keep-checkpoints" if self.settings.keep_last is None else f"keep last {self.settings.keep_last}"
+        keep = ("deleting nothing: retention is each run's --keep-checkpoints" if self.settings.keep_last is None
+                else f"keep last {self.settings.keep_last}")
         return f"compressing checkpoints under {self.layout.runs} ({keep}, keyframe every {self.settings.keyframe_every})"
 
     # -- events ---------------------------------------------------------------------------------
@@ -112,8 +113,9 @@ class Compressor(Sink[CompressSettings]):
 
     def handle(self, event: AnyEvent) -> None:
         """Handle one event synchronously (blocking): compress and prune for a checkpoint, then
-        move the cursor and save it when due.  Errors are logged, never raised: the raw file stays."""
-        if isinstance(event, CheckpointEvent):
+        move the cursor and save it when due.  Errors are logged, never raised: the raw file stays.
+        A ``deleted`` checkpoint event (the run's retention removed a file) has nothing to compress."""
+        if isinstance(event, CheckpointEvent) and event.status == "saved":
             try:
                 self.process(event)
                 if self.settings.keep_last is not None:
@@ -306,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = sink_parser(Compressor, "Compress every new checkpoint to .safetensors.tzst and prune old ones.",
                          "the home whose runs/<id>/checkpoints to compress")
     parser.add_argument("--keep-last", type=bounded_int(0, 10**6), default=DEFAULT_KEEP_LAST, metavar="N",
-                        help="also prune: compressed checkpoints kept per run besides stage-final ones (default: prune "
-                             "nothing; the run's --keep-checkpoints decides, and keeps the best-eval one)")
+                        help="also prune: keep each run's newest N compressed checkpoints and every stage-final one "
+                             "(default: prune nothing; the run's --keep-checkpoints decides, and keeps the best-eval one)")
     parser.add_argument("--keyframe-every", type=bounded_int(1, 10**6), default=DEFAULT_KEYFRAME_EVERY, metavar="K", help=f"a full keyframe at least every K checkpoints; 1 = no deltas (default {DEFAULT_KEYFRAME_EVERY})")
     parser.add_argument("--threads", type=bounded_int(1, 256), help="compression threads (default: up to 4)")
     args = parser.parse_args(argv)

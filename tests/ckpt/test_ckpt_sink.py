@@ -72,6 +72,24 @@ def test_keep_last_keeps_every_file_while_there_are_fewer_than_n(tmp_path: Path)
             assert _names(home) == [f"step-{s:08d}.safetensors.tzst" for s in expected], (keep_last, step)
 
 
+def test_a_deleted_checkpoint_event_is_not_compressed(tmp_path: Path, caplog) -> None:
+    """The run's retention announces each removal as a ``checkpoint`` event with status
+    ``deleted``: the sink moves its cursor past it and touches nothing (it used to try to
+    compress it and log a false error)."""
+    home = tmp_path / "home"
+    c = Compressor(Layout(home), CompressSettings(threads=1))
+    c.handle(RunEvent(seq=1, run_id=RUN, status="started"))
+    data = synthetic(0)
+    c.handle(_event(home, 1, data, 2))
+    kept = _names(home)
+    gone = CheckpointEvent(seq=3, run_id=RUN, path="checkpoints/step-00000001.safetensors.tzst", step=1, stage="tiny",
+                           bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), reason="retention", status="deleted")
+    with caplog.at_level("INFO", logger="tritter-compress"):
+        c.handle(gone)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")], caplog.text
+    assert _names(home) == kept and c.cursor == 3 and c.compressed == 1
+
+
 def test_kill_points_lose_nothing_and_redo_nothing(tmp_path: Path) -> None:
     home = tmp_path / "home"
     a = synthetic(1)
