@@ -46,6 +46,7 @@ import zstandard
 
 from tritter.formats import codec
 from tritter.formats.checkpoints import checkpoint_step
+from tritter.formats.tzst_v2 import RawFileSource
 
 BIN = Path(sys.executable).parent
 
@@ -80,15 +81,23 @@ def make_checkpoints(home: Path, preset: str, steps: int, every: int, log: Calla
     return sorted((home / "runs" / run_id / "checkpoints").glob("step-*.safetensors"))
 
 
-def same_tensors_pair(files: list[Path]) -> list[Path]:
-    """The newest two consecutive checkpoints holding the same tensor names (a stage-final
-    checkpoint drops the hybrid schedule's extra state, so against the periodic one before it a
-    delta would only show what was dropped); the last two when no pair matches."""
-    names = [{s.name for s in codec.parse_safetensors(p.read_bytes())[1]} for p in files]
+def same_tensors_pair(files: list[Path]) -> tuple[list[Path], bool]:
+    """(the newest two consecutive checkpoints holding the same tensor names, True), or (the last
+    two, False) when no pair matches.  A stage-final checkpoint drops the hybrid schedule's extra
+    state, so against the periodic one before it a delta would only show what was dropped.
+    Reads the headers only."""
+    def names(path: Path) -> set[str]:
+        src = RawFileSource(path)
+        try:
+            return set(src.spans)
+        finally:
+            src.close()
+
+    held = [names(p) for p in files]
     for i in range(len(files) - 1, 0, -1):
-        if names[i] == names[i - 1]:
-            return [files[i - 1], files[i]]
-    return files[-2:]
+        if held[i] == held[i - 1]:
+            return [files[i - 1], files[i]], True
+    return files[-2:], False
 
 
 def _opt(value: Any, fmt: str) -> str:
@@ -300,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             files = make_checkpoints(tmp / "home", preset, steps, every, log)
         if len(files) < 2:
             raise SystemExit(f"need at least two checkpoints, found {len(files)}")
-        files = same_tensors_pair(files)
-        if {s.name for s in codec.parse_safetensors(files[0].read_bytes())[1]} != {s.name for s in codec.parse_safetensors(files[1].read_bytes())[1]}:
+        files, matched = same_tensors_pair(files)
+        if not matched:
             log(f"note: {files[0].name} and {files[1].name} hold different tensors (no two checkpoints match): the delta covers only the shared ones")
         prev, last = files[-2].read_bytes(), files[-1].read_bytes()
         variants = {"fp32": (prev, last), "bf16": (to_bf16(prev), to_bf16(last))}

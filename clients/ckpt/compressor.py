@@ -175,9 +175,13 @@ class Compressor(Sink[CompressSettings]):
         base, why = self._choose_base(event, raw)
         meta = {"run_id": event.run_id, "step": event.step, "stage": event.stage, "reason": event.reason, "seq": event.seq}
         t0 = time.monotonic()
-        # Tensor by tensor: the raw file and the base (decoded frame by frame) are read by range.
+
+        def compress(base: Path | None) -> dict[str, Any]:
+            # Tensor by tensor: the raw file and the base (decoded frame by frame) are read by range.
+            return codec.compress_file(raw, out, base=base, meta=meta, threads=self.settings.threads, sha256=sha)
+
         try:
-            header = codec.compress_file(raw, out, base=base, meta=meta, threads=self.settings.threads, sha256=sha)
+            header = compress(base)
         except codec.CodecError as exc:
             if base is None:
                 raise
@@ -185,10 +189,10 @@ class Compressor(Sink[CompressSettings]):
             # a keyframe does not need it (and fails the same way if the raw file is the problem).
             log.warning("run %s: %s: no delta (%s); writing a keyframe", event.run_id, out.name, exc)
             base, why = None, "the delta base is unusable"
-            header = codec.compress_file(raw, out, meta=meta, threads=self.settings.threads, sha256=sha)
+            header = compress(None)
         if base is not None and not self._delta_pays(out, base):
             why = f"a delta was {out.stat().st_size / 1e6:.2f} MB, over {DELTA_PAYS:.0%} of the last keyframe"
-            header = codec.compress_file(raw, out, meta=meta, threads=self.settings.threads, sha256=sha)
+            header = compress(None)
         self.compressed += 1
         after = os.stat(raw)
         if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
