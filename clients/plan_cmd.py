@@ -28,6 +28,10 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     hybrid = plan.add_mutually_exclusive_group()
     hybrid.add_argument("--hybrid", dest="hybrid", action="store_true", default=True, help="count the hybrid predictor (default)")
     hybrid.add_argument("--no-hybrid", dest="hybrid", action="store_false")
+    compiled = plan.add_mutually_exclusive_group()
+    compiled.add_argument("--compile", dest="compile", action="store_true", default=None,
+                          help="count the torch.compile'd graph's activations (default with --cuda)")
+    compiled.add_argument("--no-compile", dest="compile", action="store_false", help="count eager PyTorch's")
     budget = plan.add_mutually_exclusive_group()
     budget.add_argument("--tokens", type=budget_type(parse_tokens), metavar="N[,N...]",
                         help="tokens per stage (k/M/B; one value or one per stage): adds each stage's training FLOPs, "
@@ -45,7 +49,7 @@ def run_plan(args: argparse.Namespace) -> int:
     """
     plans = plan_run(
         args.start, args.end, cuda=args.cuda, batch_tokens=args.batch_tokens, micro_batch=args.micro_batch,
-        grad_ckpt_every=args.grad_ckpt_every, nproc=args.nproc, hybrid=args.hybrid,
+        grad_ckpt_every=args.grad_ckpt_every, nproc=args.nproc, hybrid=args.hybrid, compiled=args.compile,
     )
     stages = [p.stage for p in plans]
     budgets = None

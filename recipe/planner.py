@@ -34,6 +34,29 @@ Memory (bytes, per rank; "eager" PyTorch, which is what the model is without tor
 * DDP: the all-reduce buckets are the gradients themselves (``gradient_as_bucket_view=True`` in
   ``daemon/engine/distributed.py``), so DDP adds nothing; without it, another 4 B/param.
 
+Compiled (``torch.compile``, inductor; the default with ``--cuda``): inductor's partitioner
+(min-cut rematerialisation after its joint-graph passes) keeps fewer activations and recomputes
+the cheap ones in the backward.  Counted from the tensors its partition saves, at every preset's
+shape (``tests/test_planner.py`` captures the partition on CPU under bf16 autocast):
+
+  - a stored block: ``20H + 6F + 4h + 8``: two fp32 hidden states (``8H``: the block's input and
+    the residual after attention), q, k, v and the attention output kept by SDPA (``8H``), two
+    bf16 hidden-size tensors (``4H``: norm outputs, the attention projection), gate, up and their
+    silu product (``6F``), SDPA's fp32 log-sum-exp (``4h``) and two fp32 rsqrt (``8``);
+  - the output: ``4H`` (the final norm's fp32 input and bf16 output) ``+ 2V`` (the logits, kept
+    in bf16: the fused cross-entropy recomputes the log-softmax) ``+ 12`` (rsqrt, max, log-sum)
+    ``+ 16`` (int64 inputs and labels);
+  - a checkpointed block: its fp32 input, ``4H``, as eager (the partition keeps slightly less:
+    the count is within 6% above it with checkpointing, exact without);
+  - transient: none at the output (the logits' gradient is computed in place of the logits);
+    with checkpointing, one block recomputed (its activations and bf16 weight casts).
+  Measured on an H200 (``bench/gpu.py``, docs/benchmarks.md): 100m, 64 x 1024, no checkpointing,
+  and 1b, 16 x 1024, every 4th block, peak within a few percent of this count.
+
+The micro-batch fit (``fit_micro_batch``) uses the eager count either way: the trainer's CUDA
+probe measures an eager forward + backward (compiling every candidate size would take minutes), so
+a compiled run peaks below what its micro-batch was sized for.
+
 Predicted peak = weights + gradients + AdamW + hybrid + kept activations of one micro-batch +
 the largest transient (+ DDP buckets).  Gradients are counted as always allocated: with gradient
 accumulation they are (from the second micro-batch on).  The CUDA context and allocator slack
@@ -123,16 +146,35 @@ def output_activation_bytes(shape: ModelShape, act: int) -> int:
     return 8 * shape.hidden_size + act * shape.hidden_size + 4 * shape.vocab_size + 4 + 16
 
 
+def compiled_block_activation_bytes(shape: ModelShape) -> int:
+    """Bytes per token inductor keeps for one stored block under bf16 autocast: ``20H + 6F + 4h + 8``."""
+    h, f = shape.hidden_size, shape.intermediate_size
+    return 20 * h + 6 * f + 4 * shape.num_heads + 8
+
+
+def compiled_output_activation_bytes(shape: ModelShape) -> int:
+    """Bytes per token inductor keeps at the output: final norm, bf16 logits, their max and log-sum."""
+    return 4 * shape.hidden_size + 2 * shape.vocab_size + 12 + 16
+
+
 def checkpointed_blocks(num_layers: int, every: int) -> int:
     """Blocks that ``set_grad_checkpointing(every)`` recomputes: 0, every, 2*every, ... (0 = none)."""
     return 0 if every <= 0 else len(range(0, num_layers, every))
 
 
-def activation_bytes_per_token(shape: ModelShape, act: int, grad_ckpt_every: int) -> int:
-    """Kept activation bytes per token of a micro-batch (without the per-position RoPE tables)."""
+def activation_bytes_per_token(shape: ModelShape, act: int, grad_ckpt_every: int, compiled: bool = False) -> int:
+    """Kept activation bytes per token of a micro-batch (without the per-position RoPE tables).
+
+    ``act``: activation dtype size in bytes (2 under bf16 autocast, 4 in fp32); ``compiled``: the
+    inductor-compiled training graph (bf16 autocast) instead of eager PyTorch.
+    """
     ckpt = checkpointed_blocks(shape.num_layers, grad_ckpt_every)
     stored = shape.num_layers - ckpt
-    return stored * block_activation_bytes(shape, act) + ckpt * 4 * shape.hidden_size + output_activation_bytes(shape, act)
+    if compiled:
+        block, output = compiled_block_activation_bytes(shape), compiled_output_activation_bytes(shape)
+    else:
+        block, output = block_activation_bytes(shape, act), output_activation_bytes(shape, act)
+    return stored * block + ckpt * 4 * shape.hidden_size + output
 
 
 # -- one stage --------------------------------------------------------------------------------
@@ -149,6 +191,7 @@ class StagePlan:
     tokens_per_step: int  # global batch, tokens per optimizer step
     grad_ckpt_every: int
     activation_dtype: str  # bf16 (CUDA autocast) | fp32
+    compiled: bool  # torch.compile (inductor) training graph: fewer kept activations than eager
     weights_bytes: int
     grads_bytes: int
     optimizer_bytes: int
@@ -159,6 +202,7 @@ class StagePlan:
     transient_bytes: int
     ddp_bucket_bytes: int
     peak_bytes: int
+    eager_peak_bytes: int  # the same without torch.compile: what the micro-batch fit and the CUDA probe size for
     flops_per_token: int
     flops_per_step: int
     tokens_per_s_at_target_mfu: float  # per GPU, at TARGET_MFU of an H100's dense bf16 peak
@@ -176,42 +220,58 @@ def plan_stage(
     grad_ckpt_every: int,
     hybrid: bool = True,
     hybrid_order: int = 2,
+    compiled: bool = False,
 ) -> StagePlan:
     """Memory and FLOPs of training ``preset`` with ``batch`` (see the module doc for each term).
 
-    Returns a StagePlan in bytes, FLOPs and tokens/s.  Raises nothing for any valid preset/batch.
+    ``compiled`` (CUDA only: the compiled graph is counted under bf16 autocast) counts what
+    inductor keeps instead of eager PyTorch.  Returns a StagePlan in bytes, FLOPs and tokens/s.
+    Raises nothing for any valid preset/batch.
     """
     shape = preset.shape
     n = parameter_count(shape)
+    compiled = compiled and cuda
     act = BF16 if cuda else FP32
     tokens = batch.micro_batch * batch.seq_len  # one micro-batch on one rank
     weights, grads = FP32 * n, FP32 * n
     optimizer = 2 * FP32 * n + FP32 * parameter_tensors(shape)
     hybrid_bytes = hybrid_bytes_per_param(hybrid_order) * n if hybrid else 0
-    per_token = activation_bytes_per_token(shape, act, grad_ckpt_every)
+    ddp = 0 if batch.world == 1 or DDP_BUCKET_VIEW else FP32 * n
+    static = weights + grads + optimizer + hybrid_bytes + ddp
+    optimizer_temp = 0 if cuda else FP32 * n  # foreach AdamW's sqrt(exp_avg_sq) list; fused has none
     rope = 2 * act * shape.head_dim * batch.seq_len
-    activations = per_token * tokens + rope + 4  # + the loss's fp32 total weight (a scalar)
     ckpt = checkpointed_blocks(shape.num_layers, grad_ckpt_every)
     casts_all = BF16 * matmul_params(shape) if cuda else 0
     casts_kept = casts_all - (BF16 * ckpt * block_matmul_params(shape) if cuda else 0)
-    v = shape.vocab_size
-    logits_forward = (2 * v + 4 * v if cuda else 0) * tokens + casts_all  # bf16 logits and their fp32 copy
-    logits_backward = 8 * v * tokens + casts_kept  # log-softmax's gradient in and out, fp32
-    recompute = block_activation_bytes(shape, act) * tokens + BF16 * block_matmul_params(shape) if ckpt else 0
-    transient = max(logits_forward, logits_backward, recompute)
-    optimizer_temp = 0 if cuda else FP32 * n  # foreach AdamW's sqrt(exp_avg_sq) list; fused has none
-    ddp = 0 if batch.world == 1 or DDP_BUCKET_VIEW else FP32 * n
-    static = weights + grads + optimizer + hybrid_bytes + ddp
-    peak = static + max(activations + transient, optimizer_temp)
+
+    def kept(compiled_graph: bool) -> tuple[int, int, int]:
+        """(activation bytes per token, kept activation bytes, largest transient) of one micro-batch."""
+        per_token = activation_bytes_per_token(shape, act, grad_ckpt_every, compiled_graph)
+        activations = per_token * tokens + rope + 4  # + the loss's fp32 total weight (a scalar)
+        if compiled_graph:
+            block = compiled_block_activation_bytes(shape)
+            transient = block * tokens + BF16 * block_matmul_params(shape) if ckpt else 0
+            return per_token, activations, transient
+        v = shape.vocab_size
+        logits_forward = (2 * v + 4 * v if cuda else 0) * tokens + casts_all  # bf16 logits and their fp32 copy
+        logits_backward = 8 * v * tokens + casts_kept  # log-softmax's gradient in and out, fp32
+        recompute = block_activation_bytes(shape, act) * tokens + BF16 * block_matmul_params(shape) if ckpt else 0
+        return per_token, activations, max(logits_forward, logits_backward, recompute)
+
+    _, eager_activations, eager_transient = kept(False)  # eager's transients include the weight casts
+    eager_peak = static + max(eager_activations + eager_transient, optimizer_temp)
+    per_token, activations, transient = kept(compiled)
+    # Compiled, the kept bf16 weight casts are saved tensors of the graph, held through the backward.
+    peak = static + max(activations + transient + casts_kept, optimizer_temp) if compiled else eager_peak
     fpt = flops_per_token(shape, batch.seq_len)
     return StagePlan(
         stage=preset.name, params=n, seq_len=batch.seq_len, micro_batch=batch.micro_batch, accum=batch.accum,
         nproc=batch.world, tokens_per_step=batch.tokens_per_step, grad_ckpt_every=grad_ckpt_every,
-        activation_dtype="bf16" if cuda else "fp32", weights_bytes=weights, grads_bytes=grads,
+        activation_dtype="bf16" if cuda else "fp32", compiled=compiled, weights_bytes=weights, grads_bytes=grads,
         optimizer_bytes=optimizer, hybrid_bytes=hybrid_bytes, weight_copies_bytes=casts_kept,
         activation_bytes_per_token=per_token, activations_bytes=activations, transient_bytes=transient,
-        ddp_bucket_bytes=ddp, peak_bytes=peak, flops_per_token=fpt, flops_per_step=fpt * batch.tokens_per_step,
-        tokens_per_s_at_target_mfu=TARGET_MFU * H100_BF16_DENSE_FLOPS / fpt,
+        ddp_bucket_bytes=ddp, peak_bytes=peak, eager_peak_bytes=eager_peak, flops_per_token=fpt,
+        flops_per_step=fpt * batch.tokens_per_step, tokens_per_s_at_target_mfu=TARGET_MFU * H100_BF16_DENSE_FLOPS / fpt,
     )
 
 
@@ -247,13 +307,17 @@ def plan_run(
     grad_ckpt_every: int | None = None,
     nproc: int = 1,
     hybrid: bool = True,
+    compiled: bool | None = None,
 ) -> list[StagePlan]:
     """One StagePlan per stage from ``start`` to ``end`` (preset names), with the run's overrides.
 
-    ``micro_batch`` None: the preset's batch on CPU; on CUDA the largest power of two that fits an
-    80 GB card (what the trainer's probe would find, by this model).  ``grad_ckpt_every`` None: the
-    preset's.  Raises ValueError (BudgetError) for unknown presets or values below 1.
+    ``micro_batch`` None: the preset's batch on CPU; on CUDA the largest power of two whose eager
+    peak fits an 80 GB card (what the trainer's probe would find, by this model).
+    ``grad_ckpt_every`` None: the preset's.  ``compiled`` None: as the trainer, compiled on CUDA
+    (``start --no-compile`` / ``plan --no-compile``: False).  Raises ValueError (BudgetError) for
+    unknown presets or values below 1.
     """
+    compiled = cuda if compiled is None else compiled
     plans = []
     for name in stage_names(start, end):
         preset = get_preset(name)
@@ -264,7 +328,7 @@ def plan_run(
         batch = resolve_batch(
             preset.train.seq_len, preset.train.batch_size, preset_batch_tokens(preset), nproc, batch_tokens, micro
         )
-        plans.append(plan_stage(preset, cuda=cuda, batch=batch, grad_ckpt_every=every, hybrid=hybrid))
+        plans.append(plan_stage(preset, cuda=cuda, batch=batch, grad_ckpt_every=every, hybrid=hybrid, compiled=compiled))
     return plans
 
 
@@ -296,6 +360,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("transient GiB", "transient_bytes"),
     ("DDP buckets GiB", "ddp_bucket_bytes"),
     ("peak GiB", "peak_bytes"),
+    ("peak eager GiB", "eager_peak_bytes"),
     ("FLOPs/token", "flops_per_token"),
     ("tok/s/GPU at 40% MFU", "tokens_per_s_at_target_mfu"),
 )
@@ -312,6 +377,8 @@ def format_plan(plans: list[StagePlan]) -> str:
     header = ["", *(p.stage for p in plans)]
     rows = [header]
     for label, field in ROWS:
+        if field == "eager_peak_bytes" and not any(p.compiled for p in plans):
+            continue  # the same as the peak
         cells = [label]
         for p in plans:
             if label.startswith("micro-batch"):
@@ -329,6 +396,8 @@ def format_plan(plans: list[StagePlan]) -> str:
         rows.append(cells)
     lines = _aligned(rows)
     device = "cuda (bf16 autocast, fused AdamW)" if plans and plans[0].activation_dtype == "bf16" else "cpu (fp32)"
+    if plans and plans[0].compiled:
+        device += ", torch.compile"
     lines.append(f"per rank, {device}; peak excludes the CUDA context. 40% MFU of an H100 (989 TFLOP/s dense bf16).")
     return "\n".join(lines)
 

@@ -87,25 +87,30 @@ def _candidates(rows_per_rank: int, start: int) -> Iterator[int]:
 
 
 def probe_micro_batch(
-    model: torch.nn.Module, seq_len: int, vocab_size: int, rows_per_rank: int, start: int, device: torch.device
+    model: torch.nn.Module, seq_len: int, vocab_size: int, rows_per_rank: int, start: int, device: torch.device,
+    grad_ckpt_every: int,
 ) -> int:
     """The largest micro-batch (a divisor of ``rows_per_rank``, at most ``start``) whose forward +
     backward on random tokens peaks below ``HEADROOM`` x device memory minus
     ``STATE_BYTES_PER_PARAM`` x parameters.  On CPU returns ``start`` clipped to a divisor (no probe).
 
     Args: ``model`` the eager model on ``device`` (grads are cleared afterwards); ``seq_len`` tokens
-    per sequence; ``vocab_size`` for the random ids. Returns at least 1; if even 1 does not fit the
-    run fails later with the usual out-of-memory error.
+    per sequence; ``vocab_size`` for the random ids; ``grad_ckpt_every`` the gradient checkpointing
+    the stage trains with, set on ``model`` before measuring (a probe without it sizes 500m and 1b
+    for twice their activations). Returns at least 1; if even 1 does not fit the run fails later
+    with the usual out-of-memory error.
     """
     candidates = list(_candidates(rows_per_rank, start))
     if device.type != "cuda":
         return candidates[0]
+    model.set_grad_checkpointing(grad_ckpt_every)  # type: ignore[operator]
     params = sum(p.numel() for p in model.parameters())
     budget = torch.cuda.get_device_properties(device).total_memory * HEADROOM - STATE_BYTES_PER_PARAM * params
     for micro in candidates:
         peak = _peak_bytes(model, micro, seq_len, vocab_size, device)
         if peak is not None and peak <= budget:
-            log.info("micro-batch probe: %d sequences peak %.1f GiB of %.1f GiB budget", micro, peak / 2**30, budget / 2**30)
+            log.info("micro-batch probe: %d sequences peak %.1f GiB of %.1f GiB budget (grad ckpt every %d)",
+                     micro, peak / 2**30, budget / 2**30, grad_ckpt_every)
             return micro
         log.info("micro-batch probe: %d sequences do not fit (%s)", micro, "out of memory" if peak is None else f"{peak / 2**30:.1f} GiB")
     return 1

@@ -545,7 +545,8 @@ class Trainer:
         if micro is None and target is not None and probe and self.device.type == "cuda":
             rows_per_rank = max(1, round(target / (settings.seq_len * world)))
             micro = accumulation.probe_micro_batch(
-                self.model, settings.seq_len, self.preset.shape.vocab_size, rows_per_rank, rows_per_rank, self.device
+                self.model, settings.seq_len, self.preset.shape.vocab_size, rows_per_rank, rows_per_rank, self.device,
+                self._grad_ckpt_every(),
             )
         batch = resolve_batch(settings.seq_len, settings.batch_size, settings.batch_tokens, world, self.config.batch_tokens, micro)
         self.progress.micro_batch, self.progress.accum = batch.micro_batch, batch.accum

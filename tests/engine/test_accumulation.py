@@ -182,3 +182,25 @@ def test_ddp_all_reduces_once_per_step_and_matches_the_global_batch(tmp_path: Pa
         assert buckets and len(buckets) == len(set(buckets))  # each bucket reduced once: one synced backward
         for mine, expected in zip(got["grads"], model.parameters()):
             assert float((mine - expected.grad).abs().max()) <= 1e-5
+
+
+def test_the_cuda_probe_measures_with_the_stages_gradient_checkpointing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe sizes the micro-batch for the configuration that trains: with the stage's
+    gradient checkpointing set (the field run measured a 500m probe without it). The CUDA calls
+    are replaced by a memory model that depends on the checkpointing, so this runs on CPU."""
+    model = LlamaForCausalLM(SHAPE)
+    seen: list[tuple[int, int]] = []
+    per_sequence = {0: 10 * 2**30, 1: 4 * 2**30}  # bytes per sequence without / with checkpointing
+
+    def fake_peak(probed: Any, micro: int, seq_len: int, vocab: int, device: torch.device) -> int | None:
+        seen.append((micro, probed.grad_ckpt_every))
+        return micro * per_sequence[min(probed.grad_ckpt_every, 1)]
+
+    monkeypatch.setattr(accumulation, "_peak_bytes", fake_peak)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: type("P", (), {"total_memory": 80 * 2**30})())
+    cuda = torch.device("cuda", 0)  # only its type is read before the (faked) measurements
+    # 72 GiB usable: 7 sequences at 10 GiB each without checkpointing, 16 (all rows) at 4 GiB with it.
+    assert accumulation.probe_micro_batch(model, SEQ, 256, 16, 16, cuda, grad_ckpt_every=0) == 4
+    assert accumulation.probe_micro_batch(model, SEQ, 256, 16, 16, cuda, grad_ckpt_every=2) == 16
+    assert seen[-1] == (16, 2) and model.grad_ckpt_every == 2
+    assert {every for _, every in seen[:-1]} == {0}
