@@ -76,6 +76,8 @@ BENCHES: tuple[Bench, ...] = (
     Bench("gpu_cpu", "gpu.py", ("--device", "cpu", "--preset", "tiny", "--quick", "--json"),
           ("--device", "cpu", "--preset", "tiny", "--quick", "--json")),
     Bench("gpu", "gpu.py", ("--quick", "--json"), ("--json",), cuda=True),
+    Bench("gpu_eager", "gpu.py", ("--quick", "--no-compile", "--growth-to", "none", "--json"),
+          ("--no-compile", "--growth-to", "none", "--json"), cuda=True),  # what torch.compile buys, same micro-batches
 )
 BY_NAME = {b.name: b for b in BENCHES}
 

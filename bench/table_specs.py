@@ -135,6 +135,26 @@ def _keys(*fields: str) -> tuple[Fig, ...]:
     return tuple(Fig(f, f, kind="exact") for f in fields)
 
 
+def _gpu() -> tuple[Table, ...]:
+    """bench/gpu.py on a GPU: one figure table per preset (100m, 1b)."""
+    def preset(name: str) -> Table:
+        at = f"presets.{name}."
+        return Table(caption=f"**{name}**:", figs=(
+            Fig("micro-batch × seq × accumulation, grad ckpt every, compiled",
+                (at + "micro_batch", at + "seq_len", at + "accum", at + "grad_ckpt_every", at + "compiled"),
+                "{} × {} × {}, {}, {}", kind="exact"),
+            Fig("step (median) / tokens per second", (at + "step_s_median", at + "tokens_per_s"), "{:.3f} s / {:,.0f}"),
+            Fig("**MFU** (6N + 12·L·h·d·T per token ÷ 989 TFLOP/s)", at + "mfu", "**{:.3f}**", target="≥ 0.40 at 1b"),
+            Fig("peak (`max_memory_allocated`) / planner", (at + "peak_bytes", at + "predicted_peak_bytes"), "{:,} / {:,}",
+                "B", kind="measured"),
+            Fig("**peak ÷ planner**", at + "peak_vs_predicted", "**{:.3f}**", target="0.85 – 1.15", kind="measured"),
+            Fig("loss, first → last step", (at + "losses.0", at + "losses.-1"), "{:.3f} → {:.3f}", target="finite, falling",
+                kind="measured"),
+        ))
+
+    return preset("100m"), preset("1b")
+
+
 def _planner_peak() -> tuple[Table, ...]:
     return (Table(rows=".", figs=(
         Fig("preset, micro-batch × seq, grad-ckpt every", ("preset", "batch", "seq", "every"), "{}, {} × {}, {}",
@@ -209,6 +229,8 @@ SPECS: dict[str, tuple[Table, ...]] = {
         Fig("growth jump", "growth.jump", "**{}**", target="≈ 0", kind="deterministic"),
         Fig("tokens/s (CPU; MFU is meaningless here)", "presets.tiny.tokens_per_s", "{:.0f}"),
     )),),
+    "gpu": _gpu(),
+    "gpu_eager": _gpu(),
     "monitoring": (Table(rows="results", figs=(
         Fig("preset", "preset", kind="exact"),
         Fig("step", "step_s", "{:.2f}", "s"),
