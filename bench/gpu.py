@@ -52,11 +52,8 @@ from tritter.daemon.engine.growth import grow
 from tritter.daemon.engine.hybrid import HybridController
 from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
 from tritter.daemon.engine.trainer import evaluate, make_optimizer
-from tritter.recipe.planner import H100_BF16_DENSE_FLOPS, plan_run
+from tritter.recipe.planner import H100_BF16_DENSE_FLOPS, gpu_peak_flops, model_flops_utilization, plan_run
 from tritter.recipe.presets import get_preset
-
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}  # dense bf16, vendor datasheets
-
 
 def log(message: str) -> None:
     print(f"[gpu-bench] {message}", file=sys.stderr, flush=True)
@@ -69,10 +66,8 @@ def peak_flops(device: torch.device, override_tflops: float | None) -> tuple[flo
     if device.type != "cuda":
         return H100_BF16_DENSE_FLOPS, "cpu (MFU relative to an H100)"
     name = torch.cuda.get_device_name(device)
-    for key, flops in PEAK_FLOPS.items():
-        if key in name:
-            return flops, name
-    return H100_BF16_DENSE_FLOPS, f"{name} (unknown: H100 peak assumed)"
+    flops = gpu_peak_flops(name)
+    return (flops, name) if flops else (H100_BF16_DENSE_FLOPS, f"{name} (unknown: H100 peak assumed)")
 
 
 def sync(device: torch.device) -> None:
@@ -147,7 +142,7 @@ def train_preset(
         "step_s_median": statistics.median(times),
         "tokens_per_s": tokens_per_s,
         "flops_per_token": plan.flops_per_token,
-        "mfu": tokens_per_s * plan.flops_per_token / flops,
+        "mfu": model_flops_utilization(tokens_per_s, plan.flops_per_token, flops),
         "peak_bytes": peak,
         "predicted_peak_bytes": plan.peak_bytes,
         "peak_vs_predicted": peak / plan.peak_bytes if peak else None,

@@ -214,7 +214,7 @@ def format_status(r: RunState) -> str:
         + (f", {r.step_ms / 1000:.2f} s/step recently, ETA {fmt_duration(eta)}" if (eta := eta_seconds(r)) is not None else ""),
         f"loss       {_fmt(r.current_loss)} (best {_fmt(r.best_loss)} at step {r.best_step or '-'})",
         f"passes     {r.total_forward} forward, {r.total_backward} backward, {r.predicted_steps} predicted",
-        f"speed      {r.tokens_per_s:.0f} tokens/s",
+        f"speed      {r.tokens_per_s:.0f} tokens/s" + (f", MFU {r.mfu:.1%}" if r.mfu is not None else ""),
         f"tokens     {r.run_tokens:,} in the run, {r.tokens:,} in stage {r.current_stage or '-'}",
         *([f"data       {prepare_line(r.prepare)}"] if r.prepare else []),
         f"started    {_when(r.started)}, updated {_when(r.updated)}",
@@ -240,7 +240,8 @@ def format_event(event: AnyEvent) -> str:
     if isinstance(event, StepEvent):
         predicted = " predicted" if event.was_predicted else ""
         return (f"{head} step {event.step} loss {event.loss:.4f} gnorm {event.gradient_norm:.3f} lr {event.lr:.2e} "
-                f"{event.phase}{predicted} {event.step_time_ms:.0f} ms {event.tokens_per_s:.0f} tok/s")
+                f"{event.phase}{predicted} {event.step_time_ms:.0f} ms {event.tokens_per_s:.0f} tok/s"
+                + (f" MFU {event.mfu:.1%}" if event.mfu is not None else ""))
     if isinstance(event, RunEvent):
         extra = f" from step {event.resume_step}" if event.resume_step is not None else ""
         return f"{head} {event.status}{extra}" + (f": {event.reason}" if event.reason else "")

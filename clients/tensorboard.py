@@ -4,7 +4,8 @@ A bus sink (``clients/sink_base.py``) like the recorder: standalone or supervise
 (``--with-tensorboard``), ``--home`` or ``--connect``.  Scalars use ``step`` = the run's global
 optimizer step and the event's own time as wall time:
 
-- ``train/loss``, ``train/lr``, ``train/grad_norm``, ``train/tokens_per_s``, ``train/step_time_ms``;
+- ``train/loss``, ``train/lr``, ``train/grad_norm``, ``train/tokens_per_s``, ``train/step_time_ms``,
+  ``train/mfu`` (on a GPU whose peak is known);
 - ``hybrid/predicted`` (1 on a predicted step, 0 otherwise: the predicted-step markers) and
   ``hybrid/prediction_error``;
 - ``eval/loss``, ``eval/perplexity`` (periodic held-out eval), ``stage/eval_loss`` and
@@ -203,6 +204,8 @@ class TensorBoardSink(Sink[SinkSettings]):
                 w.add_scalar(tag, value, step, walltime=ts)
             if event.prediction_error is not None:
                 w.add_scalar("hybrid/prediction_error", event.prediction_error, step, walltime=ts)
+            if event.mfu is not None:
+                w.add_scalar("train/mfu", event.mfu, step, walltime=ts)
         elif isinstance(event, EvalEvent):
             w.add_scalar("eval/loss", event.loss, at, walltime=ts)
             w.add_scalar("eval/perplexity", event.perplexity, at, walltime=ts)

@@ -54,6 +54,7 @@ class RunRow:
     loss: float | None
     eval_loss: float | None
     tokens_per_s: float
+    mfu: float | None
     eta_s: float | None
     alerts: int
 
@@ -115,6 +116,7 @@ class SnapshotCollector(Collector):
         loss = GaugeMetricFamily("tritter_run_loss", "Training loss of the last step (nats/token)", labels=labels)
         eval_loss = GaugeMetricFamily("tritter_run_eval_loss", "Held-out loss of the last periodic eval (nats/token)", labels=labels)
         speed = GaugeMetricFamily("tritter_run_tokens_per_second", "Training throughput of the last step", labels=labels)
+        mfu = GaugeMetricFamily("tritter_run_mfu", "Model FLOPs utilisation of the last step (0..1; GPU runs)", labels=labels)
         eta = GaugeMetricFamily("tritter_run_eta_seconds", "Seconds left at the median recent step time", labels=labels)
         alerts = CounterMetricFamily("tritter_run_alerts", "Alerts raised for the run", labels=labels)
         for run in snap.runs:
@@ -127,10 +129,12 @@ class SnapshotCollector(Collector):
             if run.eval_loss is not None:
                 eval_loss.add_metric(key, run.eval_loss)
             speed.add_metric(key, run.tokens_per_s)
+            if run.mfu is not None:
+                mfu.add_metric(key, run.mfu)
             if run.eta_s is not None:
                 eta.add_metric(key, run.eta_s)
             alerts.add_metric(key, run.alerts)
-        yield from (status, step, loss, eval_loss, speed, eta, alerts)
+        yield from (status, step, loss, eval_loss, speed, mfu, eta, alerts)
         yield CounterMetricFamily("tritter_events_logged", "Events in the daemon's log", value=snap.events_logged)
         yield GaugeMetricFamily("tritter_event_log_bytes", "Size of the event log file", value=snap.log_bytes)
         yield GaugeMetricFamily("tritter_subscribers", "Connected event-bus subscribers", value=snap.subscribers)
@@ -166,7 +170,7 @@ class MetricsServer:
             rows.append(RunRow(
                 run_id=state.run_id, name=state.run_name, status=state.status, step=state.current_step,
                 loss=state.current_loss, eval_loss=state.eval_loss, tokens_per_s=state.tokens_per_s,
-                eta_s=daemon.watch.eta_seconds(state), alerts=state.alert_count,
+                mfu=state.mfu, eta_s=daemon.watch.eta_seconds(state), alerts=state.alert_count,
             ))
         self.collector.snapshot = Snapshot(
             runs=tuple(rows), events_logged=daemon.eventlog.head, log_bytes=daemon.eventlog.size_bytes,

@@ -109,6 +109,10 @@ class StepEvent(Event, tag="step"):
     # Training tokens since the start of the run, all stages (this step included); filled in by
     # the daemon from the completed stages when it logs the step (0 only in logs older than it).
     run_tokens: int = 0
+    # Model FLOPs utilisation of the step (0..1): tokens/s x training FLOPs per token (6N + 12LhdT,
+    # PaLM appendix B; a third of that for a predicted, forward-only step) / the GPUs' dense bf16
+    # peak.  None on CPU and on a GPU whose peak tritter does not know (TRITTER_PEAK_TFLOPS sets it).
+    mfu: float | None = None
 
 
 class CheckpointEvent(Event, tag="checkpoint"):

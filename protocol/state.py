@@ -108,6 +108,7 @@ class RunState(msgspec.Struct, kw_only=True):
     tokens: int = 0  # training tokens of the current stage (the step events' ``tokens``)
     run_tokens: int = 0  # training tokens of the whole run, every stage (``run_tokens``)
     tokens_per_s: float = 0.0
+    mfu: float | None = None  # the last step's model FLOPs utilisation (StepEvent.mfu)
     # Recent time per optimizer step, ms: an exponential moving average (weight PACE_ALPHA) of the
     # step events' step_time_ms, which the worker measures with a monotonic clock around the step
     # itself, so a pause, a daemon restart or a clock change never inflates it.  0 = no step yet.
@@ -265,6 +266,7 @@ def _apply_step(state: RunState, event: StepEvent) -> None:
     state.tokens = event.tokens
     state.run_tokens = event.run_tokens or run_tokens_at(state, event)
     state.tokens_per_s = event.tokens_per_s
+    state.mfu = event.mfu
     state.step_ms = event.step_time_ms if state.step_ms <= 0 else (
         (1 - PACE_ALPHA) * state.step_ms + PACE_ALPHA * event.step_time_ms)
     if state.best_loss is None or event.loss < state.best_loss:

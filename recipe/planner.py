@@ -81,6 +81,9 @@ from tritter.recipe.budget import BatchPlan, resolve_batch
 from tritter.recipe.presets import ModelShape, Preset, get_preset, stage_names
 
 H100_BF16_DENSE_FLOPS = 989e12  # FLOP/s, NVIDIA H100 SXM datasheet (dense, no sparsity)
+# Dense bf16 peak FLOP/s per GPU, keyed by a part of the name CUDA reports (vendor datasheets, SXM
+# parts, no sparsity): the denominator of MFU.
+GPU_BF16_DENSE_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
 TARGET_MFU = 0.40
 DEVICE_BYTES_H100 = 80 * 10**9  # one 80 GB card: what --cuda plans fit a micro-batch into
 FIT_FRACTION = 0.90  # of device memory a plan may fill (CUDA context, allocator slack, eval)
@@ -133,6 +136,21 @@ def flops_per_token(shape: ModelShape, seq_len: int) -> int:
     """Training FLOPs per token, ``6N + 12 * L * h * d * T`` (PaLM appendix B; see the module doc)."""
     attention = 12 * shape.num_layers * shape.num_heads * shape.head_dim * seq_len
     return 6 * parameter_count(shape) + attention
+
+
+def gpu_peak_flops(device_name: str) -> float | None:
+    """Dense bf16 peak FLOP/s of the GPU CUDA calls ``device_name`` (``GPU_BF16_DENSE_FLOPS``); None if unknown."""
+    return next((flops for key, flops in GPU_BF16_DENSE_FLOPS.items() if key in device_name), None)
+
+
+def model_flops_utilization(tokens_per_s: float, flops_per_token_: float, peak_flops: float) -> float:
+    """MFU (0..1): achieved model FLOP/s ÷ peak, ``tokens_per_s x flops_per_token / peak_flops``.
+
+    ``tokens_per_s`` and ``peak_flops`` over the same GPUs (all ranks: the global rate and
+    ranks x one GPU's peak).  PaLM's definition (Chowdhery et al. 2022, appendix B): recomputation
+    by gradient checkpointing is not counted.
+    """
+    return tokens_per_s * flops_per_token_ / peak_flops
 
 
 def block_activation_bytes(shape: ModelShape, act: int) -> int:

@@ -39,8 +39,9 @@ def test_progressive_run_end_to_end(daemon: Daemon, home: Path) -> None:
     assert {r["stage"] for r in rows[:6]} == {"tiny"} and {r["stage"] for r in rows[6:]} == {"small"}
     assert set(rows[0]) == {
         "step", "loss", "gradient_norm", "phase", "was_predicted", "prediction_error",
-        "step_time_ms", "stage", "lr", "tokens", "run_tokens", "tokens_per_s", "ts",
+        "step_time_ms", "stage", "lr", "tokens", "run_tokens", "tokens_per_s", "mfu", "ts",
     }
+    assert all(r["mfu"] is None for r in rows)  # CPU: no peak to measure against
 
     evs = events(home)
     assert_contiguous(evs)

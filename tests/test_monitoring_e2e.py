@@ -53,7 +53,8 @@ def _same_as_metrics(tb: list[tuple[int, float]], metrics: list[dict]) -> bool:
 def test_eval_samples_system_metrics_and_tensorboard(home: Path, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("It is a truth universally acknowledged\nElizabeth said\n")
-    daemon = Daemon(home, ["--metrics", "127.0.0.1:0", "--with-tensorboard"]).start()
+    # A 1 TFLOP/s "GPU" peak: CPU steps then carry an MFU through every sink.
+    daemon = Daemon(home, ["--metrics", "127.0.0.1:0", "--with-tensorboard"]).start(env={"TRITTER_PEAK_TFLOPS": "1"})
     try:
         run_id = ctl(home, "start", "--start", "tiny", "--end", "tiny", "--steps", "4", "--eval-every", "2",
                      "--sample-every", "4", "--sample-prompts", str(prompts), "--checkpoint-every", "4").stdout.strip()
@@ -95,6 +96,8 @@ def test_eval_samples_system_metrics_and_tensorboard(home: Path, tmp_path: Path)
         assert scraped[("tritter_run_step", key)] == state["current_step"] == 4
         assert scraped[("tritter_run_eval_loss", key)] == pytest.approx(evals[-1]["loss"])
         assert scraped[("tritter_run_loss", key)] == pytest.approx(state["current_loss"])
+        last_step = [e for e in log if e["kind"] == "step"][-1]
+        assert 0 < last_step["mfu"] < 1 and scraped[("tritter_run_mfu", key)] == pytest.approx(state["mfu"]) == last_step["mfu"]
         assert scraped[("tritter_run_status", (*key, ("status", "running")))] == 0.0
         assert scraped[("tritter_events_logged_total", ())] >= log[-1]["seq"]
         assert scraped[("tritter_event_log_bytes", ())] > 0 and ("tritter_log_fsync_seconds", ()) in scraped

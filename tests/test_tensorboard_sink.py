@@ -81,3 +81,24 @@ def test_the_committed_size_holds_every_event_the_saved_seq_counts(tmp_path: Pat
     snapshot, committed = asyncio.run(feed())
     assert committed > 0
     assert [s for s, _ in _losses(snapshot)] == list(range(1, steps + 1))
+
+
+def test_mfu_is_a_scalar_only_for_steps_that_carry_it(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    gpu_step = _step(2, 2, 3.5)
+    gpu_step.mfu = 0.41
+    events: list[AnyEvent] = [_step(1, 1, 4.0), gpu_step]
+
+    async def feed() -> None:
+        sink = tb.TensorBoardSink(Layout(tmp_path))
+        await sink.start()
+        for event in events:
+            await sink.on_event(event)
+            sink.cursor = event.seq
+        await sink.close()
+
+    asyncio.run(feed())
+    acc = EventAccumulator(str(tmp_path / "tensorboard" / "r"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [(s.step, round(s.value, 4)) for s in acc.Scalars("train/mfu")] == [(2, 0.41)]

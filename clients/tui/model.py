@@ -237,6 +237,7 @@ class Monitor:
             state.current_phase = event.phase
             state.current_stage = event.stage
             state.tokens_per_s = event.tokens_per_s
+            state.mfu = event.mfu
         self.version += 1
 
     def ordered(self) -> list[RunState]:

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 
 import torch
 
+from tritter.recipe.planner import gpu_peak_flops
+
 log = logging.getLogger("tritter.device")
 
 
@@ -49,6 +51,26 @@ def pick_device(cuda: bool, local_rank: int = 0) -> torch.device:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     return device
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """One GPU's dense bf16 peak FLOP/s for MFU: ``TRITTER_PEAK_TFLOPS`` (TFLOP/s) when set, else
+    the planner's table by the CUDA device name; None on CPU or an unknown GPU (no MFU reported).
+
+    Raises ValueError when ``TRITTER_PEAK_TFLOPS`` is not a positive number.
+    """
+    override = os.environ.get("TRITTER_PEAK_TFLOPS")
+    if override:
+        try:
+            value = float(override)
+        except ValueError:
+            value = 0.0
+        if not value > 0:
+            raise ValueError(f"TRITTER_PEAK_TFLOPS must be a positive number of TFLOP/s, got {override!r}")
+        return value * 1e12
+    if device.type != "cuda":
+        return None
+    return gpu_peak_flops(torch.cuda.get_device_name(device))
 
 
 def default_deterministic(cuda: bool) -> bool:

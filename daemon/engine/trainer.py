@@ -36,7 +36,7 @@ from tritter.daemon.engine.checkpoint import (
 )
 from tritter.daemon.engine.async_checkpoint import BackgroundWriter, Pending
 from tritter.daemon.engine import distributed
-from tritter.daemon.engine.device import CompiledModule, autocast, compile_for_training, compile_note, is_compiled
+from tritter.daemon.engine.device import CompiledModule, autocast, compile_for_training, compile_note, is_compiled, peak_flops
 from tritter.daemon.engine.distributed import Ranks
 from tritter.daemon.engine.export import StageCard, export_stage
 from tritter.formats.export_layout import export_dir, export_is_complete, export_relpath
@@ -45,6 +45,7 @@ from tritter.daemon.engine.growth import grow
 from tritter.daemon.engine import accumulation, retention
 from tritter.daemon.engine.hybrid import DEFAULT_SETTINGS, FullTraining, HybridController, HybridSettings, StepController, StepPlan, StepReport
 from tritter.recipe.budget import BatchPlan, config_steps, config_tokens, resolve_batch, stage_steps
+from tritter.recipe.planner import flops_per_token, model_flops_utilization
 from tritter.daemon.engine.monitoring import RunMonitor, monitor_for
 from tritter.daemon.engine.model import LlamaForCausalLM, count_parameters, init_weights
 from tritter.recipe.presets import Preset, get_preset, with_vocab
@@ -166,6 +167,7 @@ class Trainer:
         # reports and writes checkpoints, and every decision that ends or pauses the loop is
         # broadcast from it, so all ranks always take the same path.
         self.ranks = ranks or Ranks()
+        self.peak_flops = peak_flops(self.device)  # one GPU's, for the steps' MFU (None: not reported)
         self.monitor: RunMonitor | None = None  # set below; ``emit`` may run while the data is prepared
         self.data: TokenData = load_run_data(run_id, run_dir, config, cache_dir, self._emit_while_preparing)
         self.progress = Progress()
@@ -598,6 +600,11 @@ class Trainer:
         self.progress.step += 1
         self.progress.stage_step += 1
         self.progress.tokens += tokens
+        tokens_per_s = tokens / elapsed if elapsed > 0 else 0.0
+        mfu = None
+        if self.peak_flops:  # a predicted step runs the forward only: a third of the training FLOPs
+            work = flops_per_token(self.preset.shape, self.preset.train.seq_len) / (3 if plan.predicted else 1)
+            mfu = model_flops_utilization(tokens_per_s, work, self.peak_flops * self.ranks.world)
         self.emit(
             StepEvent(
                 step=self.progress.step,
@@ -610,7 +617,8 @@ class Trainer:
                 stage=self.preset.name,
                 lr=lr,
                 tokens=self.progress.tokens,
-                tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0,
+                tokens_per_s=tokens_per_s,
+                mfu=mfu,
             )
         )
 

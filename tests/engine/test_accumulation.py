@@ -22,6 +22,7 @@ from tritter.daemon.engine.model import LlamaForCausalLM, init_weights
 from tritter.daemon.engine.trainer import Trainer
 from tritter.protocol.config import RunConfig
 from tritter.protocol.events import StageEvent, StepEvent
+from tritter.recipe.planner import flops_per_token
 from tritter.recipe.presets import ModelShape, Preset, TrainSettings
 
 SHAPE = ModelShape(hidden_size=64, num_layers=2, num_heads=1, intermediate_size=128)
@@ -204,3 +205,21 @@ def test_the_cuda_probe_measures_with_the_stages_gradient_checkpointing(monkeypa
     assert accumulation.probe_micro_batch(model, SEQ, 256, 16, 16, cuda, grad_ckpt_every=2) == 16
     assert seen[-1] == (16, 2) and model.grad_ckpt_every == 2
     assert {every for _, every in seen[:-1]} == {0}
+
+
+def test_steps_report_mfu_against_the_gpus_peak(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MFU on every step: tokens/s x training FLOPs per token / peak, a third of the FLOPs on a
+    predicted (forward-only) step; None where the peak is unknown (CPU without the override)."""
+    plain, _ = run(tmp_path / "cpu", cache, steps=4)
+    assert all(s.mfu is None for s in steps_of(plain))
+    monkeypatch.setenv("TRITTER_PEAK_TFLOPS", "0.5")  # as if this CPU were a 0.5 TFLOP/s GPU
+    events, trainer = run(tmp_path / "peak", cache, batch_tokens=8 * SEQ, micro_batch=2, hybrid=True, steps=12)
+    steps = steps_of(events)
+    per_token = flops_per_token(trainer.preset.shape, SEQ)  # the shape with the run's vocabulary
+    assert any(s.was_predicted for s in steps) and not all(s.was_predicted for s in steps)
+    for s in steps:
+        work = per_token / 3 if s.was_predicted else per_token
+        assert s.mfu == pytest.approx(s.tokens_per_s * work / 0.5e12, rel=1e-9) and 0 < s.mfu < 1
+    monkeypatch.setenv("TRITTER_PEAK_TFLOPS", "fast")
+    with pytest.raises(ValueError, match="TRITTER_PEAK_TFLOPS must be a positive number"):
+        run(tmp_path / "bad", cache, steps=1)

@@ -178,3 +178,18 @@ def test_formatters() -> None:
     assert fmt_si(903.2) == "903" and fmt_si(4096) == "4.10k" and fmt_si(1_450_624) == "1.45M"
     assert fmt_bytes(17_435_808) == "17.4 MB" and fmt_bytes(12) == "12 B"
     assert [fmt_duration(s) for s in (None, 5, 185, 7300, 90000)] == ["-", "5s", "3m05s", "2h01m", "1d01h"]
+
+
+def test_mfu_shows_in_the_header_and_in_tritterctl_status_when_a_step_has_it() -> None:
+    from tritter.clients.ctl import format_status
+
+    monitor = two_runs()
+    view = ViewState(selected=OTHER_ID, detail=True)
+    assert "MFU" not in text(monitor, view)  # CPU runs: no MFU
+    state = monitor.runs[OTHER_ID]
+    assert "MFU" not in format_status(state)
+    monitor.apply(StepEvent(run_id=OTHER_ID, ts=1_767_272_500.0, step=41, loss=2.0, gradient_norm=1.0, phase="full",
+                            was_predicted=False, prediction_error=None, step_time_ms=500.0, stage="small", lr=1e-3,
+                            tokens=2048 * 41, tokens_per_s=4096.0, mfu=0.4123))
+    assert "4.10k tok/s · MFU 41% · ETA" in text(monitor, view, width=120)
+    assert "speed      4096 tokens/s, MFU 41.2%" in format_status(monitor.runs[OTHER_ID])
