@@ -26,6 +26,21 @@ def _losses(logdir: Path) -> list[tuple[int, float]]:
     return [(s.step, s.value) for s in acc.Scalars("train/loss")]
 
 
+def _feed(home: Path, events: list[AnyEvent]) -> None:
+    """Run a TensorBoardSink over ``events`` under ``home``, saving its progress, then close it."""
+
+    async def feed() -> None:
+        sink = tb.TensorBoardSink(Layout(home))
+        await sink.start()
+        for event in events:
+            await sink.on_event(event)
+            sink.cursor = event.seq
+        await asyncio.to_thread(sink.save_progress)
+        await sink.close()
+
+    asyncio.run(feed())
+
+
 class _FrozenClock:
     """tensorboardX names an event file by the second: every file of this test is opened in one."""
 
@@ -43,16 +58,7 @@ def test_a_writer_reopened_in_the_same_second_keeps_what_was_written(tmp_path: P
                     host_memory_total_bytes=2),  # ... and a late event of the run opens another
     ]
 
-    async def feed() -> None:
-        sink = tb.TensorBoardSink(Layout(tmp_path))
-        await sink.start()
-        for event in events:
-            await sink.on_event(event)
-            sink.cursor = event.seq
-        await asyncio.to_thread(sink.save_progress)
-        await sink.close()
-
-    asyncio.run(feed())
+    _feed(tmp_path, events)
     files = sorted((tmp_path / "tensorboard" / "r").glob("events.out.tfevents.*"))
     assert len(files) == 2 and len({f.name for f in files}) == 2
     assert _losses(tmp_path / "tensorboard" / "r") == [(1, 4.0), (2, 3.5)]
@@ -90,15 +96,7 @@ def test_mfu_is_a_scalar_only_for_steps_that_carry_it(tmp_path: Path) -> None:
     gpu_step.mfu = 0.41
     events: list[AnyEvent] = [_step(1, 1, 4.0), gpu_step]
 
-    async def feed() -> None:
-        sink = tb.TensorBoardSink(Layout(tmp_path))
-        await sink.start()
-        for event in events:
-            await sink.on_event(event)
-            sink.cursor = event.seq
-        await sink.close()
-
-    asyncio.run(feed())
+    _feed(tmp_path, events)
     acc = EventAccumulator(str(tmp_path / "tensorboard" / "r"), size_guidance={"scalars": 0})
     acc.Reload()
     assert [(s.step, round(s.value, 4)) for s in acc.Scalars("train/mfu")] == [(2, 0.41)]
