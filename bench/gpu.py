@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, help="sequences per micro-batch (default: the planner's fit; 4 with --quick)")
     parser.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile (default: as the trainer)")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
-    parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if not an H100/H200/A100")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak in TFLOP/s, if not an H100/H200/A100/L40S")
     parser.add_argument("--cache-dir", type=Path, help="token cache (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print only the JSON object on stdout")

@@ -30,7 +30,7 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     hybrid.add_argument("--no-hybrid", dest="hybrid", action="store_false")
     compiled = plan.add_mutually_exclusive_group()
     compiled.add_argument("--compile", dest="compile", action="store_true", default=None,
-                          help="count the torch.compile'd graph's activations (default with --cuda)")
+                          help="count the torch.compile'd step's activations (the default with --cuda; needs --cuda)")
     compiled.add_argument("--no-compile", dest="compile", action="store_false", help="count eager PyTorch's")
     budget = plan.add_mutually_exclusive_group()
     budget.add_argument("--tokens", type=budget_type(parse_tokens), metavar="N[,N...]",
@@ -45,8 +45,11 @@ def run_plan(args: argparse.Namespace) -> int:
     """Print the plan (table, or one JSON object with ``--json``); exit 0.
 
     Raises ValueError (shown as one line by tritterctl) for --start bigger than --end or bad sizes,
-    BudgetError when ``--tokens``/``--steps`` has neither one value nor one per stage.
+    or ``--compile`` without ``--cuda`` (the compiled count is the bf16 CUDA step's), BudgetError
+    when ``--tokens``/``--steps`` has neither one value nor one per stage.
     """
+    if args.compile and not args.cuda:
+        raise ValueError("--compile counts the compiled CUDA step (bf16 autocast): add --cuda")
     plans = plan_run(
         args.start, args.end, cuda=args.cuda, batch_tokens=args.batch_tokens, micro_batch=args.micro_batch,
         grad_ckpt_every=args.grad_ckpt_every, nproc=args.nproc, hybrid=args.hybrid, compiled=args.compile,

@@ -23,6 +23,7 @@ from tritter.daemon.gpus import visible_gpu_count
 from tritter.daemon.scheduler import SlotPolicy
 from tritter.daemon.service import Tritterd
 from tritter.formats.text import printable_logs
+from tritter.recipe.planner import peak_flops_override
 from tritter.protocol.exitcodes import EXIT_ERROR, OneLineParser, version_line
 from tritter.protocol.home import Layout, remote_endpoints, resolve_home
 from tritter.protocol.wire import ProtocolError
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.bind:
             remote_endpoints(args.bind)  # a bad --bind is a usage error, before anything starts
         monitoring = observability.options_from(args)
+        peak_flops_override(os.environ.get("TRITTER_PEAK_TFLOPS"))  # a bad value: one line now, not a failed run later
         slots = SlotPolicy.from_flag(args.slots, visible_gpu_count())  # a bad --slots: one line, before anything starts
         code = asyncio.run(run_daemon(layout, recorder=not args.no_recorder, bind=args.bind, monitoring=monitoring,
                                       slots=slots))

@@ -274,6 +274,7 @@ METRICS_FIELDS: tuple[str, ...] = (
     "tokens",
     "run_tokens",
     "tokens_per_s",
+    "mfu",
     "ts",
 )
 

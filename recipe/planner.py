@@ -39,13 +39,13 @@ Compiled (``torch.compile``, inductor; the default with ``--cuda``): inductor's 
 the cheap ones in the backward.  Counted from the tensors its partition saves, at every preset's
 shape (``tests/test_planner.py`` captures the partition on CPU under bf16 autocast):
 
-  - a stored block: ``20H + 6F + 4h + 8``: two fp32 hidden states (``8H``: the block's input and
-    the residual after attention), q, k, v and the attention output kept by SDPA (``8H``), two
-    bf16 hidden-size tensors (``4H``: norm outputs, the attention projection), gate, up and their
-    silu product (``6F``), SDPA's fp32 log-sum-exp (``4h``) and two fp32 rsqrt (``8``);
-  - the output: ``4H`` (the final norm's fp32 input and bf16 output) ``+ 2V`` (the logits, kept
-    in bf16: the fused cross-entropy recomputes the log-softmax) ``+ 12`` (rsqrt, max, log-sum)
-    ``+ 16`` (int64 inputs and labels);
+  - a stored block: ``20H + 6F + 4h + 8``: two fp32 residual-stream states (``8H``), q, k, v and
+    the attention output kept by SDPA (``8H``), two bf16 hidden-size tensors (``4H``: a norm
+    output, the attention projection's output), gate, up and their silu product (``6F``), SDPA's
+    fp32 log-sum-exp (``4h``) and two fp32 rsqrt (``8``);
+  - the output: ``4H`` (two bf16 hidden-size tensors, the final norm's output among them)
+    ``+ 2V`` (the logits, kept in bf16: the fused cross-entropy recomputes the log-softmax)
+    ``+ 12`` (rsqrt, max, log-sum) ``+ 16`` (int64 inputs and labels);
   - a checkpointed block: its fp32 input, ``4H``, as eager (the partition keeps slightly less:
     the count is within 6% above it with checkpointing, exact without);
   - transient: none at the output (the logits' gradient is computed in place of the logits);
@@ -141,6 +141,22 @@ def flops_per_token(shape: ModelShape, seq_len: int) -> int:
 def gpu_peak_flops(device_name: str) -> float | None:
     """Dense bf16 peak FLOP/s of the GPU CUDA calls ``device_name`` (``GPU_BF16_DENSE_FLOPS``); None if unknown."""
     return next((flops for key, flops in GPU_BF16_DENSE_FLOPS.items() if key in device_name), None)
+
+
+def peak_flops_override(value: str | None) -> float | None:
+    """``TRITTER_PEAK_TFLOPS``'s value (TFLOP/s, text) as FLOP/s; None when unset or empty.
+
+    Raises ValueError (one line, naming the variable) when it is not a positive number.
+    """
+    if not value:
+        return None
+    try:
+        tflops = float(value)
+    except ValueError:
+        tflops = 0.0
+    if not (tflops > 0 and tflops != float("inf")):
+        raise ValueError(f"TRITTER_PEAK_TFLOPS must be a positive number of TFLOP/s, got {value!r}")
+    return tflops * 1e12
 
 
 def model_flops_utilization(tokens_per_s: float, flops_per_token_: float, peak_flops: float) -> float:
@@ -413,10 +429,12 @@ def format_plan(plans: list[StagePlan]) -> str:
                 cells.append(str(getattr(p, field)))
         rows.append(cells)
     lines = _aligned(rows)
-    device = "cuda (bf16 autocast, fused AdamW)" if plans and plans[0].activation_dtype == "bf16" else "cpu (fp32)"
-    if plans and plans[0].compiled:
-        device += ", torch.compile"
-    lines.append(f"per rank, {device}; peak excludes the CUDA context. 40% MFU of an H100 (989 TFLOP/s dense bf16).")
+    if plans and plans[0].activation_dtype == "bf16":
+        compiled = ", torch.compile" if plans[0].compiled else ""
+        lines.append(f"per rank, cuda (bf16 autocast, fused AdamW{compiled}); peak excludes the CUDA context. "
+                     "40% MFU of an H100 (989 TFLOP/s dense bf16).")
+    else:
+        lines.append("per rank, cpu (fp32). Tokens/s: what one H100 would do at 40% MFU (989 TFLOP/s dense bf16).")
     return "\n".join(lines)
 
 

@@ -197,3 +197,12 @@ def test_metrics_address_in_use_is_one_line_and_exit_2(home: Path) -> None:
     bad = subprocess.run([tool("tritterd"), "--home", str(home), "--metrics", "localhost:http"], capture_output=True, text=True,
                          timeout=60, stdin=subprocess.DEVNULL)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("tritterd: error: --metrics expects HOST:PORT")
+
+
+def test_a_bad_peak_flops_override_stops_tritterd_at_start_in_one_line(home: Path) -> None:
+    for value in ("abc", "0", "-5", "inf"):
+        result = subprocess.run([tool("tritterd"), "--home", str(home), "--no-recorder"], capture_output=True, text=True,
+                                timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, "TRITTER_PEAK_TFLOPS": value})
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"tritterd: error: TRITTER_PEAK_TFLOPS must be a positive number of TFLOP/s, got {value!r}"]

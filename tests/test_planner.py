@@ -244,6 +244,9 @@ def test_tritterctl_plan_runs_without_a_daemon(tmp_path) -> None:
     assert all(s["compiled"] for s in stages) and not any(s["compiled"] for s in eager_stages)
     assert [s["peak_bytes"] for s in eager_stages] == [s["eager_peak_bytes"] for s in stages]
     assert all(s["peak_bytes"] < s["eager_peak_bytes"] for s in stages)
+    cpu = subprocess.run([*ctl, "plan", "--compile"], capture_output=True, text=True, timeout=60)
+    assert cpu.returncode == 2 and cpu.stderr.strip().splitlines() == [
+        "tritterctl: error: --compile counts the compiled CUDA step (bf16 autocast): add --cuda"]
     bad = subprocess.run([*ctl, "plan", "--start", "1b", "--end", "tiny"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "bigger" in bad.stderr
 

@@ -453,7 +453,7 @@ def detail(state: RunState, history: RunHistory | None, width: int, height: int,
     if state.error:
         status_line.append(("class:header class:error", f": {state.error}"))
     eta = fmt_duration(eta_seconds(state, history))
-    mfu = f" · MFU {state.mfu:.0%}" if state.mfu is not None else ""
+    mfu = f" · MFU {state.mfu:.1%}" if state.mfu is not None else ""
     status_line.append(("class:header", f" · {fmt_si(state.tokens_per_s)} tok/s{mfu} · ETA {eta}"))
     best = f" · best {fmt_loss(state.best_loss)} @ {state.best_step}" if state.best_step is not None else ""
     progress = (f"step {state.current_step}/{state.total_steps} · stage {state.current_stage or '-'} · "

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import torch
 
-from tritter.recipe.planner import gpu_peak_flops
+from tritter.recipe.planner import gpu_peak_flops, peak_flops_override
 
 log = logging.getLogger("tritter.device")
 
@@ -59,15 +59,9 @@ def peak_flops(device: torch.device) -> float | None:
 
     Raises ValueError when ``TRITTER_PEAK_TFLOPS`` is not a positive number.
     """
-    override = os.environ.get("TRITTER_PEAK_TFLOPS")
+    override = peak_flops_override(os.environ.get("TRITTER_PEAK_TFLOPS"))
     if override:
-        try:
-            value = float(override)
-        except ValueError:
-            value = 0.0
-        if not value > 0:
-            raise ValueError(f"TRITTER_PEAK_TFLOPS must be a positive number of TFLOP/s, got {override!r}")
-        return value * 1e12
+        return override
     if device.type != "cuda":
         return None
     return gpu_peak_flops(torch.cuda.get_device_name(device))

@@ -191,5 +191,5 @@ def test_mfu_shows_in_the_header_and_in_tritterctl_status_when_a_step_has_it() -
     monitor.apply(StepEvent(run_id=OTHER_ID, ts=1_767_272_500.0, step=41, loss=2.0, gradient_norm=1.0, phase="full",
                             was_predicted=False, prediction_error=None, step_time_ms=500.0, stage="small", lr=1e-3,
                             tokens=2048 * 41, tokens_per_s=4096.0, mfu=0.4123))
-    assert "4.10k tok/s · MFU 41% · ETA" in text(monitor, view, width=120)
+    assert "4.10k tok/s · MFU 41.2% · ETA" in text(monitor, view, width=120)
     assert "speed      4096 tokens/s, MFU 41.2%" in format_status(monitor.runs[OTHER_ID])
