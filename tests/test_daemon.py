@@ -86,6 +86,9 @@ def test_kill9_daemon_resumes_exactly_once(daemon: Daemon, home: Path) -> None:
     assert ctl(home, "wait", reference, "--timeout", RUN_WAIT_S, check=False).returncode == 0, daemon.stderr()
 
     run_id = ctl(home, *args, "--name", "crashy").stdout.strip()
+    # Kill once the step-10 checkpoint is logged (background writes are logged when durable, a step
+    # or two after the step they hold), mid-way between it and the next one.
+    follow_until(home, lambda e: e["kind"] == "checkpoint" and e["run_id"] == run_id and e["step"] >= 10, timeout=600)
     follow_until(home, lambda e: e["kind"] == "step" and e["run_id"] == run_id and e["step"] >= 12, timeout=600)
     daemon.kill9()
     daemon.start()  # a fresh daemon on the same home: replays the log, resumes the run
