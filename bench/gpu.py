@@ -22,7 +22,8 @@ within a few steps).  After ``--warmup`` untimed steps (compilation, allocation)
 * ``peak_bytes`` = ``torch.cuda.max_memory_allocated`` over the timed steps (stats reset after
   the warm-up), ``predicted_peak_bytes`` (the planner, same micro-batch, compiled or eager as the
   step ran) and their ratio; target within 15%.  ``predicted_eager_peak_bytes``: the planner's
-  eager figure, which the trainer's micro-batch probe sizes for.  On CPU there is no allocator peak to read: ``peak_bytes`` is null (the planner's
+  eager figure, which the trainer's micro-batch probe sizes for.  On CPU there is no allocator
+  peak to read: ``peak_bytes`` is null (the planner's
   activation bytes are checked exactly on CPU by tests/test_planner.py).
 * ``loss_finite`` and ``loss_falling`` (mean of the last half of the steps below the first half).
 * ``growth``: held-out loss of the first preset's trained model before and after growing it into

@@ -342,15 +342,18 @@ class TzstReader:
         except frames.FrameError as exc:
             raise CodecError(f"{self.what}: segment {seg.get('name')!r}: {exc}") from None
 
-    def frame_jobs(self, seg_i: int, out: np.ndarray) -> list[tuple[int, Callable[[], None]]]:
-        """(decoded bytes, callable) per frame of segment ``seg_i``, each decoding into its slice of ``out``."""
-        jobs = []
+    def frame_spans(self, seg_i: int) -> Iterator[tuple[int, int, int]]:
+        """(frame index k, its first byte within the segment, its decoded length) per frame of ``seg_i``."""
         lo = 0
         for k, d in enumerate(self.segments[seg_i]["streams"]):
             n = int(d["len"])
-            jobs.append((n, lambda k=k, lo=lo, n=n: self.decode_frame(seg_i, k, out[lo : lo + n], lo)))
+            yield k, lo, n
             lo += n
-        return jobs
+
+    def frame_jobs(self, seg_i: int, out: np.ndarray) -> list[tuple[int, Callable[[], None]]]:
+        """(decoded bytes, callable) per frame of segment ``seg_i``, each decoding into its slice of ``out``."""
+        return [(n, lambda k=k, lo=lo, n=n: self.decode_frame(seg_i, k, out[lo : lo + n], lo))
+                for k, lo, n in self.frame_spans(seg_i)]
 
     def _mismatch(self, seg_i: int) -> None:
         name = self.segments[seg_i].get("name")
@@ -404,18 +407,15 @@ class TzstReader:
                 continue
             if self.checked_reads:
                 self.verify_segment(seg_i)
-            lo = s0
-            for k, d in enumerate(seg["streams"]):
-                n = int(d["len"])
-                f0, f1 = lo, lo + n
-                lo += n
+            for k, lo, n in self.frame_spans(seg_i):
+                f0, f1 = s0 + lo, s0 + lo + n
                 if f1 <= start or f0 >= end:
                     continue
                 if f0 >= start and f1 <= end:
-                    self.decode_frame(seg_i, k, out[f0 - start : f1 - start], f0 - s0)
+                    self.decode_frame(seg_i, k, out[f0 - start : f1 - start], lo)
                 else:
                     tmp = np.empty(n, np.uint8)
-                    self.decode_frame(seg_i, k, tmp, f0 - s0)
+                    self.decode_frame(seg_i, k, tmp, lo)
                     a, b = max(f0, start), min(f1, end)
                     out[a - start : b - start] = tmp[a - f0 : b - f0]
         return out
@@ -426,16 +426,12 @@ class TzstReader:
         with self._verify_lock:
             if seg_i in self._verified:
                 return
-            seg = self.segments[seg_i]
             h = xxhash.xxh3_64()
-            lo = 0
-            for k, d in enumerate(seg["streams"]):
-                n = int(d["len"])
+            for k, lo, n in self.frame_spans(seg_i):
                 frame = np.empty(n, np.uint8)
                 self.decode_frame(seg_i, k, frame, lo)
                 h.update(frame)
-                lo += n
-            if h.hexdigest() != seg.get("xxh3"):
+            if h.hexdigest() != self.segments[seg_i].get("xxh3"):
                 self._mismatch(seg_i)
             self._verified.add(seg_i)
 

@@ -292,9 +292,10 @@ def plan_stage(
         recompute = block_activation_bytes(shape, act) * tokens + BF16 * block_matmul_params(shape) if ckpt else 0
         return per_token, activations, max(logits_forward, logits_backward, recompute)
 
-    _, eager_activations, eager_transient = kept(False)  # eager's transients include the weight casts
+    eager = kept(False)
+    _, eager_activations, eager_transient = eager  # eager's transients include the weight casts
     eager_peak = static + max(eager_activations + eager_transient, optimizer_temp)
-    per_token, activations, transient = kept(compiled)
+    per_token, activations, transient = kept(True) if compiled else eager
     # Compiled, the kept bf16 weight casts are saved tensors of the graph, held through the backward.
     peak = static + max(activations + transient + casts_kept, optimizer_temp) if compiled else eager_peak
     fpt = flops_per_token(shape, batch.seq_len)

@@ -118,8 +118,7 @@ class Compressor(Sink[CompressSettings]):
         if isinstance(event, CheckpointEvent) and event.status == "saved":
             try:
                 self.process(event)
-                if self.settings.keep_last is not None:
-                    self.retain(event.run_id)
+                self.retain(event.run_id)  # prunes only with --keep-last
             except (codec.CodecError, OSError) as exc:
                 log.error("run %s step %d: %s (raw file kept)", event.run_id, event.step, exc)
             except Exception:  # a sink keeps going: the raw file stays, the next event is handled
