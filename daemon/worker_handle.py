@@ -7,6 +7,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -100,8 +101,8 @@ class WorkerProcess:
             name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
             return f"worker killed by {name}"
         if code != 0:
-            errors = [line for line in self.stderr_tail if "Error" in line or "error" in line]
-            detail = f": {errors[-1].strip()}" if errors else ""
+            errors = [line for line in self.stderr_tail if "Error" in line or "error" in line or " ERROR " in line]
+            detail = f": {_error_text(errors[-1])}" if errors else ""
             return f"worker exited with code {code}{detail}"
         return "worker exited"
 
@@ -114,3 +115,12 @@ class WorkerProcess:
         """SIGKILL the worker process (torchrun, when it launched the ranks) if it is still running."""
         if self.process.returncode is None:
             self.process.kill()
+
+
+_LOG_ERROR = re.compile(r"^.*? worker\[[^\]]*\] ERROR (?:training failed: )?")
+
+
+def _error_text(line: str) -> str:
+    """The message of a worker's error line: its log prefix (time, worker tag, level) dropped,
+    so the daemon's "worker exited" line reads like the run's own reason."""
+    return _LOG_ERROR.sub("", line.strip(), count=1)

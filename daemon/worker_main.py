@@ -124,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         outcome = train(args, config, ranks, emit, controls)
         return 0
     except Exception as error:  # report why, then exit non-zero: the daemon marks the run failed
-        logging.exception("training failed")
         reason = _failure_reason(error)
+        if _is_data_error(error):  # the user's data: one line, as the run's reason says it
+            logging.error("training failed: %s", reason)
+        else:  # a bug or the environment: the traceback is for whoever debugs it
+            logging.exception("training failed")
         emit(RunEvent(run_id=args.run_id, status="failed", reason=reason))
         return 1
     finally:
@@ -134,12 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         ctx.term()
 
 
+def _is_data_error(error: Exception) -> bool:
+    """Whether ``error`` is about the user's data (corpus, tokenizer), not a bug."""
+    from tritter.formats.corpus import DataError
+
+    return isinstance(error, DataError)
+
+
 def _failure_reason(error: Exception) -> str:
     """One line for the ``failed`` event: bad data (DataError) speaks for itself; anything else
     is a bug or an environment problem, so it keeps the exception's name."""
-    from tritter.formats.corpus import DataError
-
-    text = str(error) if isinstance(error, DataError) else f"{type(error).__name__}: {error}"
+    text = str(error) if _is_data_error(error) else f"{type(error).__name__}: {error}"
     return (text.splitlines() or [""])[0][:500]
 
 

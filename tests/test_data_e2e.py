@@ -77,6 +77,14 @@ def test_own_tokenizer_run_exports_it_and_swapped_corpus_is_refused(home: Path, 
     deadline = time.monotonic() + 60  # the failed worker exits before the run can resume
     while any("worker_main" in cmdline(pid) for pid in children_of(daemon.pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
+    # The daemon's own log says it in one line too: bad data is not a bug, so no traceback.
+    exited = f"worker exited with code 1: refusing to resume: the corpus {corpus} changed"
+    while exited not in daemon.stderr() and time.monotonic() < deadline:  # logged once the daemon reaps it
+        time.sleep(0.1)
+    log = daemon.stderr()
+    assert f"training failed: refusing to resume: the corpus {corpus} changed" in log
+    assert exited in log
+    assert "Traceback" not in log and "DataError" not in log
     corpus.write_bytes(original)  # put back: resumable again, and it completes
     ctl(home, "resume", run)
     assert ctl(home, "wait", run, "--timeout", "240").returncode == 0
