@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import shlex
 import socket
+import time
 from pathlib import Path
 
 import zmq
 import zmq.asyncio
 
 from tritter.clients.target import Target
+from tritter.protocol.oserrors import os_error_reason
 from tritter.protocol.control import Reply, Request
 from tritter.protocol.home import Layout
 from tritter.protocol.wire import decode_as, encode
@@ -62,10 +65,67 @@ def _probe_unix(path: Path) -> str | None:
     except OSError as error:
         if error.errno in (errno.ECONNREFUSED, errno.ENOENT):
             return "refused"
-        return error.strerror or str(error)
+        return os_error_reason(error)
     finally:
         probe.close()
     return None
+
+
+STARTING_WAIT_S = 20.0  # how long a client waits for a tritterd that is still coming up
+
+
+def daemon_pid(home: Path) -> int | None:
+    """The pid of the tritterd that holds ``home`` (from ``HOME/tritterd.lock``), None when no live
+    tritterd process has that pid.  Read-only: the client never takes the lock itself, which would
+    make a daemon starting at that moment think the home is taken."""
+    try:
+        pid = int(Layout(home).lock.read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if _is_tritterd(cmdline) else None
+
+
+def _is_tritterd(cmdline: bytes) -> bool:
+    """Whether a /proc cmdline is tritterd's (``tritterd ...``, ``python .../tritterd ...`` or
+    ``python -m tritter.daemon.main ...``)."""
+    head = cmdline.split(b"\0")[:3]
+    return any(arg.rsplit(b"/", 1)[-1] == b"tritterd" or arg == b"tritter.daemon.main" for arg in head)
+
+
+def _young_daemon_exists(max_age_s: float = 5.0) -> bool:
+    """Whether a tritterd process started less than ``max_age_s`` seconds ago (it may still be
+    importing, before it takes any home's lock)."""
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        ticks = os.sysconf("SC_CLK_TCK")
+        procs = [p for p in Path("/proc").iterdir() if p.name.isdigit()]
+    except (OSError, ValueError):
+        return False
+    for proc in procs:
+        try:
+            if not _is_tritterd((proc / "cmdline").read_bytes()):
+                continue
+            started = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        except (OSError, ValueError, IndexError):
+            continue
+        if uptime - started < max_age_s:
+            return True
+    return False
+
+
+def _wait_while_starting(home: Path, path: Path, why: str) -> str | None:
+    """``tritterd &`` then a client at once: the daemon is importing, or holds its home but has
+    not bound its socket yet.  Wait (up to STARTING_WAIT_S) while a live tritterd holds the home,
+    or while a just-started one may still be on its way to it; return the last probe result
+    (None: it answers now)."""
+    deadline = time.monotonic() + STARTING_WAIT_S
+    while why is not None and time.monotonic() < deadline:
+        if daemon_pid(home) is None and not _young_daemon_exists():
+            break
+        time.sleep(0.1)
+        why = _probe_unix(path)
+    return why
 
 
 class Connection:
@@ -96,6 +156,8 @@ class Connection:
         if path is None:
             return
         why = _probe_unix(path)
+        if why in ("missing", "refused") and self.target.home is not None:
+            why = _wait_while_starting(self.target.home, path, why)
         where = self.target.where
         if why == "missing":
             raise DaemonUnavailable(

@@ -11,30 +11,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-import zmq.auth
-
-from tritter.clients.cli_args import MAX_COUNT, bounded_float, bounded_int, budget_type
+from tritter.protocol.cli_args import MAX_COUNT, bounded_float, bounded_int, nonempty_text, path_arg
+from tritter.recipe.budget import budget_type
 from tritter.clients.plan_cmd import add_plan_parser, run_plan
 from tritter.clients.connection import Connection, DaemonUnavailable, RequestFailed
 from tritter.clients.data_cmd import add_tokenizer_parser, prepare_line, run_tokenizer
+from tritter.clients.keygen import write_key_pair
 from tritter.clients.subscription import DISCONNECTED, LIVE, SILENCE_BEATS, Subscription
 from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.protocol.config import MAX_GRAD_CKPT_EVERY, MAX_NPROC, MAX_PRIORITY, MAX_SEED, MAX_STEPS, PRESET_NAMES, RunConfig, validate_config
 from tritter.recipe.budget import parse_size, parse_steps, parse_tokens
 from tritter.recipe.budget import check_config as check_budgets
-from tritter.protocol.control import Checkpoint, Extend, Pause, Reply, Request, Resume, Runs, Start, Status, Stop, Upload
+from tritter.protocol.control import (
+    START_REPLY_TIMEOUT_S, Checkpoint, Extend, Pause, Reply, Request, Resume, Runs, Start, Status, Stop, Upload,
+)
 from tritter.clients.monitoring_cli import format_monitoring, parse_kinds, read_prompts, status_lines
 from tritter.protocol.events import EVENT_KINDS
 from tritter.protocol.exitcodes import version_line
+from tritter.protocol.oserrors import error_line
 from tritter.protocol.events import AnyEvent, CheckpointEvent, PhaseEvent, PrepareEvent, RunEvent, StageEvent, StepEvent, UploadEvent
-from tritter.protocol.state import TERMINAL, RunState, eta_seconds, is_held, stage_status
+from tritter.protocol.state import TERMINAL, RunState, is_held, stage_status
+from tritter.recipe.eta import eta_seconds
 from tritter.formats.hub_names import default_run_name, repo_id_problem
 from tritter.formats.text import fit as fit_text
 from tritter.formats.text import fmt_duration, printable
@@ -76,7 +79,7 @@ def build_parser() -> Parser:
     budget.add_argument("--tokens", type=budget_type(parse_tokens), metavar="N[,N...]",
                         help="tokens per stage instead of --steps (suffixes k, M, B), one value or one per stage")
     start.add_argument("--batch-tokens", type=budget_type(lambda t: parse_size(t, "--batch-tokens")), metavar="N",
-                       help="global batch per optimizer step in tokens, by gradient accumulation (k/M suffixes; default: the preset's)")
+                       help="global batch per optimizer step in tokens, by gradient accumulation (k/M/B decimal, Ki/Mi binary: 1Mi = 1,048,576; default: the preset's)")
     start.add_argument("--micro-batch", type=bounded_int(1, 1 << 20, "a sequence count"), metavar="N",
                        help="sequences per forward/backward on each process (default: the preset's; probed on CUDA)")
     start.add_argument("--lr", type=bounded_float(0.0, 1.0, "a learning rate", low_open=True), metavar="X",
@@ -85,11 +88,11 @@ def build_parser() -> Parser:
                        help="keep the latest N checkpoints, plus each stage's last and the best eval (default 3)")
     start.add_argument("--priority", type=bounded_int(-MAX_PRIORITY, MAX_PRIORITY, "a priority"), default=0, metavar="N",
                        help="place in tritterd's queue when its slots are busy: higher starts first (default 0)")
-    start.add_argument("--corpus", type=Path,
+    start.add_argument("--corpus", type=path_arg,
                        help="text file, folder, JSONL (.gz/.zst), Parquet, or pre-tokenized .bin/.npy (docs/data.md)")
-    start.add_argument("--tokenizer", type=Path, metavar="PATH",
+    start.add_argument("--tokenizer", type=path_arg, metavar="PATH",
                        help="tokenizer.json or a Hugging Face folder (default: the embedded 8192-id BPE)")
-    start.add_argument("--text-field", default="text", metavar="NAME", help="JSONL field / Parquet column (default text)")
+    start.add_argument("--text-field", type=nonempty_text("a field name"), default="text", metavar="NAME", help="JSONL field / Parquet column (default text)")
     start.add_argument("--cuda", action="store_true", help="train on the GPU (bf16)")
     start.add_argument("--upload", action="store_true", help="upload each completed stage to the Hugging Face hub")
     start.add_argument("--hf-user", metavar="USER", help="hub user or organisation for --upload")
@@ -102,10 +105,10 @@ def build_parser() -> Parser:
     start.add_argument("--nproc", type=bounded_int(1, MAX_NPROC, "a process count"), default=1, metavar="N", help="data-parallel processes")
     start.add_argument("--checkpoint-every", type=bounded_int(1, MAX_STEPS, "a step count"), metavar="N", help="steps between checkpoints (default: preset's)")
     start.add_argument("--eval-every", type=bounded_int(0, MAX_STEPS, "a step count"), metavar="N",
-                       help="steps between held-out evals (0 = off; default: the first preset's)")
+                       help="steps between held-out evals (0 = off; default: each stage's preset's)")
     start.add_argument("--sample-every", type=bounded_int(0, MAX_STEPS, "a step count"), metavar="N",
                        help="steps between text samples (0 = off; default: 4 x the preset's eval interval)")
-    start.add_argument("--sample-prompts", type=Path, metavar="FILE", help="prompts for the samples, one per line")
+    start.add_argument("--sample-prompts", type=path_arg, metavar="FILE", help="prompts for the samples, one per line")
     determinism = start.add_mutually_exclusive_group()
     determinism.add_argument("--deterministic", dest="deterministic", action="store_true", default=None,
                              help="deterministic kernels: bit-identical resume (default on CPU, off with --cuda)")
@@ -148,6 +151,7 @@ def build_parser() -> Parser:
     keygen = sub.add_parser("keygen", help="make a CURVE key pair for a remote client")
     keygen.add_argument("dir", type=Path, help="folder for NAME.key (public) and NAME.key_secret")
     keygen.add_argument("name")
+    keygen.add_argument("-f", "--force", action="store_true", help="replace an existing NAME.key pair")
     return parser
 
 
@@ -398,17 +402,12 @@ async def print_events(target: Target, since: int, follow: bool, as_json: bool,
     return 0
 
 
-def keygen(directory: Path, name: str) -> int:
+def keygen(directory: Path, name: str, force: bool = False) -> int:
     """``tritterctl keygen``: write a CURVE key pair ``name.key`` / ``name.key_secret`` (mode 0600) into ``directory``
-    and print how to use it; returns 0.  Raises UserError for a bad or taken name, OSError when it cannot write.
+    (clients/keygen.py) and print how to use it; returns 0.  Raises ValueError (one line) for a bad name or a pair
+    that exists without ``force``, OSError when it cannot write.
     """
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise UserError(f"key name {name!r} may use letters, digits, '.', '_' and '-' only")
-    if (directory / f"{name}.key").exists() or (directory / f"{name}.key_secret").exists():
-        raise UserError(f"{directory / name}.key already exists; pick another name")
-    directory.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(directory, name)
-    os.chmod(secret, 0o600)
+    public, secret = write_key_pair(directory, name, force)
     print(f"public:  {public}\nsecret:  {secret}")
     print(f"authorize it: copy {public} into the daemon's HOME/keys/authorized/")
     print(f"connect with: --connect tcp://HOST:PORT --server-key server.key --client-key {secret}")
@@ -420,7 +419,8 @@ async def run_command(args: argparse.Namespace) -> int:
     (0, or ``wait``'s).  Raises UserError, DaemonUnavailable, RequestFailed, ProtocolError, ValueError, OSError.
     """
     target = target_from_args(args)
-    connection = Connection(target)
+    # start/extend are answered once the daemon has checked the run's data (up to a minute on a slow disk)
+    connection = Connection(target, timeout_s=START_REPLY_TIMEOUT_S if args.command in ("start", "extend") else 5.0)
     try:
         command = args.command
         if command == "start":
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "keygen":
-            return keygen(args.dir, args.name)
+            return keygen(args.dir, args.name, args.force)
         if args.command == "tokenizer":  # trains here: no daemon needed
             return run_tokenizer(args)
         if args.command == "plan":  # arithmetic only: no daemon needed
@@ -469,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         return 0
     except (UserError, DaemonUnavailable, RequestFailed, ProtocolError, ValueError, OSError) as error:
-        print(f"tritterctl: error: {error}", file=sys.stderr)
+        # plain words (no [Errno N], no codec internals); a write with no file name names the output folder
+        print(f"tritterctl: error: {error_line(error, getattr(args, 'out', None))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -8,9 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+from tritter.clients.outputs import check_output_folder
 from tritter.formats.corpus import CorpusReader, DataError, list_corpus
+from tritter.formats.datacheck import check_corpus_size
 from tritter.formats.text import fmt_duration
-from tritter.formats.tokenizer import model_vocab_size, train_bpe, write_tokenizer_folder
+from tritter.formats.tokenizer import MAX_VOCAB, MIN_VOCAB, model_vocab_size, train_bpe, write_tokenizer_folder
+from tritter.protocol.cli_args import bounded_int
 
 
 def add_tokenizer_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,26 +24,37 @@ def add_tokenizer_parser(sub: argparse._SubParsersAction) -> None:
                                     parser_class=sub._parser_class)  # type: ignore[attr-defined]
     train = tsub.add_parser("train", help="train on a corpus; writes a folder --tokenizer and AutoTokenizer load")
     train.add_argument("--corpus", type=Path, required=True, help="the same forms as start --corpus (not .bin/.npy)")
-    train.add_argument("--vocab-size", type=int, required=True, metavar="N",
+    train.add_argument("--vocab-size", type=bounded_int(MIN_VOCAB, MAX_VOCAB, "a vocabulary size"), required=True, metavar="N",
                        help="ids including <|endoftext|> and <|pad|> (the model rounds up to a multiple of 64)")
-    train.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="output folder (created)")
+    train.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
+                       help="output folder (created; an existing non-empty one only with --force)")
+    train.add_argument("-f", "--force", action="store_true",
+                       help="replace the tokenizer in an existing DIR (atomically: a failed or interrupted train keeps the old one)")
     train.add_argument("--text-field", default="text", metavar="NAME", help="JSONL field / Parquet column (default text)")
-    train.add_argument("--min-frequency", type=int, default=2, metavar="N", help="merges seen fewer times are dropped (default 2)")
-    train.add_argument("--max-chars", type=int, default=0, metavar="N",
+    train.add_argument("--min-frequency", type=bounded_int(0, 1 << 62, "a count"), default=2, metavar="N", help="merges seen fewer times are dropped (default 2)")
+    train.add_argument("--max-chars", type=bounded_int(0, 1 << 62, "a character count"), default=0, metavar="N",
                        help="train on the first N characters only (0 = the whole corpus)")
 
 
 def run_tokenizer(args: argparse.Namespace) -> int:
-    """Train and write the tokenizer; print one summary line.  Raises DataError for bad input."""
-    if args.out.exists() and any(args.out.iterdir()) and not (args.out / "tokenizer.json").exists():
-        raise DataError(f"-o {args.out} exists and is not empty (and holds no tokenizer to replace)")
-    files = list_corpus(args.corpus)
+    """Train and write the tokenizer; print one summary line.
+
+    Everything known before training is checked first, and nothing is written unless training
+    succeeded: an existing non-empty ``-o`` without ``--force`` or ``-o`` naming the corpus
+    (OutputRefused), a corpus that ``start`` would refuse, a pre-tokenized or empty corpus
+    (DataError, one line each).
+    """
+    check_output_folder(args.out, args.force, args.corpus)
+    files = list_corpus(args.corpus)  # the files `tritterctl start --corpus` reads, sniffed the same way
     if files[0].kind == "tokens":
         raise DataError(f"--corpus {args.corpus} is pre-tokenized (.bin/.npy); a tokenizer trains on text")
+    check_corpus_size(files, str(args.corpus), args.text_field)  # an empty corpus, when a bounded read can tell
     reader = CorpusReader(files, args.text_field)
     started = time.monotonic()
     pieces = _limited((text for text, _ in reader), args.max_chars)
     tok = train_bpe(pieces, args.vocab_size, args.min_frequency, show_progress=sys.stderr.isatty())
+    if not reader.documents:  # a corpus too big for the bounded check, read whole: no text after all
+        raise DataError(f"corpus is empty (no text): {args.corpus}")
     spec = write_tokenizer_folder(tok, args.out)
     ids = spec.ids
     note = f"; {reader.replaced} invalid characters replaced, the first at {reader.replaced_at}" if reader.replaced else ""

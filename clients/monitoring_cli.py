@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tritter.formats.pathkind import special_path_problem
 from tritter.protocol.config import MAX_PROMPT_CHARS, MAX_SAMPLE_PROMPTS
+from tritter.protocol.oserrors import error_reason
 from tritter.protocol.events import EVENT_KINDS, AlertEvent, AnyEvent, EvalEvent, SampleEvent, SystemEvent
 
 
@@ -26,10 +28,12 @@ def read_prompts(path: Path | None) -> list[str] | None:
     ValueError (one line) when the file cannot be read or breaks a bound."""
     if path is None:
         return None
+    if problem := special_path_problem(path, "--sample-prompts", folder_ok=False):  # a FIFO would block the read
+        raise ValueError(problem)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"--sample-prompts {path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
+        raise ValueError(f"--sample-prompts {path}: cannot read it: {error_reason(error)}") from None
     prompts = [line.rstrip() for line in lines if line.strip()]
     if not 1 <= len(prompts) <= MAX_SAMPLE_PROMPTS:
         raise ValueError(f"--sample-prompts {path}: needs 1 to {MAX_SAMPLE_PROMPTS} prompts (one per line), found {len(prompts)}")

@@ -7,9 +7,11 @@ import json
 
 from dataclasses import asdict
 
-from tritter.clients.cli_args import bounded_int, budget_type
+from tritter.protocol.cli_args import bounded_int, path_arg
+from tritter.recipe.budget import budget_type
 from tritter.protocol.config import MAX_GRAD_CKPT_EVERY, MAX_NPROC, PRESET_NAMES
 from tritter.recipe.budget import parse_size, parse_steps, parse_tokens, per_stage
+from tritter.formats.tokenizer import load_tokenizer_spec, model_vocab_size
 from tritter.recipe.planner import budget_run, format_budget, format_plan, plan_run
 
 
@@ -19,7 +21,7 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     plan.add_argument("--start", default="tiny", choices=PRESET_NAMES, metavar="PRESET", help="first stage (default tiny)")
     plan.add_argument("--end", default="small", choices=PRESET_NAMES, metavar="PRESET", help="last stage (default small)")
     plan.add_argument("--cuda", action="store_true", help="plan for a GPU: bf16 autocast, fused AdamW, micro-batch fitted to 80 GB")
-    plan.add_argument("--batch-tokens", type=budget_type(lambda t: parse_size(t, "--batch-tokens")), metavar="N", help="global batch per optimizer step in tokens (k/M suffixes)")
+    plan.add_argument("--batch-tokens", type=budget_type(lambda t: parse_size(t, "--batch-tokens")), metavar="N", help="global batch per optimizer step in tokens (k/M/B decimal, Ki/Mi binary: 1Mi = 1,048,576)")
     plan.add_argument("--micro-batch", type=bounded_int(1, 1 << 20, "a sequence count"), metavar="N",
                       help="sequences per forward/backward on each process")
     plan.add_argument("--grad-ckpt-every", type=bounded_int(0, MAX_GRAD_CKPT_EVERY), metavar="N",
@@ -38,21 +40,34 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                              "its share of the run's and GPU-hours")
     budget.add_argument("--steps", type=budget_type(parse_steps), metavar="N[,N...]",
                         help="optimizer steps per stage instead of --tokens (x each stage's tokens per step)")
+    plan.add_argument("--tokenizer", type=path_arg, metavar="PATH",
+                      help="the run's tokenizer (as start's): its vocabulary sizes the embeddings")
     plan.add_argument("--json", action="store_true", help="one JSON object: {\"stages\": [...]}")
+    # The rest of start's flags, so that a start command line can be planned as it is: they do
+    # not change what a stage costs (the corpus only decides how many tokens there are to train on).
+    same = plan.add_argument_group("accepted as in start, without effect on the plan")
+    for flag in ("--corpus", "--text-field", "--name", "--hf-user", "--sample-prompts", "--seed", "--lr",
+                 "--priority", "--keep-checkpoints", "--checkpoint-every", "--eval-every", "--sample-every"):
+        same.add_argument(flag, metavar="X", dest=f"ignored_{flag[2:].replace('-', '_')}")
+    for flag in ("--upload", "--deterministic", "--no-deterministic"):
+        same.add_argument(flag, action="store_true", dest=f"ignored_{flag[2:].replace('-', '_')}")
 
 
 def run_plan(args: argparse.Namespace) -> int:
     """Print the plan (table, or one JSON object with ``--json``); exit 0.
 
     Raises ValueError (shown as one line by tritterctl) for --start bigger than --end or bad sizes,
+    a ``--tokenizer`` that is not one (DataError),
     or ``--compile`` without ``--cuda`` (the compiled count is the bf16 CUDA step's), BudgetError
     when ``--tokens``/``--steps`` has neither one value nor one per stage.
     """
     if args.compile and not args.cuda:
         raise ValueError("--compile counts the compiled CUDA step (bf16 autocast): add --cuda")
+    vocab = model_vocab_size(load_tokenizer_spec(args.tokenizer).ids) if args.tokenizer else None
     plans = plan_run(
         args.start, args.end, cuda=args.cuda, batch_tokens=args.batch_tokens, micro_batch=args.micro_batch,
         grad_ckpt_every=args.grad_ckpt_every, nproc=args.nproc, hybrid=args.hybrid, compiled=args.compile,
+        vocab_size=vocab,
     )
     stages = [p.stage for p in plans]
     budgets = None

@@ -18,6 +18,12 @@ while running, when the file was truncated, deleted or replaced under the open r
 
 from __future__ import annotations
 
+from tritter.clients.sink_signals import stop_quietly_while_starting
+
+# First of all, before the imports below: run as a program, a SIGTERM/SIGINT from here on exits 0
+# (docs/operations.md, "Exit status").
+stop_quietly_while_starting(__name__, "tritter-record")
+
 import asyncio
 import logging
 import os
@@ -29,7 +35,7 @@ import msgspec
 from aiofiles.threadpool.binary import AsyncFileIO
 
 from tritter.clients.connection import Connection, DaemonUnavailable, RequestFailed
-from tritter.clients.sink_base import Sink, SinkSettings, sink_main, sink_parser
+from tritter.clients.sink_base import Sink, SinkSettings, finish, finish_in_thread, sink_main, sink_parser
 from tritter.clients.subscription import Subscription
 from tritter.clients.target import Target
 from tritter.clients.monitoring_cli import RECORD_FILES, monitoring_record
@@ -67,9 +73,9 @@ class MetricsFile:
     @classmethod
     async def open(cls, path: Path) -> MetricsFile:
         """Open (or create) ``path`` for appending and read its last step (file I/O in a thread)."""
-        fd, last_step = await asyncio.to_thread(cls._open_and_recover, path)
+        fd, last_step = await finish_in_thread(cls._open_and_recover, path)  # it may cut a torn line: not half-done
         try:
-            file = await aiofiles.open(fd, "ab", buffering=0)  # the fd is O_APPEND: one write = one line
+            file = await finish(aiofiles.open(fd, "ab", buffering=0))  # the fd is O_APPEND: one write = one line
         except BaseException:
             os.close(fd)
             raise
@@ -112,7 +118,7 @@ class MetricsFile:
         if step <= self.last_step:
             return False
         line = _encoder.encode(record) + b"\n"
-        await self._file.write(line)  # one write: one whole line
+        await finish(self._file.write(line))  # one write: one whole line (a signal waits for it)
         self.last_step = step
         self.size += len(line)
         return True

@@ -8,10 +8,17 @@ uploads.  Every sink needs the same plumbing, and this module is its one home:
   durably) so a restart catches up from ``cursor + 1`` and loses nothing;
 - **a subscription**: every event from the cursor on, in order, exactly once, across daemon
   restarts (``clients/subscription.py``);
-- **signals and shutdown**: SIGTERM/SIGINT stop the loop; the cursor is saved one last time;
+- **signals and shutdown**: SIGTERM/SIGINT stop the sink, whenever they come, and it exits 0:
+  while it imports and parses flags it just exits (``clients/sink_signals.py``); from
+  ``run_sink`` on, the blocking step in flight finishes, the cursor is saved one last time and
+  the sink closes (one save at a time, never two at once);
 - **a command line**: ``--home``/``--connect``/``--runs-home``, logging, one-line errors.
 
 How to write a new sink (e.g. a TensorBoard writer)::
+
+    from tritter.clients.sink_signals import stop_quietly_while_starting
+
+    stop_quietly_while_starting(__name__, "tritter-board")  # first: before the slow imports below
 
     @dataclass(frozen=True)
     class BoardSettings(SinkSettings):          # typed settings, validated in __post_init__
@@ -26,7 +33,7 @@ How to write a new sink (e.g. a TensorBoard writer)::
 
         async def on_event(self, event: AnyEvent) -> None:   # the one method you must write
             if isinstance(event, StepEvent):
-                await asyncio.to_thread(self.writer.add_scalar, ...)   # file I/O off the loop
+                await finish_in_thread(self.writer.add_scalar, ...)   # file I/O off the loop
 
         def save_progress(self) -> None:        # optional: make output durable first
             self.writer.flush()
@@ -40,8 +47,14 @@ How to write a new sink (e.g. a TensorBoard writer)::
 
 Rules the base relies on:
 
-- ``on_event`` runs on the asyncio loop: do file I/O through ``aiofiles`` or
-  ``asyncio.to_thread`` so a slow disk never stalls the subscription or the signal handlers.
+- ``on_event`` runs on the asyncio loop: do file I/O through ``finish_in_thread`` (or
+  ``finish(<an aiofiles call>)``) so a slow disk never stalls the subscription or the signal
+  handlers.  Not bare ``asyncio.to_thread``: a signal cancels the await but not the thread, and
+  the shutdown's last save and ``close`` would then run while it still writes.
+- A signal during ``on_event`` cancels it: at its next await, or, in ``finish``, once the
+  blocking step returned.  The cursor then stays at the previous event, which comes again on
+  the next start; if that step already wrote the event, either make writing it again harmless
+  or set ``self.cursor = event.seq`` inside the step.
 - After ``on_event`` returns, the base sets ``self.cursor = event.seq``; the event counts as
   handled.  Make re-handling an event harmless (a crash between the work and the cursor save
   re-delivers it): decide from the files what is already done.
@@ -63,12 +76,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from tritter.clients.sink_signals import STOP_SIGNALS, ignore_stop_signals, stop_signals_blocked
 from tritter.clients.subscription import Subscription
 from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.formats.files import load_cursor, save_cursor
@@ -76,27 +91,73 @@ from tritter.formats.text import printable_logs
 from tritter.protocol.exitcodes import EXIT_ERROR, OneLineParser
 from tritter.protocol.events import AnyEvent
 from tritter.protocol.home import Layout, resolve_home
+from tritter.protocol.oserrors import error_line, home_error_line
 from tritter.protocol.wire import ProtocolError
 
 log = logging.getLogger("tritter.sinks")
 
 SAVE_INTERVAL_S = 1.0  # how stale a sink's saved cursor may get while events arrive
+LOCK_POLL_S = 0.2  # how often a second instance retries the home's lock (a wait a signal can end)
+
+T = TypeVar("T")
+
+
+async def finish(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even when the caller is cancelled, then let the cancellation through.
+
+    For blocking steps run in a worker thread (``asyncio.to_thread``, ``aiofiles``): cancelling
+    the await does not stop the thread, so without this the sink's shutdown (its last save,
+    ``close``) would run while the step still writes — two writers on one file.  Returns
+    ``work``'s result; raises its exception, or CancelledError after it finished when the caller
+    was cancelled meanwhile (a later cancel while waiting is absorbed the same way).
+    """
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait((task,))  # unlike a plain await, cancelling this leaves ``task`` running
+        except asyncio.CancelledError:
+            cancelled = True  # wait for the work, then pass the cancellation on
+    result = task.result()  # its exception, if it failed: an error is reported even on the way out
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+async def finish_in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread, waited for to its end even when cancelled (``finish``).
+
+    How a sink runs blocking file I/O: the loop (and its signal handlers) stay responsive, and
+    a signal never leaves the step half-done behind the sink's back.  Returns ``fn``'s result,
+    raises its exception, or CancelledError once ``fn`` returned when the caller was cancelled.
+    """
+    return await finish(asyncio.to_thread(fn, *args))
 
 
 async def hold_lock(layout: Layout, lock_name: str, sink: str) -> int:
     """Take ``HOME/<lock_name>`` (an exclusive ``flock``); while another ``sink`` holds it, wait.
 
-    Returns the open file descriptor; closing it releases the lock.  Raises OSError when the
-    home cannot be created or the lock file opened.
+    The wait polls every ``LOCK_POLL_S`` seconds on the loop (a thread blocked in ``flock``
+    could not be called off), so a signal ends it at once.  Returns the open file descriptor;
+    closing it releases the lock.  Raises OSError when the home cannot be created or the lock
+    file opened, CancelledError when cancelled while waiting (the descriptor is closed).
     """
     layout.home.mkdir(parents=True, exist_ok=True)
     fd = os.open(layout.home / lock_name, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log.warning("another %s is running on %s; waiting for it to exit", sink, layout.home)
-        await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
-    return fd
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if not waiting:
+                    log.warning("another %s is running on %s; waiting for it to exit", sink, layout.home)
+                    waiting = True
+                await asyncio.sleep(LOCK_POLL_S)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass(frozen=True)
@@ -140,6 +201,7 @@ class Sink(abc.ABC, Generic[SettingsT]):
         self.cursor = self.load_cursor()
         self._saved_cursor = self.cursor
         self._saved_at = time.monotonic()
+        self._save_lock = threading.Lock()  # one save at a time, whichever thread calls it
 
     # -- what a sink writes -------------------------------------------------------------------
     @abc.abstractmethod
@@ -186,14 +248,19 @@ class Sink(abc.ABC, Generic[SettingsT]):
             save_cursor(path, self.cursor)
 
     def save_if_moved(self) -> bool:
-        """``save_progress`` when the cursor moved since the last save (blocking); True if it saved."""
-        if self.cursor == self._saved_cursor:
-            return False
-        cursor = self.cursor
-        self.save_progress()
-        self._saved_cursor = cursor
-        self._saved_at = time.monotonic()
-        return True
+        """``save_progress`` when the cursor moved since the last save (blocking); True if it saved.
+
+        Saves never overlap: a second caller (another thread) waits for the save in progress,
+        then saves only if the cursor moved again.
+        """
+        with self._save_lock:
+            if self.cursor == self._saved_cursor:
+                return False
+            cursor = self.cursor
+            self.save_progress()
+            self._saved_cursor = cursor
+            self._saved_at = time.monotonic()
+            return True
 
     def save_due(self, event: AnyEvent) -> bool:
         """Whether to save after ``event``: by default once ``save_interval_s`` has passed."""
@@ -201,20 +268,58 @@ class Sink(abc.ABC, Generic[SettingsT]):
 
     # -- the loop -----------------------------------------------------------------------------
     async def follow(self, subscription: Subscription) -> None:
-        """Feed every event of ``subscription`` to ``on_event``; save on schedule and at the end."""
+        """Feed every event of ``subscription`` to ``on_event``; save on schedule and at the end.
+
+        Cancelled (a signal) during a save, it waits for that save to end (``finish_in_thread``)
+        before the last one starts: two saves at once would race on the same files.
+        """
         try:
             async for event in subscription:
                 await self.on_event(event)
                 self.cursor = event.seq
                 if self.save_due(event):
-                    await asyncio.to_thread(self.save_if_moved)
+                    await finish_in_thread(self.save_if_moved)
         finally:
             await self.stop()
-            await asyncio.to_thread(self.save_if_moved)
+            await finish_in_thread(self.save_if_moved)
             await subscription.close()
 
 
 SinkT = TypeVar("SinkT", bound=Sink[Any])
+
+
+@contextlib.contextmanager
+def cancel_on_signal(task: asyncio.Task[Any], name: str) -> Iterator[Callable[[], bool]]:
+    """Cancel ``task`` on the first SIGTERM/SIGINT while the block runs; later ones are only logged.
+
+    Only the first: a second signal (systemd and the daemon both signal a supervised sink)
+    must not cut short the shutdown the first one started (the last save, ``close``).  Yields
+    a function saying whether a signal came.  On leaving, the loop's handlers are removed and,
+    in a sink program, the signals are ignored from then on (``sink_signals``), with the
+    signals held back during the swap so none meets the default action (death, status 143).
+    Must run on the main thread (the loop's signal handlers need it).
+    """
+    loop = task.get_loop()
+    logger = logging.getLogger(name)
+    came: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if came:
+            logger.info("%s again: already stopping", signal.Signals(signum).name)
+            return
+        came.append(signum)
+        logger.info("%s: stopping (the step in progress finishes, then the cursor is saved)", signal.Signals(signum).name)
+        task.cancel()
+
+    for signum in STOP_SIGNALS:  # replaces sink_signals' exit-at-once handler of the starting phase
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        yield lambda: bool(came)
+    finally:
+        with stop_signals_blocked():
+            for signum in STOP_SIGNALS:
+                loop.remove_signal_handler(signum)
+            ignore_stop_signals()
 
 
 async def run_sink(kind: type[SinkT], layout: Layout, source: Target, **kwargs: Any) -> None:
@@ -222,26 +327,29 @@ async def run_sink(kind: type[SinkT], layout: Layout, source: Target, **kwargs: 
 
     Takes ``kind.lock_file`` (waiting for another instance), builds ``kind(layout,
     source=source, **kwargs)``, runs ``start``, follows the bus from the saved cursor, and on a
-    signal stops, saves and closes.  Errors from the constructor (ValueError, OSError,
-    ProtocolError) propagate to the caller.
+    signal stops, saves and closes.  A signal at any point (waiting for the lock, in ``start``)
+    ends it the same way and it returns normally (the program exits 0).  Errors from the
+    constructor (ValueError, OSError, ProtocolError) propagate to the caller.
     """
-    lock = await hold_lock(layout, kind.lock_file, kind.name)
-    try:
-        sink = kind(layout, source=source, **kwargs)
+    task = asyncio.current_task()
+    assert task is not None, "run_sink runs as a task"
+    with cancel_on_signal(task, kind.name) as signalled:  # first thing: a signal in start-up is a stop too
         try:
-            await sink.start()
-            logging.getLogger(kind.name).info("%s; following %s from seq %d", sink.describe(), source.where, sink.cursor + 1)
-            subscription = Subscription(source, since=sink.cursor + 1, on_state=sink.on_state)
-            task = asyncio.ensure_future(sink.follow(subscription))
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, task.cancel)
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        finally:
-            await sink.close()
-    finally:
-        os.close(lock)
+            lock = await hold_lock(layout, kind.lock_file, kind.name)
+            try:
+                sink = kind(layout, source=source, **kwargs)
+                try:
+                    await sink.start()
+                    logging.getLogger(kind.name).info("%s; following %s from seq %d", sink.describe(), source.where, sink.cursor + 1)
+                    await sink.follow(Subscription(source, since=sink.cursor + 1, on_state=sink.on_state))
+                finally:
+                    await sink.close()
+            finally:
+                os.close(lock)
+        except asyncio.CancelledError:
+            if not signalled():
+                raise  # not ours to swallow
+            task.uncancel()
 
 
 def sink_parser(kind: type[Sink[Any]], description: str, runs_home_help: str = "the home whose runs/ to write") -> argparse.ArgumentParser:
@@ -264,13 +372,18 @@ def sink_main(kind: type[Sink[Any]], args: argparse.Namespace, settings: Callabl
     """
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {kind.name} %(levelname)s %(message)s")
     printable_logs()  # user text in log lines (run names, reasons) shown escaped
+    layout = None
     try:
         built = settings() if settings is not None else None
+        if args.runs_home is not None and not args.connect:  # it would be ignored: say so, not write elsewhere
+            raise ValueError("--runs-home goes with --connect (a remote daemon); "
+                             "a sink of a local daemon writes under its --home")
         source = target_from_args(args)
         layout = Layout(source.home or resolve_home(args.runs_home))
         extra = prepare() if prepare is not None else {}
         asyncio.run(run_sink(kind, layout, source, settings=built, **extra))
     except (ProtocolError, OSError, ValueError) as error:
-        print(f"{kind.name}: error: {error}", file=sys.stderr)
+        line = home_error_line(error, layout.home) if layout is not None else error_line(error)  # no [Errno N]
+        print(f"{kind.name}: error: {line}", file=sys.stderr)
         return EXIT_ERROR
     return 0

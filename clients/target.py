@@ -14,6 +14,8 @@ from pathlib import Path
 import zmq
 import zmq.auth
 
+from tritter.protocol.oserrors import error_reason
+from tritter.protocol.cli_args import path_arg
 from tritter.protocol.home import Layout, remote_endpoints, resolve_home
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class CurveKeys:
             try:
                 public, secret = zmq.auth.load_certificate(path)
             except (OSError, ValueError) as error:
-                raise ValueError(f"cannot read the {what} certificate {path}: {error}") from None
+                raise ValueError(f"cannot read the {what} certificate {path}: {error_reason(error)}") from None
             return public, secret
 
         server_public, _ = read(server_key, "server")
@@ -83,7 +85,7 @@ class Target:
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--home``, ``--connect``, ``--server-key`` and ``--client-key`` to ``parser`` (read back by
     ``target_from_args``)."""
-    parser.add_argument("--home", help="home directory (default: $TRITTER_HOME or ~/.local/share/tritter)")
+    parser.add_argument("--home", type=path_arg, help="home directory (default: $TRITTER_HOME or ~/.local/share/tritter)")
     parser.add_argument("--connect", metavar="tcp://HOST:PORT", help="a remote tritterd started with --bind")
     parser.add_argument("--server-key", type=Path, metavar="FILE", help="the daemon's public certificate (or $TRITTER_SERVER_KEY)")
     parser.add_argument("--client-key", type=Path, metavar="FILE", help="your .key_secret certificate (or $TRITTER_CLIENT_KEY)")

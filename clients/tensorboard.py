@@ -31,7 +31,12 @@ folder, in name order: time, then session, then count).
 
 from __future__ import annotations
 
-import asyncio
+from tritter.clients.sink_signals import stop_quietly_while_starting
+
+# First of all, before the slow imports below (tensorboardX: seconds): run as a program, a
+# SIGTERM/SIGINT from here on exits 0 (docs/operations.md, "Exit status").
+stop_quietly_while_starting(__name__, "tritter-tensorboard")
+
 import logging
 import os
 import sys
@@ -42,7 +47,7 @@ from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event
 from tensorboardX.summary import scalar, text
 
-from tritter.clients.sink_base import Sink, SinkSettings, sink_main, sink_parser
+from tritter.clients.sink_base import Sink, SinkSettings, finish_in_thread, sink_main, sink_parser
 from tritter.clients.target import Target
 from tritter.formats.files import atomic_write
 from tritter.protocol.events import (
@@ -150,7 +155,7 @@ class TensorBoardSink(Sink[SinkSettings]):
     async def start(self) -> None:
         """Cut event files back to their committed sizes and drop uncommitted ones (in a thread), so no record is
         written twice."""
-        await asyncio.to_thread(self._sweep)
+        await finish_in_thread(self._sweep)
 
     def _sweep(self) -> None:
         """Cut every event file back to what the state committed; drop files it never committed."""
@@ -172,11 +177,11 @@ class TensorBoardSink(Sink[SinkSettings]):
         """
         if isinstance(event, RunEvent):
             if event.status in TERMINAL and event.run_id in self.writers:
-                await asyncio.to_thread(self._close_run, event.run_id)
+                await finish_in_thread(self._close_run, event.run_id)
             return
         if not isinstance(event, StepEvent | EvalEvent | StageEvent | SampleEvent | SystemEvent | AlertEvent):
             return
-        await asyncio.to_thread(self._write, event)
+        await finish_in_thread(self._write, event)
 
     def _writer(self, run_id: str) -> _EventFile:
         entry = self.writers.get(run_id)
@@ -227,11 +232,14 @@ class TensorBoardSink(Sink[SinkSettings]):
         elif isinstance(event, AlertEvent):
             w.add_text("alerts", f"**{event.level}** {event.reason} at step {event.step}: {event.message}",
                        at, walltime=ts)
+        # Handled: a signal that cancelled the await meanwhile must not leave the cursor before an
+        # event whose records the last save commits (the restart would write them twice).
+        self.cursor = event.seq
 
     async def close(self) -> None:
         """Close every open writer (in a thread)."""
         for entry in self.writers.values():
-            await asyncio.to_thread(entry.close)
+            await finish_in_thread(entry.close)
         self.writers.clear()
 
 

@@ -27,6 +27,12 @@ and is never printed, logged or put in an event.
 
 from __future__ import annotations
 
+from tritter.clients.sink_signals import stop_quietly_while_starting
+
+# First of all, before the imports below: run as a program, a SIGTERM/SIGINT from here on exits 0
+# (docs/operations.md, "Exit status").
+stop_quietly_while_starting(__name__, "tritter-upload")
+
 import asyncio
 import contextlib
 import logging
@@ -40,7 +46,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from tritter.clients.cli_args import bounded_float, bounded_int
+from tritter.protocol.cli_args import bounded_float, bounded_int
 from tritter.clients.connection import Connection, DaemonUnavailable, RequestFailed
 from tritter.clients.sink_base import Sink, SinkSettings, sink_main, sink_parser
 from tritter.clients.subscription import LIVE

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from pathlib import Path
+from collections.abc import Callable
 
 import msgspec
 import zmq
@@ -21,7 +21,7 @@ from tritter.daemon.service import CommandFailed, Tritterd
 from tritter.formats.hub_names import default_run_name, repo_id_problem
 from tritter.daemon.worker_protocol import Command
 from tritter.daemon.gpus import visible_gpu_count
-from tritter.formats.datacheck import check_data
+from tritter.daemon.startcheck import check_start_paths
 from tritter.protocol.config import validate_config
 from tritter.recipe.budget import check_config as check_budgets
 from tritter.protocol.control import (
@@ -41,7 +41,7 @@ from tritter.protocol.control import (
     Upload,
 )
 from tritter.protocol.events import PROTOCOL_VERSION, RunEvent, UploadEvent
-from tritter.protocol.state import is_held
+from tritter.protocol.state import RunState, is_held
 from tritter.protocol.wire import ProtocolError, decode_as, encode
 
 log = logging.getLogger("tritterd.api")
@@ -59,35 +59,62 @@ class Api:
     def __init__(self, daemon: Tritterd, endpoints: list[str]) -> None:
         self.daemon = daemon
         self.sockets: list[zmq.asyncio.Socket] = []
+        self._still_allowed: dict[zmq.asyncio.Socket, Callable[[zmq.Frame], bool]] = {}  # remote sockets only
         self._add(endpoints)
 
-    def _add(self, endpoints: list[str], keys: ServerKeys | None = None) -> None:
+    def _add(self, endpoints: list[str], keys: ServerKeys | None = None) -> zmq.asyncio.Socket:
         sock: zmq.asyncio.Socket = self.daemon.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         bind(sock, endpoints, keys)
         self.sockets.append(sock)
+        return sock
 
-    def add_remote(self, endpoint: str, keys: ServerKeys) -> None:
-        """Also answer on ``endpoint`` (tcp), as a CURVE server with ``keys``; zmq.ZMQError when it cannot bind."""
-        self._add([endpoint], keys)
+    def add_remote(self, endpoint: str, keys: ServerKeys, still_allowed: Callable[[zmq.Frame], bool] | None = None) -> None:
+        """Also answer on ``endpoint`` (tcp), as a CURVE server with ``keys``; zmq.ZMQError when it cannot bind.
+        ``still_allowed(frame)`` (is the CURVE key the sender's handshake was allowed with still authorized?) is
+        asked per request, so a key removed from ``authorized/`` gets no answers on a connection it opened before
+        (``Gatekeeper.allows``)."""
+        sock = self._add([endpoint], keys)
+        if still_allowed is not None:
+            self._still_allowed[sock] = still_allowed
 
     async def answer_requests(self) -> None:
         """Forever: answer every request on every bound socket (local ipc, remote tcp)."""
         await asyncio.gather(*(self._answer_on(sock) for sock in self.sockets))
 
     async def _answer_on(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            frames = await sock.recv_multipart()
-            if len(frames) < 2:
-                continue  # no identity to answer to
-            identity, body = frames[0], frames[1:]
-            delimiter = [b""] if len(body) > 1 and body[0] == b"" else []  # a REQ client
-            body = body[len(delimiter) :]
-            reply = await self.answer(body)
-            try:
-                await sock.send_multipart([identity, *delimiter, encode(reply)], flags=zmq.NOBLOCK)
-            except zmq.ZMQError as error:  # the client left; never let one client stall the daemon
-                log.debug("could not reply to a client: %s", error)
+        # Each request is answered in its own task: one that waits (a start's data check on a slow
+        # disk, an extend waiting for a worker to exit) holds up no other client.  A client has one
+        # request in flight (clients/connection.py), so its replies cannot overtake each other.
+        answering: set[asyncio.Task[None]] = set()
+        still_allowed = self._still_allowed.get(sock)
+        try:
+            while True:
+                if still_allowed is None:
+                    frames = await sock.recv_multipart()
+                else:  # frames, not bytes: their User-Id is the CURVE key of the sender
+                    received = await sock.recv_multipart(copy=False)
+                    if not still_allowed(received[-1]):
+                        continue  # revoked since it connected: nothing, as for a refused handshake
+                    frames = [frame.bytes for frame in received]
+                if len(frames) < 2:
+                    continue  # no identity to answer to
+                task = asyncio.create_task(self._answer_one(sock, frames[0], frames[1:]))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
+        finally:
+            for task in list(answering):
+                task.cancel()
+
+    async def _answer_one(self, sock: zmq.asyncio.Socket, identity: bytes, body: list[bytes]) -> None:
+        """Answer one request (``body``: its frames after the ``identity``) on ``sock``; never raises."""
+        delimiter = [b""] if len(body) > 1 and body[0] == b"" else []  # a REQ client
+        body = body[len(delimiter) :]
+        reply = await self.answer(body)
+        try:
+            await sock.send_multipart([identity, *delimiter, encode(reply)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as error:  # the client left; never let one client stall the daemon
+            log.debug("could not reply to a client: %s", error)
 
     async def answer(self, body: list[bytes]) -> Reply:
         """The Reply to one request message (``body``: its frames after the identity/delimiter; exactly one expected).
@@ -165,7 +192,7 @@ class Api:
                 return Reply(ok=True, run_id=state.run_id, message="stopped (removed from the queue)")
             if worker:
                 daemon.command_worker(state.run_id, Command.STOP)
-                return Reply(ok=True, run_id=state.run_id, message="stopping (after a checkpoint)")
+                return Reply(ok=True, run_id=state.run_id, message=_after_checkpoint("stopping", state))
             daemon.record(RunEvent(run_id=state.run_id, status="stopped", reason="stopped by request"))
             return Reply(ok=True, run_id=state.run_id, message="stopped")
         if isinstance(request, Pause):
@@ -177,7 +204,7 @@ class Api:
             if state.status != "running" or worker is None:
                 return Reply(ok=False, error=f"run {state.run_id} is {state.status}, not running")
             daemon.command_worker(state.run_id, Command.PAUSE)
-            return Reply(ok=True, run_id=state.run_id, message="pausing (after a checkpoint)")
+            return Reply(ok=True, run_id=state.run_id, message=_after_checkpoint("pausing", state))
         if isinstance(request, Resume):
             if state.status == "completed":
                 return Reply(ok=False, error=f"run {state.run_id} already completed")
@@ -210,16 +237,8 @@ class Api:
         problem = validate_config(config) or check_budgets(config)  # the client checked too; a remote one may not
         if problem is None and config.hf_user:  # the upload's repo id: refuse now, not after training
             problem = repo_id_problem(config.hf_user, config.name or default_run_name(config.start, config.end))
-        if problem is None and config.corpus is not None:
-            corpus = Path(config.corpus)
-            if not corpus.is_absolute():
-                problem = f"--corpus must be an absolute path on the daemon's machine, got {config.corpus!r}"
-            elif not corpus.exists():
-                problem = f"--corpus {config.corpus} does not exist on the daemon's machine"
-        if problem is None and config.tokenizer is not None and not Path(config.tokenizer).is_absolute():
-            problem = f"--tokenizer must be an absolute path on the daemon's machine, got {config.tokenizer!r}"
-        if problem is None:  # sniff the corpus, load the tokenizer (a thread: may read a few MB)
-            problem = await asyncio.to_thread(check_data, config.corpus, config.tokenizer, config.text_field)
+        if problem is None:  # stat, sniff the corpus, load the tokenizer: in a thread, 4 s at most (daemon/startcheck.py)
+            problem = await check_start_paths(config)
         if problem is None and not config.cuda and config.nproc > (os.cpu_count() or 1):
             problem = f"--nproc {config.nproc} is more than the {os.cpu_count()} CPU cores of the daemon's machine"
         gpus = visible_gpu_count() if config.cuda else 0
@@ -285,3 +304,11 @@ class Api:
         """Close every socket at once (linger 0: unsent replies are dropped)."""
         for sock in self.sockets:
             sock.close(linger=0)
+
+
+def _after_checkpoint(doing: str, state: RunState) -> str:
+    """What a stop or pause of a training worker will do: checkpoint first, unless no step of this
+    run has trained yet (it is still preparing its data), when there is nothing to save."""
+    if state.current_step == 0 and state.last_checkpoint is None:
+        return f"{doing} (no step trained yet, so nothing to checkpoint)"
+    return f"{doing} (after a checkpoint)"

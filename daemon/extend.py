@@ -62,12 +62,12 @@ def extended_config(state: RunState, request: Extend) -> RunConfig:
     done_steps, done_tokens = _done_budgets(state)
     try:
         if request.tokens:
-            tokens = done_tokens + per_stage(request.tokens, new_stages, "--tokens")
+            tokens = done_tokens + per_stage(request.tokens, new_stages, "--tokens", "the extension adds")
             grown = msgspec.structs.replace(config, end=request.end, tokens=tokens, stage_steps=None)
         else:
             old_tokens = config_tokens(config)
             if request.steps:
-                new = per_stage(request.steps, new_stages, "--steps")
+                new = per_stage(request.steps, new_stages, "--steps", "the extension adds")
             elif old_tokens is not None:  # a token budget run goes on with its last stage's token budget
                 grown = msgspec.structs.replace(
                     config, end=request.end, tokens=done_tokens + [old_tokens[-1]] * len(new_stages), stage_steps=None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import fcntl
@@ -18,14 +17,16 @@ from tritter.daemon.api import Api
 from tritter.daemon import observability
 from tritter.daemon.children import recorder_child
 from tritter.daemon.notify import Notifier
-from tritter.daemon.remote import Gatekeeper, server_keys
+from tritter.daemon.remote import Gatekeeper, bind_remote, server_keys
 from tritter.daemon.gpus import visible_gpu_count
 from tritter.daemon.scheduler import SlotPolicy
 from tritter.daemon.service import Tritterd
 from tritter.formats.text import printable_logs
 from tritter.recipe.planner import peak_flops_override
+from tritter.protocol.cli_args import bounded_int, path_arg
 from tritter.protocol.exitcodes import EXIT_ERROR, OneLineParser, version_line
 from tritter.protocol.home import Layout, remote_endpoints, resolve_home
+from tritter.protocol.oserrors import home_error_line
 from tritter.protocol.wire import ProtocolError
 
 log = logging.getLogger("tritterd")
@@ -84,8 +85,10 @@ async def run_daemon(layout: Layout, recorder: bool, bind: str | None,
         keys = server_keys(layout.home / "keys")
         gatekeeper = Gatekeeper(ctx, layout.home / "keys" / "authorized")
         gatekeeper.start_watching()
-        daemon.bus.add_remote(events_at, keys)
-        api.add_remote(api_at, keys)
+        bind_remote(daemon.bus.add_remote, events_at, keys, "the events port, --bind's port")
+        allows = gatekeeper.allows
+        bind_remote(lambda endpoint, server: api.add_remote(endpoint, server, allows), api_at, keys,
+                    "the control port, --bind's port + 1")  # requests checked per message: removal revokes open ones
         log.info("serving remote clients with CURVE: events %s, control %s", events_at, api_at)
     daemon.bus.start(daemon.eventlog.head)
     extras = await observability.start(daemon, monitoring, str(layout.home))  # --metrics, --on-alert, ...
@@ -142,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = OneLineParser(prog="tritterd", description="The tritter training daemon (runs in the foreground).")
     parser.add_argument("--version", action="version", version=version_line("tritterd"))
-    parser.add_argument("--home", help="home directory (default: $TRITTER_HOME or ~/.local/share/tritter)")
+    parser.add_argument("--home", type=path_arg, help="home directory (default: $TRITTER_HOME or ~/.local/share/tritter)")
     parser.add_argument("--bind", metavar="tcp://HOST:PORT", help="also serve remote clients over tcp with CURVE")
     parser.add_argument("--no-recorder", action="store_true", help="do not supervise a tritter-record child")
-    parser.add_argument("--slots", type=int, metavar="N",
+    parser.add_argument("--slots", type=bounded_int(1, 1024, "a slot count"), metavar="N",
                         help="runs that train at once per device kind; more wait, queued (default: 1 on CPU, 1 per GPU)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     observability.add_arguments(parser)
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         code = asyncio.run(run_daemon(layout, recorder=not args.no_recorder, bind=args.bind, monitoring=monitoring,
                                       slots=slots))
     except (AlreadyRunning, ProtocolError, ValueError, OSError, zmq.ZMQError) as error:
-        print(f"tritterd: error: {error}", file=sys.stderr)
+        print(f"tritterd: error: {home_error_line(error, layout.home)}", file=sys.stderr)  # plain words, no [Errno N]
         return EXIT_ERROR
     with contextlib.suppress(OSError):
         os.close(lock)

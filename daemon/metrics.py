@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any

@@ -16,6 +16,7 @@ from typing import Any
 from tritter.daemon.children import SupervisedChild
 from tritter.daemon.metrics import MetricsServer, parse_address
 from tritter.daemon.watch import STALL_FACTOR, STALL_MIN_S, AlertHook
+from tritter.protocol.cli_args import bounded_float
 
 log = logging.getLogger("tritterd")
 
@@ -41,16 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run CMD (a shell command) for every alert, the alert as JSON on stdin")
     parser.add_argument("--with-tensorboard", action="store_true",
                         help="also supervise a tritter-tensorboard child (event files under HOME/tensorboard)")
-    parser.add_argument("--stall-factor", type=float, default=STALL_FACTOR, metavar="K",
+    parser.add_argument("--stall-factor", type=bounded_float(1, 1000, "a factor", low_open=True), default=STALL_FACTOR,
+                        metavar="K",
                         help=f"alert when a run makes no step for K x its median step time (default {STALL_FACTOR:g}) ...")
-    parser.add_argument("--stall-min-s", type=float, default=STALL_MIN_S, metavar="S",
+    parser.add_argument("--stall-min-s", type=bounded_float(0, 86_400, "seconds", low_open=True), default=STALL_MIN_S,
+                        metavar="S",
                         help=f"... and at least S seconds (default {STALL_MIN_S:g})")
 
 
 def options_from(args: argparse.Namespace) -> Options:
     """The parsed flags as ``Options``; ValueError (one line) for a bad value."""
-    if not args.stall_factor > 1 or not args.stall_min_s > 0:
-        raise ValueError("--stall-factor must be > 1 and --stall-min-s > 0")
     if args.on_alert is not None and not args.on_alert.strip():
         raise ValueError("--on-alert needs a command")
     return Options(

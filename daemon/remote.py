@@ -3,21 +3,26 @@
 The daemon's key pair is made on first start in ``HOME/keys/server.key`` (public, give it to
 clients) and ``HOME/keys/server.key_secret``.  A client gets in when its public certificate
 (made with ``tritterctl keygen``) is in ``HOME/keys/authorized/``; that folder is re-read while
-the daemon runs, so adding or removing a file takes effect within a couple of seconds.
+the daemon runs, so adding or removing a file takes effect within a couple of seconds, and each file
+is loaded on its own (a bad one is skipped and logged: ``authorized.py``).
 Everyone else fails the CURVE handshake and gets nothing: no events, no control.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import zmq
 import zmq.asyncio
 import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
+
+from tritter.daemon.authorized import AuthorizedKeys
 
 log = logging.getLogger("tritterd.remote")
 
@@ -36,6 +41,25 @@ def bind(sock: zmq.Socket, endpoints: list[str], keys: ServerKeys | None = None)
         sock.bind(endpoint)
 
 
+class BindFailed(ValueError):
+    """A ``--bind`` port could not be bound; the message is one line naming the port and what it is for.
+
+    A ValueError (a ``--bind`` value that cannot be used here), so ``tritterd`` prints it as it is."""
+
+
+def bind_remote(add: Callable[[str, ServerKeys], None], endpoint: str, keys: ServerKeys, role: str) -> None:
+    """Call ``add(endpoint, keys)`` (``Bus.add_remote`` / ``Api.add_remote``) and turn a bind failure into a
+    ``BindFailed`` that names the port and ``role`` (e.g. "the control port, --bind's port + 1"), instead
+    of libzmq's bare "Address already in use (addr=...)".  Raises BindFailed."""
+    try:
+        add(endpoint, keys)
+    except zmq.ZMQError as error:
+        port = endpoint.rsplit(":", 1)[1]
+        if error.errno == errno.EADDRINUSE:
+            raise BindFailed(f"port {port} ({role}) is in use; pick a --bind port P with P and P+1 both free") from None
+        raise BindFailed(f"cannot listen on {endpoint} ({role}): {error.strerror}") from None
+
+
 def server_keys(keys_dir: Path) -> ServerKeys:
     """The daemon's (public, secret) CURVE keys, created on first use."""
     keys_dir.mkdir(parents=True, exist_ok=True)
@@ -51,41 +75,46 @@ def server_keys(keys_dir: Path) -> ServerKeys:
     return public, secret
 
 
-def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.glob("*.key")))
-
-
 class Gatekeeper:
-    """A ZAP authenticator that allows exactly the certificates in ``authorized/``."""
+    """A ZAP authenticator that allows exactly the public keys in ``authorized/``, each file loaded on its own
+    (``AuthorizedKeys``: one bad file is skipped and logged, never blocks the others)."""
 
     def __init__(self, ctx: zmq.asyncio.Context, authorized: Path) -> None:
-        self.authorized = authorized
+        self.authorized = AuthorizedKeys(authorized)
         self._auth = AsyncioAuthenticator(ctx)
         self._auth.start()
-        self._seen: tuple[tuple[str, int, int], ...] | None = None
+        # A credentials provider, not configure_curve(location=...): that one reloads the whole folder
+        # and keeps the previous set when any file in it is bad.
+        self._auth.configure_curve_callback(domain="*", credentials_provider=self)
         self._task: asyncio.Task[None] | None = None
-        self.reload()
+        self.authorized.scan()
+        log.info("remote access: %s", self.authorized.summary())
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP's question for a CURVE handshake: is ``key`` (z85 public key, 40 bytes) authorized now?"""
+        return key in self.authorized.keys
+
+    def allows(self, frame: zmq.Frame) -> bool:
+        """Whether the sender of ``frame`` (a message received on a CURVE socket) is still authorized now:
+        its ``User-Id`` is the z85 public key this ZAP handler let in at the handshake (pyzmq's
+        ``curve_user_id``).  False when the frame has no User-Id."""
+        try:
+            user_id = frame.get("User-Id")
+        except zmq.ZMQError:  # EINVAL: no such property (not a ZAP-checked connection)
+            return False
+        return isinstance(user_id, str) and user_id.encode() in self.authorized.keys
 
     def reload(self) -> None:
-        """Re-read ``authorized/`` when its ``*.key`` files changed (name, mtime, size) and allow exactly those; OSError when a key file cannot be stat'ed."""
-        seen = _fingerprint(self.authorized)
-        if seen == self._seen:
-            return
-        self._auth.configure_curve(domain="*", location=str(self.authorized))
-        if self._seen is not None:
-            log.info("authorized clients changed: %d certificate(s) in %s", len(seen), self.authorized)
-        self._seen = seen
+        """Re-read ``authorized/`` (only the files that changed) and allow exactly the good keys in it; never raises."""
+        if self.authorized.scan():
+            log.info("authorized clients changed: %s", self.authorized.summary())
 
     def start_watching(self) -> None:
-        """Start a task that calls ``reload`` every ``RELOAD_INTERVAL_S`` (1 s), logging (not raising) an
-        unreadable folder; needs a running loop."""
+        """Start a task that calls ``reload`` every ``RELOAD_INTERVAL_S`` (1 s); needs a running loop."""
         async def watch() -> None:
             while True:
                 await asyncio.sleep(RELOAD_INTERVAL_S)
-                try:
-                    self.reload()
-                except OSError as error:
-                    log.error("cannot read %s: %s", self.authorized, error)
+                self.reload()
 
         self._task = asyncio.get_running_loop().create_task(watch())
 

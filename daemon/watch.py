@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from tritter.protocol.events import AlertEvent, AnyEvent, EvalEvent, RunEvent, SampleEvent, StepEvent
 from tritter.protocol.state import RunState
+from tritter.recipe.eta import eta_seconds
 from tritter.protocol.wire import encode_json
 
 log = logging.getLogger("tritterd.watch")
@@ -103,11 +104,10 @@ class DaemonWatch:
         return pace.median_interval() if pace is not None else None
 
     def eta_seconds(self, state: RunState) -> float | None:
-        """Seconds left at the median recent pace; None when not running or too early to tell."""
+        """Seconds left at the median recent pace, later stages scaled by their FLOPs per step
+        (``recipe.eta``); None when not running or too early to tell."""
         per_step = self.seconds_per_step(state.run_id)
-        if state.status != "running" or per_step is None or state.total_steps <= 0:
-            return None
-        return max(0, state.total_steps - state.current_step) * per_step
+        return eta_seconds(state, per_step) if per_step is not None else None
 
     def tick(self) -> None:
         """Raise a ``stall`` alert (once per stall) for every running run that stopped stepping."""

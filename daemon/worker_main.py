@@ -12,6 +12,7 @@ import argparse
 import gc
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as error:  # report why, then exit non-zero: the daemon marks the run failed
         reason = _failure_reason(error)
-        if _is_data_error(error):  # the user's data: one line, as the run's reason says it
+        if _is_data_error(error) or _out_of_memory(error):  # the user's data or flags: one line, as the reason
             logging.error("training failed: %s", reason)
         else:  # a bug or the environment: the traceback is for whoever debugs it
             logging.exception("training failed")
@@ -144,9 +145,30 @@ def _is_data_error(error: Exception) -> bool:
     return isinstance(error, DataError)
 
 
+_CPU_OOM = re.compile(r"can't allocate memory: you tried to allocate (\d+) bytes")
+_CUDA_OOM = re.compile(r"Tried to allocate ([\d.]+ [KMGT]iB)")
+
+
+def _out_of_memory(error: Exception) -> str | None:
+    """One line for an allocation failure (CPU or CUDA), naming the size and the flags that
+    change it; None when ``error`` is not one."""
+    text = str(error)
+    if match := _CPU_OOM.search(text):
+        size = f"{int(match.group(1)) / 2**30:.1f} GiB"
+    elif type(error).__name__ == "OutOfMemoryError" and (match := _CUDA_OOM.search(text)):
+        size = match.group(1)
+    else:
+        return None
+    return (f"out of memory: a step needed {size} more than the device had; lower --micro-batch "
+            "(or --grad-ckpt-every 1); `tritterctl plan` shows each stage's peak")
+
+
 def _failure_reason(error: Exception) -> str:
-    """One line for the ``failed`` event: bad data (DataError) speaks for itself; anything else
-    is a bug or an environment problem, so it keeps the exception's name."""
+    """One line for the ``failed`` event: bad data (DataError) speaks for itself, an allocation
+    failure says what to change; anything else is a bug or an environment problem, so it keeps
+    the exception's name."""
+    if oom := _out_of_memory(error):
+        return oom
     text = str(error) if _is_data_error(error) else f"{type(error).__name__}: {error}"
     return (text.splitlines() or [""])[0][:500]
 

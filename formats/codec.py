@@ -57,6 +57,7 @@ from tritter.formats.files import atomic_write, file_sha256, source_mode
 from tritter.formats.sniff import TZST_MAGIC, is_tzst_file  # formats are decided by content, not name
 from tritter.formats import tzst_v2
 from tritter.formats.safetensors_index import BaseMismatchError, CodecError, TensorSpan, parse_safetensors, safetensors_metadata
+from tritter.protocol.oserrors import os_error_reason
 
 MAGIC = TZST_MAGIC  # b"TRTZCKPT"
 FORMAT = "tritter-ckpt-zst"
@@ -184,7 +185,7 @@ def read_header(path: Path) -> dict[str, Any]:
                 raise CodecError(f"{path}: truncated .tzst file (header runs past the end)")
             head = f.read(hlen)
     except OSError as exc:
-        raise CodecError(f"{path}: {exc.strerror or exc}") from None
+        raise CodecError(f"{path}: {os_error_reason(exc)}") from None
     try:
         header = json.loads(head)
         if header.get("format") != FORMAT:
@@ -355,7 +356,7 @@ def _read(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise CodecError(f"{path}: {exc.strerror or exc}") from None
+        raise CodecError(f"{path}: {os_error_reason(exc)}") from None
 
 
 def find_base(path: Path, header: dict[str, Any]) -> Path:
@@ -385,7 +386,7 @@ def _file_sha256(path: Path) -> str:
     try:
         return file_sha256(path)
     except OSError as exc:
-        raise CodecError(f"{path}: {exc.strerror or exc}") from None
+        raise CodecError(f"{path}: {os_error_reason(exc)}") from None
 
 
 def base_chain(path: Path) -> list[Path]:

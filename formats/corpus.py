@@ -6,13 +6,16 @@ client's machine), so it depends on nothing of ours but this package; numpy, zst
 
 Accepted inputs (docs/data.md):
 
-- a text file (UTF-8, UTF-8 with BOM, UTF-16 with BOM): one document;
+- a text file (UTF-8, UTF-8 with BOM, UTF-16 with BOM): one document; gzip- or
+  zstd-compressed text (``.txt.gz``, ``.md.zst``, ...; recognised by the content's magic
+  bytes) is read like its uncompressed form;
 - ``.jsonl`` / ``.jsonl.gz`` / ``.jsonl.zst``: one JSON object per line, the document in a
   string field (``--text-field``, default ``text``);
 - ``.parquet``: the same column, read one row group at a time (pyarrow);
 - pre-tokenized ``.bin`` (flat little-endian uint16, nanoGPT) or 1-D integer ``.npy``;
 - a folder: every file above, recursively, in sorted path order (hidden entries skipped;
-  extensionless files count when they sniff as text; other extensions are ignored).
+  extensionless files count when they sniff as text, ``.txt``/``.md``/extensionless names
+  with ``.gz``/``.zst`` too; other extensions are ignored).
   Text and pre-tokenized files cannot be mixed.
 
 Documents are yielded as *pieces* of at most ``2 * chunk_chars`` characters, cut after a
@@ -41,12 +44,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from tritter.formats.pathkind import open_regular, special_path_problem
+from tritter.protocol.oserrors import error_reason, os_error_reason
+
 SNIFF_BYTES = 1 << 16  # the start-time sniff reads at most this much of a file
 FOLDER_SNIFF_BYTES = 1 << 12  # ... and this much of each file in a folder (folders may hold 100k files)
 CHUNK_CHARS = 1 << 16  # default piece size; a piece is between 1x and 2x of it
+MIN_TOKENS = 20  # a token stream shorter than this cannot train (daemon/engine/data.py refuses it)
+# The start-time probe (``probe_documents``): bounded, so a 300 GB corpus costs what a small one does.
+PROBE_BYTES = 1 << 18  # content bytes read at most (256 KB: well inside the start check's 4 s, even for tiny JSONL records)
+PROBE_FILES = 256  # files opened at most
+PROBE_CHARS = 1 << 16  # a corpus with at most this much text is kept whole (tokenized at start)
 TEXT_SUFFIXES = frozenset({".txt", ".md", ""})
 TOKEN_SUFFIXES = frozenset({".bin", ".npy"})
 JSONL_SUFFIXES = {".jsonl": None, ".jsonl.gz": "gz", ".jsonl.zst": "zst"}
+COMPRESSION_SUFFIXES = {".gz": "gz", ".zst": "zst"}  # on text names: a.txt.gz, a.md.zst, a.gz
+# Compressed streams read as they are, by their magic bytes (RFC 1952; RFC 8878).  Neither can
+# begin UTF-8 text (0x8b and 0xb5 are continuation bytes with no lead byte), so no text file is
+# taken for one.
+COMPRESSION_MAGIC = {b"\x1f\x8b": "gz", b"\x28\xb5\x2f\xfd": "zst"}
+COMPRESSION_NAMES = {"gz": "gzip", "zst": "zstd"}
+# Formats named in the message when a file is not text (instead of "looks binary").
+_UNREAD_FORMATS: tuple[tuple[bytes, str], ...] = (
+    (b"\xfd7zXZ\x00", "an xz-compressed file"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"\x04\x22\x4d\x18", "an LZ4-compressed file"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+)
 
 _NL_CUT = re.compile(r"\S\n(?=\S)")  # cut after the newline
 _SPACE_CUT = re.compile(r"\S(?= \S)")  # cut after the non-space, before the space
@@ -62,7 +87,7 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class CorpusFile:
     """One input file: ``kind`` is ``text``, ``jsonl``, ``parquet`` or ``tokens``;
-    ``compression`` is ``gz``/``zst`` for compressed JSONL; ``name`` is the path relative to
+    ``compression`` is ``gz``/``zst`` for compressed JSONL or text; ``name`` is the path relative to
     the corpus root (the file name for a single-file corpus), used in digests and messages."""
 
     path: Path
@@ -85,10 +110,10 @@ def _suffix(path: Path) -> str:
 
 def _read_head(path: Path, n: int = SNIFF_BYTES) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # never blocks on a FIFO or device (formats/pathkind.py)
             return f.read(n)
     except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+        raise DataError(f"{path}: cannot read: {os_error_reason(e)}") from None
 
 
 def _bom_encoding(head: bytes) -> str | None:
@@ -116,12 +141,43 @@ def text_problem(head: bytes, complete: bool) -> str | None:
     return None
 
 
+def _compression_suffix(path: Path) -> tuple[str, str | None]:
+    """(the suffix under a ``.gz``/``.zst`` one, its compression), e.g. ``(".txt", "gz")`` for
+    ``a.txt.gz``, ``("", "zst")`` for ``a.zst``; ``(suffix, None)`` for other names."""
+    compression = COMPRESSION_SUFFIXES.get(path.suffix.lower())
+    if compression is None:
+        return path.suffix.lower(), None
+    return Path(path.stem).suffix.lower(), compression
+
+
+def _unread_format(head: bytes) -> str | None:
+    """What a file that is not text is, when its first bytes say so (bzip2, xz, zip, ...), or None."""
+    if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] == b"1AY&SY":  # bzip2 stream + block magic
+        return "a bzip2-compressed file"
+    return next((what for magic, what in _UNREAD_FORMATS if head.startswith(magic)), None)
+
+
+def _read_decompressed_head(cf: CorpusFile, n: int) -> bytes:
+    """The first ``n`` bytes of a compressed file's content.  Raises DataError (one line) for a
+    damaged or truncated stream."""
+    try:
+        with _open_binary(cf) as f:
+            return f.read(n)
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a cut stream is EOFError
+        raise DataError(f"{cf.path}: cannot read the {COMPRESSION_NAMES[cf.compression or '']} stream: {e}") from None
+    except Exception as e:
+        if type(e).__module__.split(".")[0] not in ("zstd", "zstandard"):
+            raise
+        raise DataError(f"{cf.path}: cannot read the zstd stream: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
 def sniff(path: Path, explicit: bool = True, nbytes: int = SNIFF_BYTES) -> CorpusFile | None:
     """Classify one file by its name and first ``nbytes`` (64 KB; 4 KB per file in a folder).
 
     ``explicit``: the user named this file (``--corpus FILE``): unknown extensions are read as
     text if they sniff as text, and anything unreadable raises.  In a folder (``explicit``
     False) files with other extensions, and extensionless files that are not text, return None.
+    gzip/zstd-compressed text (by magic bytes) is sniffed on its decompressed first bytes.
     Raises DataError (one line) for an explicit file that is not a corpus.
     """
     suffix = _suffix(path)
@@ -137,14 +193,32 @@ def sniff(path: Path, explicit: bool = True, nbytes: int = SNIFF_BYTES) -> Corpu
         if suffix == ".npy" and _read_head(path, 6) != _NPY_MAGIC:
             raise DataError(f"{path}: not a NumPy .npy file")
         return CorpusFile(path, "tokens", name)
-    if not explicit and suffix not in TEXT_SUFFIXES:
+    inner, named_compression = _compression_suffix(path)
+    if named_compression is not None and inner in TOKEN_SUFFIXES | {".parquet"}:
+        if not explicit:
+            return None  # as any other extension in a folder
+        raise DataError(f"{path}: a {COMPRESSION_NAMES[named_compression]}-compressed {inner} file; decompress it first "
+                        "(only text and JSONL are read compressed)")
+    if not explicit and inner not in TEXT_SUFFIXES:
         return None
     head = _read_head(path, nbytes)
+    compression = next((c for magic, c in COMPRESSION_MAGIC.items() if head.startswith(magic)), None)
+    if compression is not None:  # the content decides, whatever the name says
+        try:
+            head = _read_decompressed_head(CorpusFile(path, "text", name, compression), nbytes)
+        except DataError:
+            if explicit or inner != "":
+                raise
+            return None  # a damaged archive among a folder's extensionless files is not a document
     problem = text_problem(head, complete=len(head) < nbytes)
     if problem is None and explicit and len(head) < nbytes and not head.strip(b" \t\r\n\x0b\x0c"):
         raise DataError(f"corpus is empty (no text): {path}")
     if problem is None:
-        return CorpusFile(path, "text", name)
+        return CorpusFile(path, "text", name, compression)
+    if compression is not None:
+        problem = f"a {COMPRESSION_NAMES[compression]}-compressed file whose content {problem}"
+    elif (what := _unread_format(head)) is not None:
+        problem = f"{what}, which tritter does not read; decompress it (gzip .gz and zstd .zst files are read as they are)"
     if explicit:
         raise DataError(f"{path}: {problem}")
     if suffix == "":
@@ -161,6 +235,8 @@ def list_corpus(root: Path) -> list[CorpusFile]:
     root = Path(root)
     if not root.exists():
         raise DataError(f"corpus not found: {root}")
+    if problem := special_path_problem(root):  # a FIFO/socket/device: refuse before any open
+        raise DataError(problem)
     if not root.is_dir():
         if not os.access(root, os.R_OK):
             raise DataError(f"{root}: cannot read: permission denied")
@@ -172,7 +248,7 @@ def list_corpus(root: Path) -> list[CorpusFile]:
             if fname.startswith("."):
                 continue
             p = Path(dirpath) / fname
-            if not p.is_file():
+            if not p.is_file():  # FIFOs, sockets, devices, broken links: skipped unopened (docs/data.md)
                 continue
             cf = sniff(p, explicit=False, nbytes=FOLDER_SNIFF_BYTES)
             if cf is not None:
@@ -181,7 +257,8 @@ def list_corpus(root: Path) -> list[CorpusFile]:
     files.sort(key=lambda f: Path(f.name).parts)
     if not files:
         raise DataError(
-            f"corpus folder has no usable files (.txt, .md, extensionless text, .jsonl[.gz|.zst], .parquet, .bin, .npy): {root}"
+            f"corpus folder has no usable files (.txt, .md, extensionless text, each also .gz/.zst, .jsonl[.gz|.zst], "
+            f".parquet, .bin, .npy): {root}"
         )
     kinds = {f.kind == "tokens" for f in files}
     if len(kinds) > 1:
@@ -190,7 +267,7 @@ def list_corpus(root: Path) -> list[CorpusFile]:
 
 
 def _walk_error(error: OSError) -> None:
-    raise DataError(f"{error.filename}: cannot read: {error.strerror or error}")
+    raise DataError(f"{error.filename}: cannot read: {os_error_reason(error)}")
 
 
 # --------------------------------------------------------------------------- cheap checks
@@ -312,8 +389,49 @@ class _Counting(io.RawIOBase):
         super().close()
 
 
-def _open_binary(cf: CorpusFile, counter: list[_Counting] | None = None) -> IO[bytes]:
-    raw = _Counting(open(cf.path, "rb", buffering=0))
+class ReadLimitReached(Exception):
+    """A ``CorpusReader`` with a ``read_limit`` read that many bytes without finishing."""
+
+
+class _Budget:
+    """Bytes a bounded read may still take (decompressed bytes, Parquet batch bytes)."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def spend(self, n: int) -> None:
+        """Take ``n`` bytes; raises ReadLimitReached once the budget is overdrawn."""
+        self.left -= n
+        if self.left < 0:
+            raise ReadLimitReached
+
+
+class _Metered(io.RawIOBase):
+    """A read-only stream that charges what it reads to a ``_Budget``."""
+
+    def __init__(self, f: IO[bytes], budget: _Budget) -> None:
+        self._f = f
+        self._budget = budget
+
+    def readable(self) -> bool:
+        """Always True: this stream is read-only and readable."""
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        """Read up to ``len(b)`` bytes into ``b`` and charge them; returns bytes read (0 at EOF).
+        Raises ReadLimitReached when the budget is spent."""
+        n = self._f.readinto(b) or 0  # type: ignore[attr-defined]
+        self._budget.spend(n)
+        return n
+
+    def close(self) -> None:
+        """Close the underlying stream, then this wrapper."""
+        self._f.close()
+        super().close()
+
+
+def _open_binary(cf: CorpusFile, counter: list[_Counting] | None = None, budget: _Budget | None = None) -> IO[bytes]:
+    raw = _Counting(open_regular(cf.path, buffering=0))
     if counter is not None:
         counter.append(raw)
     f: IO[bytes] = io.BufferedReader(raw, 1 << 20)
@@ -323,6 +441,8 @@ def _open_binary(cf: CorpusFile, counter: list[_Counting] | None = None) -> IO[b
         import zstandard
 
         f = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True), 1 << 20)  # type: ignore[arg-type]
+    if budget is not None:  # charge the content (decompressed) bytes: what reading costs
+        f = io.BufferedReader(_Metered(f, budget), 1 << 16)  # type: ignore[arg-type]
     return f
 
 
@@ -358,12 +478,16 @@ class CorpusReader:
     begins a new document).  Progress: ``bytes_done`` (bytes of the input files read so far),
     ``bytes_total``, ``documents``; ``replaced`` counts U+FFFD substitutions and
     ``replaced_at`` names where the first one happened ("FILE: line N").
+    ``read_limit``: read at most about this many content bytes (decompressed; Parquet: Arrow
+    batch bytes), then raise ReadLimitReached (the start-time probe, ``probe_documents``).
     """
 
-    def __init__(self, files: list[CorpusFile], text_field: str = "text", chunk_chars: int = CHUNK_CHARS) -> None:
+    def __init__(self, files: list[CorpusFile], text_field: str = "text", chunk_chars: int = CHUNK_CHARS,
+                 read_limit: int | None = None) -> None:
         self.files = files
         self.text_field = text_field
         self.chunk_chars = chunk_chars
+        self._budget = _Budget(read_limit) if read_limit is not None else None
         self.bytes_total = sum(_size(f.path) for f in files)
         self.bytes_done = 0
         self.documents = 0
@@ -385,10 +509,10 @@ class CorpusReader:
                         self.documents += 1
                     self.bytes_done = finished + (counter[0].bytes_read if counter else 0)
                     yield piece, start
-            except DataError:
+            except (DataError, ReadLimitReached):
                 raise
             except (OSError, EOFError) as e:  # also a truncated or corrupt .gz
-                raise DataError(f"{cf.path}: cannot read: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from None
+                raise DataError(f"{cf.path}: cannot read: {error_reason(e)}") from None
             except Exception as e:
                 if type(e).__module__.split(".")[0] not in ("zstd", "zstandard", "pyarrow"):
                     raise
@@ -403,7 +527,7 @@ class CorpusReader:
         _Replaced.count = 0
 
     def _text(self, cf: CorpusFile, counter: list[_Counting]) -> Iterator[tuple[str, bool, str]]:
-        with _open_binary(cf, counter) as f:
+        with _open_binary(cf, counter, self._budget) as f:
             encoding = _bom_encoding(f.peek(4)[:4]) or "utf-8"  # type: ignore[attr-defined]
             # newline=None: universal newlines (\r\n and \r become \n), also across read() calls.
             text = io.TextIOWrapper(f, encoding=encoding, errors="tritter-replace", newline=None)
@@ -419,7 +543,7 @@ class CorpusReader:
                 first = False
 
     def _jsonl(self, cf: CorpusFile, counter: list[_Counting]) -> Iterator[tuple[str, bool, str]]:
-        with _open_binary(cf, counter) as f:
+        with _open_binary(cf, counter, self._budget) as f:
             for lineno, raw in enumerate(f, start=1):
                 if not raw.strip():
                     continue
@@ -440,6 +564,8 @@ class CorpusReader:
         row = 0
         for group in range(pf.num_row_groups):
             for batch in pf.iter_batches(batch_size=1024, row_groups=[group], columns=[self.text_field]):
+                if self._budget is not None:
+                    self._budget.spend(batch.nbytes)
                 for text in batch.column(0).to_pylist():
                     row += 1
                     if text is None or not text.strip():
@@ -462,7 +588,7 @@ def _size(path: Path) -> int:
     try:
         return path.stat().st_size
     except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+        raise DataError(f"{path}: cannot read: {os_error_reason(e)}") from None
 
 
 def iter_documents(files: list[CorpusFile], text_field: str = "text", chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
@@ -476,6 +602,49 @@ def iter_documents(files: list[CorpusFile], text_field: str = "text", chunk_char
         doc.append(piece)
     if doc:
         yield "".join(doc)
+
+
+@dataclass(frozen=True)
+class CorpusProbe:
+    """What a bounded read of a corpus found (``probe_documents``).
+
+    ``found``: at least one document.  ``complete``: the whole corpus was read within the bounds,
+    so ``found`` False means it has no text at all.  ``pieces``: when complete and at most
+    ``PROBE_CHARS`` characters, every ``(piece, doc_start)`` the reader yields (as tokenizing
+    would see them), else empty.
+    """
+
+    found: bool
+    complete: bool
+    pieces: tuple[tuple[str, bool], ...] = ()
+
+
+def probe_documents(files: list[CorpusFile], text_field: str = "text", read_limit: int = PROBE_BYTES,
+                    max_files: int = PROBE_FILES, keep_chars: int = PROBE_CHARS) -> CorpusProbe:
+    """Read the start of a text corpus (not pre-tokenized files) with the real reader, bounded:
+    at most ``read_limit`` content bytes (decompressed) from at most ``max_files`` files, and it
+    stops after ``keep_chars`` characters of documents.  Cheap for any corpus size; it tells an
+    empty corpus (blank files, JSONL whose texts are all empty or null, a Parquet file without
+    rows) from one with text whenever the corpus is that small.
+
+    Returns a CorpusProbe.  Raises DataError for what the reader refuses in what it read (a
+    JSONL line that is not JSON, an unreadable file).
+    """
+    saved = _Replaced.count  # the probe's substitutions are not the real reader's to report
+    pieces: list[tuple[str, bool]] = []
+    chars = 0
+    try:
+        for piece, start in CorpusReader(files[:max_files], text_field, read_limit=read_limit):
+            chars += len(piece)
+            if chars > keep_chars:
+                return CorpusProbe(found=True, complete=False)
+            pieces.append((piece, start))
+    except ReadLimitReached:
+        return CorpusProbe(found=bool(pieces), complete=False)
+    finally:
+        _Replaced.count = saved
+    complete = len(files) <= max_files
+    return CorpusProbe(found=bool(pieces), complete=complete, pieces=tuple(pieces) if complete else ())
 
 
 # --------------------------------------------------------------------------- identity
@@ -516,7 +685,7 @@ def corpus_digest(files: list[CorpusFile], memo_path: Path | None = None, progre
                 digest = entry[4]
             else:
                 fh = xxhash.xxh3_128()
-                with open(cf.path, "rb") as f:
+                with open_regular(cf.path) as f:
                     since = 0
                     for block in iter(lambda: f.read(1 << 22), b""):
                         fh.update(block)
@@ -528,7 +697,7 @@ def corpus_digest(files: list[CorpusFile], memo_path: Path | None = None, progre
                 memo[key] = [*stat, digest]
                 changed = True
         except OSError as e:
-            raise DataError(f"{cf.path}: cannot read: {e.strerror or e}") from None
+            raise DataError(f"{cf.path}: cannot read: {os_error_reason(e)}") from None
         done += stat[0]
         h.update(f"{cf.kind}\0{cf.name}\0{digest}\n".encode())
     if changed and memo_path is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -38,9 +39,17 @@ def source_mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+_tmp_serial = itertools.count(1)  # next() on it is atomic under the GIL: safe across threads
+
+
 def default_tmp_path(path: Path) -> Path:
-    """The temp sibling ``atomic_write`` uses unless told otherwise: ``.<name>.<pid>.tmp`` (hidden)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """The temp sibling ``atomic_write`` uses unless told otherwise: ``.<name>.<pid>.<n>.tmp`` (hidden).
+
+    ``n`` counts the calls in this process, so two writes of one ``path`` at once (two threads,
+    or a write cut short by a signal and the next one) never share a temp file: each renames
+    its own whole file into place and the last rename wins.
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}.{next(_tmp_serial)}.tmp")
 
 
 def atomic_write_with(

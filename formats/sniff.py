@@ -52,7 +52,8 @@ def kind(path: Path) -> str:
 def describe(path: Path) -> str:
     """A few words on what ``path`` is, for a file that is neither checkpoint format.
 
-    Returns e.g. "an empty file", "a zip archive (...)", "a text file", "a JSON file",
+    Returns e.g. "an empty file", "too short to be a checkpoint (4 bytes)", "a zip archive (...)",
+    "a safetensors header length past the end of the file (...)", "a text file", "a JSON file",
     "a file of 1,234 bytes in no format tritter knows".  Raises OSError like ``kind``.
     """
     with open(path, "rb") as f:
@@ -67,16 +68,26 @@ def describe(path: Path) -> str:
             return what
     if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "a Python pickle (torch.save legacy format?)"
+    if head[8:9] == b"{" and head[7] == 0:  # shaped like safetensors, but `kind` refused its header length
+        (length,) = struct.unpack_from("<Q", head)
+        if length > size - 8:
+            return f"a safetensors header length past the end of the file ({length:,} bytes said, {size - 8:,} there)"
+        if length > MAX_HEADER:
+            return f"a safetensors header over the {MAX_HEADER // (1024 * 1024)} MiB limit ({length:,} bytes)"
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
-        return f"a file of {size:,} bytes in no format tritter knows"
+        text = ""
     try:
-        if size <= _PROBE:
+        if text and size <= _PROBE:
             json.loads(text)
             return "a JSON file"
     except ValueError:
         pass
+    if size < 9:  # not even a safetensors length word and one header byte
+        return f"too short to be a checkpoint ({size} byte{'s' if size != 1 else ''})"
+    if not text or "\x00" in text:  # NUL bytes decode as UTF-8 but no text file holds them
+        return f"a file of {size:,} bytes in no format tritter knows"
     return "a text file"
 
 

@@ -13,14 +13,18 @@ so ``transformers.AutoTokenizer`` does the same.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tritter.formats.corpus import DataError
+from tritter.formats.pathkind import open_regular, special_path_problem
+from tritter.protocol.oserrors import error_reason
 
 if TYPE_CHECKING:
     import tokenizers
@@ -31,6 +35,8 @@ PAD = "<|pad|>"
 EOT_CANDIDATES = (EOT, "<|end_of_text|>", "</s>", "<eos>", "<|eos|>", "<|im_end|>")
 PAD_CANDIDATES = (PAD, "<pad>", "[PAD]")
 VOCAB_MULTIPLE = 64  # the model's embedding rows: the tokenizer's ids rounded up to this
+MIN_VOCAB = 258  # a trained BPE: 256 byte tokens + <|endoftext|> + <|pad|>
+MAX_VOCAB = 1 << 20
 
 
 def model_vocab_size(tokenizer_ids: int) -> int:
@@ -100,12 +106,15 @@ def load_tokenizer_spec(path: Path) -> TokenizerSpec:
     path = Path(path)
     if not path.exists():
         raise DataError(f"tokenizer not found: {path}")
+    if problem := special_path_problem(path):  # a FIFO/socket/device: refuse before any open
+        raise DataError(problem)
     eot = pad = None
     if path.is_dir():
         config = path / "tokenizer_config.json"
         if config.exists():
             try:
-                meta = json.loads(config.read_text(encoding="utf-8"))
+                with open_regular(config) as f:  # never blocks on a FIFO (formats/pathkind.py)
+                    meta = json.loads(f.read().decode("utf-8"))
             except (OSError, ValueError) as e:
                 raise DataError(f"{config}: not readable JSON ({e})") from None
             eot, pad = _special(meta.get("eos_token")), _special(meta.get("pad_token"))
@@ -113,9 +122,10 @@ def load_tokenizer_spec(path: Path) -> TokenizerSpec:
         if not path.exists():
             raise DataError(f"{path.parent}: no tokenizer.json (save a fast tokenizer: AutoTokenizer.from_pretrained(...).save_pretrained(DIR))")
     try:
-        text = path.read_text(encoding="utf-8")
+        with io.TextIOWrapper(open_regular(path), encoding="utf-8") as f:  # as read_text: universal newlines
+            text = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+        raise DataError(f"{path}: cannot read: {error_reason(e)}") from None
     return spec_from_json(text, str(path), eot, pad)
 
 
@@ -159,8 +169,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, sho
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    if not 258 <= vocab_size <= 1 << 20:
-        raise DataError(f"--vocab-size must be between 258 and {1 << 20}, got {vocab_size}")
+    if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
+        raise DataError(f"--vocab-size must be between {MIN_VOCAB} and {MAX_VOCAB}, got {vocab_size}")
     tok = Tokenizer(models.BPE())
     # add_prefix_space=False so that a document encoded in pieces cut at whitespace gets the
     # ids of the whole document (formats/corpus.py relies on that).
@@ -180,13 +190,32 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, sho
 
 def write_tokenizer_folder(tok: tokenizers.Tokenizer, out: Path, model_max_length: int = 2048) -> TokenizerSpec:
     """Write ``out/`` (tokenizer.json, tokenizer_config.json, special_tokens_map.json) and return
-    its spec.  Each file is written to a temporary name and renamed into place."""
+    its spec, replacing a tokenizer already there so that an error or a kill part-way leaves
+    the old one as it was: a new folder, or one holding only these files, is built beside it
+    and swapped in whole (``formats.files.atomic_dir``); a folder that holds other files too (a
+    model folder) keeps them, and each of the three is replaced atomically, tokenizer.json (the
+    identity runs check) last.  The caller decides whether replacing is allowed (``--force``).
+    Raises OSError from the file system."""
+    from tritter.formats.files import atomic_dir, atomic_write
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     spec = spec_from_json(tok.to_str(), str(out), EOT, PAD)
-    for name, data in hf_tokenizer_files(spec, model_max_length).items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, out / name)
+    files = hf_tokenizer_files(spec, model_max_length)
+    if out.is_dir() and any(p.name not in files for p in out.iterdir()):
+        for name in sorted(files, key=lambda n: n == "tokenizer.json"):
+            atomic_write(out / name, files[name])
+        return spec
+    mode = stat.S_IMODE(out.stat().st_mode) if out.is_dir() else 0o777 & ~_umask()
+    with atomic_dir(out) as tmp:
+        os.chmod(tmp, mode)  # mkdtemp makes 0700: keep the old folder's mode, or the umask's
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
     return spec
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 

@@ -45,6 +45,7 @@ import xxhash
 
 from tritter.formats import tzst_frames as frames
 from tritter.formats.safetensors_index import BaseMismatchError, CodecError, TensorSpan, header_length, parse_header
+from tritter.protocol.oserrors import os_error_reason
 
 MAGIC = b"TRTZCKPT"
 FORMAT = "tritter-ckpt-zst"
@@ -109,7 +110,7 @@ class RawFileSource:
             self.data_start, spans, _ = parse_header(head, self.size)
         except OSError as exc:
             self._close_fd()
-            raise CodecError(f"{path}: {exc.strerror or exc}") from None
+            raise CodecError(f"{path}: {os_error_reason(exc)}") from None
         except CodecError as exc:
             self._close_fd()
             raise CodecError(f"{path}: {exc}") from None
@@ -194,7 +195,7 @@ class _Blob:
             try:
                 self.fd = os.open(Path(path), os.O_RDONLY)  # type: ignore[arg-type]
             except OSError as exc:
-                raise CodecError(f"{path}: {exc.strerror or exc}") from None
+                raise CodecError(f"{path}: {os_error_reason(exc)}") from None
             self.size = os.fstat(self.fd).st_size
         self.pos = 0
 

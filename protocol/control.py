@@ -15,6 +15,12 @@ from tritter.protocol.config import RunConfig
 from tritter.protocol.events import UploadEvent
 from tritter.protocol.state import RunState
 
+# A start (or extend) is answered after the daemon has checked the run's corpus and tokenizer,
+# in a thread, for at most START_CHECK_TIMEOUT_S (a few-hundred-GB folder on a cold disk can take
+# a while); clients wait START_REPLY_TIMEOUT_S for that reply, longer, so a check that ends in time
+# is never reported as a failure the daemon then carries out anyway.
+START_CHECK_TIMEOUT_S = 60.0
+START_REPLY_TIMEOUT_S = START_CHECK_TIMEOUT_S + 15.0
 CATCHUP_BATCH = 2000  # events per catch-up reply: bounded so one reply never stalls the daemon
 
 

@@ -244,15 +244,6 @@ def run_tokens_at(state: RunState, event: StepEvent) -> int:
     return earlier + event.tokens
 
 
-def eta_seconds(state: RunState) -> float | None:
-    """Seconds until the run's last step at its recent pace (``step_ms``); None when it is not
-    training or no step has been timed yet.  Evals and checkpoints are not in the pace, so this
-    is a slight underestimate, never inflated by a pause."""
-    if state.status != "running" or state.step_ms <= 0 or state.total_steps <= 0:
-        return None
-    return max(0, state.total_steps - state.current_step) * state.step_ms / 1000.0
-
-
 def _apply_step(state: RunState, event: StepEvent) -> None:
     state.current_step = event.step
     state.current_loss = event.loss

@@ -15,10 +15,12 @@ count with the same functions, so the three can never disagree.
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from tritter.protocol.config import MAX_STEPS
@@ -27,8 +29,8 @@ if TYPE_CHECKING:
     from tritter.protocol.config import RunConfig
 
 MAX_SIZE = 10**15  # tokens; far beyond any corpus, and well inside msgpack's 64-bit integers
-_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMbB]?)\s*$")
+_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG]i|[kKmMbB]?)\s*$")
 
 
 class BudgetError(ValueError):
@@ -36,16 +38,21 @@ class BudgetError(ValueError):
 
 
 def parse_size(text: str, flag: str = "size") -> int:
-    """``"500k"`` -> 500000, ``"0.5M"`` -> 500000, ``"2B"`` -> 2000000000, ``"1024"`` -> 1024.
+    """``"500k"`` -> 500000, ``"0.5M"`` -> 500000, ``"2B"`` -> 2000000000, ``"1Mi"`` -> 1048576.
 
-    Args: ``text`` a non-negative number with an optional suffix k/M/B (powers of 1000);
-    ``flag`` names the option in the error. Returns a positive int (rounded to the nearest integer).
-    Raises BudgetError when it does not parse or is below 1.
+    Args: ``text`` a non-negative number with an optional suffix k/M/B (powers of 1000) or
+    Ki/Mi/Gi (powers of 1024: a "1M-token" global batch in papers is usually 2**20);
+    ``flag`` names the option in the error. Returns a positive int.
+    Raises BudgetError when it does not parse, is not a whole number (``1.5``; ``1.5k`` is), or is below 1.
     """
     match = _SIZE_RE.match(text)
     if not match:
-        raise BudgetError(f"{flag} {text!r} is not a size (a number with an optional k, M or B suffix, e.g. 500k, 2B)")
-    value = round(float(match.group(1)) * _SUFFIX[match.group(2).lower()])
+        raise BudgetError(f"{flag} {text!r} is not a size (a number with an optional k, M, B, Ki, Mi or Gi suffix, "
+                          "e.g. 500k, 2B, 1Mi)")
+    exact = Fraction(match.group(1)) * _SUFFIX[match.group(2).lower()]
+    if exact.denominator != 1:
+        raise BudgetError(f"{flag} {text!r} is not a whole number")
+    value = int(exact)
     if not 1 <= value <= MAX_SIZE:
         raise BudgetError(f"{flag} {text!r} must be between 1 and {MAX_SIZE:.0e}")
     return value
@@ -78,14 +85,15 @@ def parse_tokens(text: str) -> list[int]:
     return parse_list(text, "--tokens", parse_size)
 
 
-def per_stage(values: Sequence[int], stages: Sequence[str], flag: str) -> list[int]:
+def per_stage(values: Sequence[int], stages: Sequence[str], flag: str, whose: str = "the run has") -> list[int]:
     """One value per stage: a single value applies to every stage; otherwise the list must have
-    exactly one value per stage. Raises BudgetError on a length mismatch."""
+    exactly one value per stage. ``whose`` starts the error's count ("the run has", "the
+    extension adds"). Raises BudgetError on a length mismatch."""
     if len(values) == 1:
         return [values[0]] * len(stages)
     if len(values) != len(stages):
         raise BudgetError(
-            f"{flag} has {len(values)} values but the run has {len(stages)} stages ({', '.join(stages)}); "
+            f"{flag} has {len(values)} values but {whose} {len(stages)} stages ({', '.join(stages)}); "
             "give one value per stage, or one for all"
         )
     return list(values)
@@ -189,3 +197,18 @@ def check_config(config: RunConfig) -> str | None:
     except BudgetError as error:
         return str(error)
     return None
+
+
+def budget_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse ``type`` from a ``recipe.budget`` parser (``parse_steps``, ``parse_tokens``,
+    ``parse_size``): its BudgetError becomes one usage line."""
+
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except BudgetError as error:
+            # argparse already starts the line with "argument --flag:"; don't name the flag twice.
+            raise argparse.ArgumentTypeError(re.sub(r"^--[\w-]+ ", "", str(error))) from None
+
+    convert.__name__ = "size"
+    return convert

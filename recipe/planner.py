@@ -78,7 +78,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from tritter.recipe.budget import BatchPlan, resolve_batch
-from tritter.recipe.presets import ModelShape, Preset, get_preset, stage_names
+from tritter.recipe.presets import ModelShape, Preset, get_preset, stage_names, with_vocab
 
 H100_BF16_DENSE_FLOPS = 989e12  # FLOP/s, NVIDIA H100 SXM datasheet (dense, no sparsity)
 # Dense bf16 peak FLOP/s per GPU, keyed by a part of the name CUDA reports (vendor datasheets, SXM
@@ -343,8 +343,12 @@ def plan_run(
     nproc: int = 1,
     hybrid: bool = True,
     compiled: bool | None = None,
+    vocab_size: int | None = None,
 ) -> list[StagePlan]:
     """One StagePlan per stage from ``start`` to ``end`` (preset names), with the run's overrides.
+
+    ``vocab_size``: the model's embedding rows for the run's tokenizer (``start --tokenizer``;
+    formats.tokenizer.model_vocab_size); None: the presets' own.
 
     ``micro_batch`` None: the preset's batch on CPU; on CUDA the largest power of two whose eager
     peak fits an 80 GB card (what the trainer's probe would find, by this model).
@@ -356,6 +360,8 @@ def plan_run(
     plans = []
     for name in stage_names(start, end):
         preset = get_preset(name)
+        if vocab_size is not None:
+            preset = with_vocab(preset, vocab_size)
         every = preset.train.grad_ckpt_every if grad_ckpt_every is None else grad_ckpt_every
         micro = micro_batch
         if micro is None and cuda:

@@ -274,3 +274,43 @@ def test_plan_tokens_gives_each_stage_its_share_of_the_training_flops(tmp_path) 
     for bad, why in ((["--tokens", "1M,2M,3M"], "has 3 values but the run has 2 stages"), (["--tokens", "x"], "is not a size")):
         refused = subprocess.run([*ctl, "plan", *bad], capture_output=True, text=True, timeout=60)
         assert refused.returncode == 2 and why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_plan_takes_a_start_command_line_as_it_is_and_sizes_embeddings_by_the_tokenizer(tmp_path) -> None:
+    from tritter.clients.ctl import build_parser
+    from tritter.formats.tokenizer import train_bpe
+
+    # Every flag of `start` is a flag of `plan`, so a start command can be planned by changing one word.
+    sub = next(a for a in build_parser()._actions if a.choices and "start" in a.choices).choices
+    flags = lambda name: {s for a in sub[name]._actions for s in a.option_strings}  # noqa: E731
+    assert flags("start") - flags("plan") == set()
+
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    text = [f"line {i} of a corpus, with words {i * 7} and more words" for i in range(400)]
+    train_bpe(text, vocab_size=400).save(str(tok / "tokenizer.json"))
+    ctl = [sys.executable, "-m", "tritter.clients.ctl", "--home", str(tmp_path / "nothing-here")]
+    start_args = ["--start", "tiny", "--end", "small", "--corpus", str(tmp_path), "--name", "x", "--seed", "3",
+                  "--steps", "10", "--upload", "--hf-user", "me", "--eval-every", "5", "--json"]
+    default = subprocess.run([*ctl, "plan", *start_args], capture_output=True, text=True, timeout=60)
+    own = subprocess.run([*ctl, "plan", *start_args, "--tokenizer", str(tok)], capture_output=True, text=True, timeout=60)
+    assert default.returncode == 0 and own.returncode == 0, (default.stderr, own.stderr)
+    shapes = [get_preset(name).shape for name in ("tiny", "small")]
+    # 400 ids -> 448 embedding rows (a multiple of 64); one matrix when input and output are tied.
+    want = [p - (1 if s.tie_word_embeddings else 2) * s.hidden_size * (s.vocab_size - 448) for p, s in
+            zip((s["params"] for s in json.loads(default.stdout)["stages"]), shapes)]
+    assert [s["params"] for s in json.loads(own.stdout)["stages"]] == want
+    bad = subprocess.run([*ctl, "plan", "--tokenizer", str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_the_plan_printed_in_docs_presets_is_what_the_command_prints() -> None:
+    from pathlib import Path
+
+    from tritter.recipe.planner import format_plan
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "presets.md").read_text()
+    command = "```sh\ntritterctl plan --start 100m --end 1b --cuda\n```\n\n```\n"
+    assert command in doc
+    shown = doc.split(command, 1)[1].split("\n```", 1)[0]
+    assert shown == format_plan(plan_run("100m", "1b", cuda=True))

@@ -99,7 +99,7 @@ def test_extend_grows_a_completed_run_as_the_same_run(daemon: Daemon, home: Path
         refused = ctl(home, "extend", run_id, "--end", end, check=False)
         assert refused.returncode == 2 and why in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     mismatch = ctl(home, "extend", run_id, "--end", "100m", "--steps", "1,2,3", check=False)
-    assert mismatch.returncode == 2 and "--steps has 3 values but" in mismatch.stderr
+    assert mismatch.returncode == 2 and "--steps has 3 values but the extension adds 2 stages (small, 100m)" in mismatch.stderr
 
     assert "extending to small" in ctl(home, "extend", run_id, "--end", "small", "--steps", "2").stdout
     assert ctl(home, "wait", run_id, "--timeout", "400", check=False).returncode == 0, daemon.stderr()

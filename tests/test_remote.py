@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -10,7 +11,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from conftest import Daemon, ctl, tool
+
+from tritter.clients.connection import Connection, DaemonUnavailable
+from tritter.clients.target import Target
+from tritter.protocol.control import Ping
 
 
 def free_port_pair() -> int:
@@ -40,7 +46,7 @@ def start_remote_daemon(home: Path) -> tuple[Daemon, str]:
         try:
             return daemon.start(), url
         except AssertionError:
-            if "Address already in use" not in daemon.stderr():
+            if ") is in use; pick a --bind port" not in daemon.stderr():
                 raise
             daemon.stderr_path.unlink()
     raise AssertionError("no port pair could be bound in 10 tries")
@@ -138,3 +144,88 @@ def test_unreachable_remote_is_one_line_and_quick(tmp_path: Path) -> None:
         url = f"tcp://127.0.0.1:{held.getsockname()[1]}"
         result = remote(url, keys / "s.key", keys / "c.key_secret", "status")  # gives up by itself: no hang
     assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+def test_bad_key_file_does_not_freeze_authorization(home: Path, tmp_path: Path) -> None:
+    """A garbage .key next to good ones, already there at start (a restart): the good key works, the bad
+    file is named once in the log, a key added later is allowed and a deleted one refused, no restart."""
+    keys = tmp_path / "client-keys"
+    for name in ("alice", "bob"):
+        assert ctl(home, "keygen", str(keys), name).returncode == 0
+    authorized = home / "keys" / "authorized"
+    authorized.mkdir(parents=True)
+    (authorized / "bad.key").write_text("garbage\n")
+    shutil.copy(keys / "alice.key", authorized / "alice.key")
+    daemon, url = start_remote_daemon(home)
+    try:
+        server_key = home / "keys" / "server.key"
+        alice, bob = keys / "alice.key_secret", keys / "bob.key_secret"
+        result = remote(url, server_key, alice, "runs")
+        assert result.returncode == 0 and "no runs yet" in result.stdout, result.stderr
+        assert remote(url, server_key, bob, "runs").returncode == 2
+
+        shutil.copy(keys / "bob.key", authorized / "bob.key")  # added: allowed within the re-read
+        deadline = time.monotonic() + 60
+        while (result := remote(url, server_key, bob, "runs")).returncode != 0 and time.monotonic() < deadline:
+            pass
+        assert result.returncode == 0, result.stderr
+
+        async def revoke_alice() -> None:
+            # alice holds a connection opened (and handshaken) while she was allowed, like a TUI or a sink.
+            session = Connection(Target.remote(url, server_key, alice), timeout_s=3.0)
+            try:
+                assert (await session.request(Ping())).ok
+                (authorized / "alice.key").unlink()  # deleted: new connections refused within the re-read...
+                deadline = time.monotonic() + 60
+                while (result := await asyncio.to_thread(remote, url, server_key, alice, "runs")).returncode == 0:
+                    assert time.monotonic() < deadline, "a deleted key still gets answers"
+                assert result.returncode == 2 and "not authorized" in result.stderr
+                with pytest.raises(DaemonUnavailable):  # ...and the open one gets no more answers either
+                    await session.request(Ping())
+            finally:
+                await session.close()
+
+        asyncio.run(revoke_alice())
+        assert remote(url, server_key, bob, "runs").returncode == 0  # the others unaffected
+
+        log = daemon.stderr()
+        named = [line for line in log.splitlines() if str(authorized / "bad.key") in line]
+        assert len(named) == 1 and "no public key" in named[0], log
+        assert "Traceback" not in log
+    finally:
+        daemon.stop()
+
+
+def test_busy_control_port_is_named(home: Path) -> None:
+    """--bind tcp://127.0.0.1:P with P+1 taken: one line naming P+1 as the control port, exit 2."""
+    for _ in range(10):
+        port = free_port_pair()
+        with socket.socket() as taken:
+            try:
+                taken.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue  # taken by someone else between the pick and now: pick again
+            taken.listen()
+            result = subprocess.run([tool("tritterd"), "--home", str(home), "--bind", f"tcp://127.0.0.1:{port}", "--no-recorder"],
+                                    capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        if f"port {port} (" in result.stderr:
+            continue  # P itself was taken meanwhile: not what this test is about
+        assert result.returncode == 2
+        errors = [line for line in result.stderr.splitlines() if line.startswith("tritterd: error:")]
+        assert errors == [f"tritterd: error: port {port + 1} (the control port, --bind's port + 1) is in use; "
+                          "pick a --bind port P with P and P+1 both free"], result.stderr
+        assert "Traceback" not in result.stderr and "Address already in use" not in result.stderr
+        return
+    raise AssertionError("no port pair to test with in 10 tries")
+
+
+def test_runs_home_needs_connect(home: Path) -> None:
+    """Every sink refuses --runs-home without --connect (it would be ignored) in one line, writing nothing."""
+    runs_home = home / "elsewhere"
+    for sink in ("tritter-record", "tritter-compress", "tritter-upload", "tritter-tensorboard"):
+        result = subprocess.run([tool(sink), "--home", str(home), "--runs-home", str(runs_home)],
+                                capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert result.returncode == 2, (sink, result.stderr)
+        assert result.stderr == f"{sink}: error: --runs-home goes with --connect (a remote daemon); " \
+                                "a sink of a local daemon writes under its --home\n", result.stderr
+    assert not runs_home.exists()

@@ -22,12 +22,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tritter.clients.cli_args import bounded_int
+from tritter.protocol.cli_args import bounded_int
+from tritter.clients.outputs import OutputRefused, check_output_file
 from tritter.formats import codec, sniff
 from tritter.formats.checkpoints import SUFFIX, is_compressed, raw_name
-from tritter.formats.files import atomic_write, source_mode
 from tritter.formats.safetensors_stream import verify_content
 from tritter.protocol.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, OneLineParser
+from tritter.protocol.oserrors import os_error_line
 
 EXIT_BAD_INPUT = EXIT_ERROR  # kept: the name other modules import
 MAX_THREADS = 256
@@ -39,14 +40,12 @@ class _Refused(Exception):
 
 def _check_out(out: Path, force: bool, *inputs: Path | None) -> None:
     """Refuse an existing ``out`` without ``force``, and ``out`` naming one of the ``inputs``
-    (even with ``force``: the command promises to keep its input)."""
-    for src in inputs:
-        if src is not None and (out.resolve() == src.resolve() or (out.exists() and src.exists() and out.samefile(src))):
-            raise _Refused(f"{out} is an input of this command; choose another output")
-    if out.exists() and not force:
-        raise _Refused(f"{out} exists (use --force to overwrite)")
-    if not out.parent.is_dir():  # a typo in -o should not create folders
-        raise _Refused(f"{out.parent}: no such folder")
+    (even with ``force``: the command promises to keep its input), a folder or device, or a
+    missing folder: the rule of every command's output (clients/outputs.py)."""
+    try:
+        check_output_file(out, force, *inputs)
+    except OutputRefused as refused:
+        raise _Refused(str(refused)) from None
 
 
 def _kind(path: Path, want: str | None = None) -> str:
@@ -71,6 +70,7 @@ def _compress(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else src.with_name(src.name + SUFFIX)
     base = Path(args.delta_from) if args.delta_from else None
     _check_out(out, args.force, src, base)
+    args.out_path = out  # named by an error that carries no file name (a full disk)
     if base is not None:
         _kind(base)
     if verify_content(src) is False:  # bit-exact compression would keep the damage, under a new name
@@ -91,6 +91,7 @@ def _decompress(args: argparse.Namespace) -> int:
     default = raw_name(src) if is_compressed(src) else src.name + ".safetensors"  # x.bin -> x.bin.safetensors
     out = Path(args.output) if args.output else src.with_name(default)
     _check_out(out, args.force, src)
+    args.out_path = out  # named by an error that carries no file name (a full disk)
     size = codec.decompress_file(src, out)  # streams; every digest checked before the rename; keeps src's permissions
     print(f"{out}: {size / 1e6:.2f} MB")
     return 0
@@ -231,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except BrokenPipeError:  # before OSError: `tritter-ckpt info F | head` is not an error
         return 0
-    except OSError as exc:
-        print(f"tritter-ckpt: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+    except OSError as exc:  # plain words and a path (the output's when the error names none), never [Errno N]
+        print(f"tritter-ckpt: error: {os_error_line(exc, getattr(args, 'out_path', None) or args.file)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

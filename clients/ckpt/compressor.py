@@ -30,7 +30,12 @@ thread, never a whole checkpoint (nor the previous one).
 
 from __future__ import annotations
 
-import asyncio
+from tritter.clients.sink_signals import stop_quietly_while_starting
+
+# First of all, before the imports below: run as a program, a SIGTERM/SIGINT from here on exits 0
+# (docs/operations.md, "Exit status").
+stop_quietly_while_starting(__name__, "tritter-compress")
+
 import logging
 import os
 import sys
@@ -39,8 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tritter.clients.cli_args import bounded_int
-from tritter.clients.sink_base import Sink, SinkSettings, sink_main, sink_parser
+from tritter.protocol.cli_args import bounded_int
+from tritter.clients.sink_base import Sink, SinkSettings, finish_in_thread, sink_main, sink_parser
 from tritter.clients.target import Target
 from tritter.formats import codec
 from tritter.formats.checkpoints import RAW_SUFFIX, SUFFIX, checkpoint_step, is_compressed, list_checkpoint_files
@@ -100,12 +105,13 @@ class Compressor(Sink[CompressSettings]):
     # -- events ---------------------------------------------------------------------------------
     async def start(self) -> None:
         """Remove temp outputs a killed compressor left (``sweep``, in a thread)."""
-        await asyncio.to_thread(self.sweep)
+        await finish_in_thread(self.sweep)
 
     async def on_event(self, event: AnyEvent) -> None:
-        """A ``checkpoint`` event is compressed in a worker thread (the loop and signals stay responsive)."""
+        """A ``checkpoint`` event is compressed in a worker thread (the loop and signals stay responsive);
+        a signal meanwhile stops the sink once that checkpoint is done (``finish_in_thread``)."""
         if isinstance(event, CheckpointEvent):
-            await asyncio.to_thread(self.handle, event)
+            await finish_in_thread(self.handle, event)
 
     def save_due(self, event: AnyEvent) -> bool:
         """Save after every checkpoint event (its output is done), otherwise on the base's time schedule."""

@@ -33,9 +33,11 @@ from tritter.clients.subscription import DISCONNECTED, LIVE, Subscription
 from tritter.clients.tui.monitor_keys import MONITOR_STYLES, add_monitoring_keys
 from tritter.clients.tui.model import Confirm, Monitor, RunsDirSource, ViewState
 from tritter.clients.tui.render import Chrome, Line, fit, screen
+from tritter.protocol.cli_args import path_arg
 from tritter.protocol.control import Checkpoint, Pause, Ping, Request, Resume, Stop
 from tritter.clients.target import Target, add_target_arguments, target_from_args
 from tritter.protocol.home import Layout as HomeLayout
+from tritter.protocol.oserrors import error_line
 from tritter.protocol.state import TERMINAL
 from tritter.protocol.wire import ProtocolError
 
@@ -372,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog="keys: j/k or arrows select, d details, r refresh, p pause/resume, s stop, "
                             "c checkpoint, ? help, q quit (see docs/tui.md)")
     add_target_arguments(parser)
-    parser.add_argument("--runs-dir", type=Path, metavar="DIR",
+    parser.add_argument("--runs-dir", type=path_arg, metavar="DIR",
                         help="read run folders (run.json + metrics.jsonl) without a daemon, e.g. HOME/runs")
     return parser
 
@@ -429,8 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("--runs-dir reads run folders offline; give it without --home or --connect")
     try:
         return asyncio.run(_main(args))
-    except ValueError as error:
-        return _fail(str(error))
+    except (ValueError, OSError) as error:  # plain words (protocol/oserrors.py), never [Errno N]
+        return _fail(error_line(error))
     except KeyboardInterrupt:
         return 130
 

@@ -20,7 +20,6 @@ import msgspec
 from tritter.clients.tui.extras import RunExtras, read_offline
 from tritter.protocol.events import AnyEvent, EvalEvent, RunEvent, SampleEvent, StepEvent, SystemEvent
 from tritter.protocol.state import RunState, fold
-from tritter.protocol.state import eta_seconds as state_eta_seconds
 
 ETA_WINDOW = 20  # recent steps used for the step rate: long enough to smooth, short enough to follow growth
 
@@ -140,17 +139,6 @@ class RunHistory:
         span = self.times[-1] - self.times[-n]
         steps = self.steps[-1] - self.steps[-n]
         return span / steps if span > 0 and steps > 0 else None
-
-
-def eta_seconds(state: RunState, history: RunHistory | None = None) -> float | None:
-    """Seconds left at the recent pace; None when the run is not moving or we cannot tell yet.
-
-    The pace is the run state's ``step_ms`` (recent step times, measured on a monotonic clock
-    by the worker), the same figure ``tritterctl status`` shows: event timestamps would count a
-    pause or a daemon restart as training time, and a clock set back would make it negative.
-    ``history`` is accepted for callers that pass it; it is not needed.
-    """
-    return state_eta_seconds(state)
 
 
 @dataclass

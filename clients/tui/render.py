@@ -27,7 +27,8 @@ from tritter.clients.tui.monitor_views import (
     sample_pane,
     system_pane,
 )
-from tritter.clients.tui.model import PHASES, Monitor, RunHistory, StageMark, ViewState, eta_seconds
+from tritter.clients.tui.model import PHASES, Monitor, RunHistory, StageMark, ViewState
+from tritter.recipe.eta import eta_seconds
 from tritter.formats.text import clip, display_width, fmt_duration, printable
 from tritter.formats.text import fit as fit_text
 from tritter.protocol.state import RunState, stage_status
@@ -388,7 +389,7 @@ def run_row(state: RunState, history: RunHistory | None, width: int) -> list[str
     """The cells of one run's row, in column order (unpadded)."""
     step = f"{state.current_step}/{state.total_steps}" if state.total_steps else str(state.current_step)
     rate = fmt_si(state.tokens_per_s) if state.tokens_per_s else "-"
-    eta = fmt_duration(eta_seconds(state, history)) if state.status == "running" else "-"
+    eta = fmt_duration(eta_seconds(state)) if state.status == "running" else "-"
     name = state.run_name or state.run_id
     if state.alert_count:  # runs with alerts stand out: "!N name" (a lists them)
         name = f"!{state.alert_count} {name}"
@@ -452,7 +453,7 @@ def detail(state: RunState, history: RunHistory | None, width: int, height: int,
     status_line: Line = [("class:header", title), (f"class:header class:status.{state.status}", state.status)]
     if state.error:
         status_line.append(("class:header class:error", f": {state.error}"))
-    eta = fmt_duration(eta_seconds(state, history))
+    eta = fmt_duration(eta_seconds(state))
     mfu = f" · MFU {state.mfu:.1%}" if state.mfu is not None else ""
     status_line.append(("class:header", f" · {fmt_si(state.tokens_per_s)} tok/s{mfu} · ETA {eta}"))
     best = f" · best {fmt_loss(state.best_loss)} @ {state.best_step}" if state.best_step is not None else ""

@@ -32,7 +32,6 @@ part a background thread does (``daemon/engine/async_checkpoint.py``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import random

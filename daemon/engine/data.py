@@ -32,7 +32,7 @@ import zstandard
 
 from tritter.daemon.engine.prepare import DocumentSource, PrepareStatus, cached_or_build
 from tritter.formats.files import atomic_write
-from tritter.formats.corpus import CHUNK_CHARS, CorpusFile, CorpusReader, DataError, corpus_digest, list_corpus
+from tritter.formats.corpus import CHUNK_CHARS, MIN_TOKENS, CorpusFile, CorpusReader, DataError, corpus_digest, list_corpus
 from tritter.formats.shards import DEFAULT_SHARD_TOKENS, TokenStream, stream_digest
 from tritter.formats.tokenizer import EOT, PAD, TokenizerSpec, load_tokenizer_spec, model_vocab_size, spec_from_json
 from tritter.protocol.config import RunConfig
@@ -48,7 +48,7 @@ _CACHE_VERSION = 2
 _HELDOUT_FRACTION = 0.02
 _HELDOUT_MIN = 65536
 _HELDOUT_MAX = 10_000_000  # eval reads a few hundred windows; 2% of 20B tokens would be waste
-_MIN_TOKENS = 20
+_MIN_TOKENS = MIN_TOKENS  # formats.corpus: the start-time check refuses the same
 _TOKEN_CHECK_BLOCK = 1 << 24
 
 __all__ = ["DataError", "EOT", "PAD", "TokenData", "Batches", "heldout_batches", "load_token_data", "load_tokenizer"]

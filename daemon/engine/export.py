@@ -106,7 +106,7 @@ def model_card(card: StageCard, params: int, config: dict, folder: Path | None =
     uses = []
     if card.hf_user:
         repo = f"{card.hf_user}/{card.run_name}"
-        uses.append(f"From the Hugging Face Hub (`tritter-upload` pushes each stage to the branch named after it):\n\n"
+        uses.append("From the Hugging Face Hub (`tritter-upload` pushes each stage to the branch named after it):\n\n"
                     + _use_snippet(repo, card.stage))
     if folder is not None:
         uses.append("From the folder tritter exported (on the machine that trained it):\n\n" + _use_snippet(str(folder), None))

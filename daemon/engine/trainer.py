@@ -329,11 +329,15 @@ class Trainer:
             ))
 
     def _latest_checkpoint(self) -> LoadedCheckpoint | None:
+        """The newest checkpoint that loads; each damaged one skipped is noted in
+        ``self.skipped_checkpoints`` (one line each) for the ``resumed`` event's reason."""
+        self.skipped_checkpoints: list[str] = []
         for path in reversed(list_checkpoints(self.run_dir)):
             try:
                 return load_checkpoint(path)
             except CheckpointError as error:
                 log.warning("CHECKPOINT DAMAGED, falling back to an earlier one: %s", error)
+                self.skipped_checkpoints.append(f"{path.name} is damaged ({error})")
         return None
 
     def _restore(self, loaded: LoadedCheckpoint) -> None:
@@ -643,7 +647,9 @@ class Trainer:
         loaded = self._latest_checkpoint()
         if loaded is not None:
             self._restore(loaded)
-            self.emit(RunEvent(status="resumed", resume_step=self.progress.step))
+            # The daemon announced the resume from the newest checkpoint; a fallback says why.
+            reason = "; ".join(self.skipped_checkpoints)[:500]
+            self.emit(RunEvent(status="resumed", resume_step=self.progress.step, reason=reason))
         first_stage = self.progress.stage_index
         if loaded is not None and self.progress.stage_done:
             self._reannounce_stage_end()

@@ -29,13 +29,14 @@ CTL = str(Path(sys.executable).parent / "tritterctl")
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("1024", 1024), ("500k", 500_000), ("500K", 500_000), ("0.5M", 500_000), ("2B", 2_000_000_000), ("1.5b", 1_500_000_000), (" 3 M ", 3_000_000)],
+    [("1024", 1024), ("500k", 500_000), ("500K", 500_000), ("0.5M", 500_000), ("2B", 2_000_000_000), ("1.5b", 1_500_000_000), (" 3 M ", 3_000_000),
+     ("1Mi", 2**20), ("512ki", 512 * 1024), ("0.5Mi", 2**19), ("1Gi", 2**30)],
 )
 def test_sizes(text: str, value: int) -> None:
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "M", "1X", "-5", "1e9", "0", "0.0001k", "1,000", "2T"])
+@pytest.mark.parametrize("text", ["", "M", "1X", "-5", "1e9", "0", "0.0001k", "1,000", "2T", "1.5", "1.2345k", "1Bi"])
 def test_bad_sizes_say_which_flag(text: str) -> None:
     with pytest.raises(BudgetError, match="--tokens"):
         parse_size(text, "--tokens")

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tritter.daemon.engine import data as D
-from tritter.formats.corpus import CorpusReader, DataError, list_corpus
+from tritter.formats.corpus import PROBE_BYTES, CorpusReader, DataError, list_corpus
 from tritter.formats.datacheck import check_data
 from tritter.formats.shards import TokenStream, read_index
 from tritter.formats.tokenizer import load_tokenizer_spec, model_vocab_size, train_bpe, write_tokenizer_folder
@@ -370,11 +370,16 @@ def test_bad_folders_and_tokenizers_at_start(tmp_path):
 
 def test_errors_found_while_tokenizing_name_file_and_line(tmp_path):
     path = tmp_path / "late.jsonl"
-    path.write_bytes(jsonl(["fine " * 10] * 3) + b'{"text": ["a", "list"]}\n')
-    assert check_data(str(path), None) is None  # the first record is fine
+    bad = b'{"text": ["a", "list"]}\n'
+    path.write_bytes(jsonl(["fine " * 10] * 3) + bad)
+    # within the start-time probe's first MB it is found at start already
+    assert check_data(str(path), None) == f'{path}: line 4: "text" is an array, not a string'
+    lines = PROBE_BYTES // len(jsonl(["fine " * 10])) + 1
+    path.write_bytes(jsonl(["fine " * 10] * lines) + bad)
+    assert check_data(str(path), None) is None  # past it, only a full read finds it
     with pytest.raises(DataError) as error:
         load(tmp_path, path)
-    assert str(error.value) == f'{path}: line 4: "text" is an array, not a string'
+    assert str(error.value) == f'{path}: line {lines + 1}: "text" is an array, not a string'
 
 
 def test_lone_surrogates_and_invalid_utf8_are_replaced_and_counted(tmp_path, spec):

@@ -113,5 +113,8 @@ def test_damaged_log_and_checkpoint_tails_recover_exactly(daemon: Daemon, home: 
     corrupt = sorted(home.glob("events.log.corrupt-*"))
     assert len(corrupt) == len(rounds), "every cut tail is kept beside the log"
     resumes = [e for e in events(home) if e.get("run_id") == run_id and e["kind"] == "run" and e["status"] == "resumed"]
+    # Each fallback past a damaged checkpoint is the worker's own `resumed`, saying which file it skipped.
+    fallbacks = [e for e in resumes if ".safetensors is damaged (" in e.get("reason", "")]
+    assert len(fallbacks) == sum(1 for *_, damaged in rounds if damaged), resumes
     report("c_damaged_tails", damages=done, recoveries=len(rounds), resumes_logged=len(resumes),
            duration_s=round(time.monotonic() - began, 1), **figures)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from tui_stream import OTHER_ID, RUN_ID, STEPS_PER_STAGE, T0, stream, write_run_folder
 
-from tritter.clients.tui.model import Monitor, RunsDirSource, StageMark, ViewState, eta_seconds, load_runs_dir
+from tritter.clients.tui.model import Monitor, RunsDirSource, StageMark, ViewState, load_runs_dir
+from tritter.recipe.eta import eta_seconds
 from tritter.protocol.events import RunEvent, StepEvent
 
 
@@ -89,9 +90,9 @@ def test_eta_uses_the_recent_pace() -> None:
     monitor = folded(events[: cut + 1])
     state = monitor.runs[RUN_ID]
     assert state.status == "running" and state.total_steps == 60
-    assert eta_seconds(state, monitor.history[RUN_ID]) == pytest.approx(20 * 0.5)
+    assert eta_seconds(state) == pytest.approx(20 * 0.5)
     state.status = "paused"
-    assert eta_seconds(state, monitor.history[RUN_ID]) is None
+    assert eta_seconds(state) is None
 
 
 # -- offline ---------------------------------------------------------------------------------

@@ -46,10 +46,15 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int = 
     ("wait", "RUN", "--timeout=nan"),  # one word: conftest's ctl() sizes its own timeout on "--timeout S"
     ("wait", "RUN", "--timeout=inf"),
     ("wait", "RUN", "--timeout=-1"),
+    ("start", "--tokens", "1.5"),  # tokens are whole: 1.5k is fine, 1.5 is not
+    ("start", "--corpus", ""),  # an empty path would mean the current folder
+    ("start", "--tokenizer", " "),
+    ("start", "--text-field", ""),
+    ("start", "--sample-prompts", ""),
 ])
 def test_tritterctl_numbers_out_of_range_are_one_line_exit_2(home: Path, args: tuple[str, ...]) -> None:
     err = assert_one_line_error(ctl(home, *args, check=False))
-    assert "out of range" in err or "expected" in err, err
+    assert "out of range" in err or "expected" in err or "not a whole number" in err, err
 
 
 @pytest.mark.parametrize("command", [
@@ -60,11 +65,25 @@ def test_tritterctl_numbers_out_of_range_are_one_line_exit_2(home: Path, args: t
     ("tritter-upload", "--attempts", "0"),
     ("tritter-upload", "--backoff", "inf"),
     ("tritter-upload", "--request-timeout", "0"),
+    ("tritterd", "--slots", HUGE),
+    ("tritterd", "--slots", "0"),
+    ("tritterd", "--stall-factor", "inf"),
+    ("tritterd", "--stall-factor", "1e400"),
+    ("tritterd", "--stall-factor", "1"),
+    ("tritterd", "--stall-min-s", "inf"),
+    ("tritterd", "--stall-min-s", "nan"),
+    ("tritterd", "--home", ""),  # not the default home
+    ("tritter-tui", "--home", ""),
+    ("tritterctl", "--home", "", "runs"),
 ])
-def test_sink_and_tool_numbers_out_of_range(command: tuple[str, ...]) -> None:
+def test_sink_and_tool_numbers_out_of_range(command: tuple[str, ...], tmp_path: Path) -> None:
     if command[1] == "info":  # info has no --threads: argparse says so, also in one line
         command = ("tritter-ckpt", "compress", "x", "--threads", "0")
-    assert_one_line_error(run_tool(*command))
+    if command[0] == "tritterd" and "--home" not in command:  # refused before it touches a home (none is created)
+        command = (*command, "--home", str(tmp_path / "home"))
+    err = assert_one_line_error(run_tool(*command))
+    assert "out of range" in err or "expected" in err, err
+    assert not (tmp_path / "home").exists()
 
 
 def _request(home: Path, payload: bytes) -> Reply:
@@ -159,3 +178,22 @@ def test_wait_exit_codes_follow_the_run(home: Path) -> None:
         assert_one_line_error(ctl(home, "wait", "zzzz", check=False))
     finally:
         daemon.stop()
+
+
+def test_a_client_started_with_the_daemon_waits_for_it(tmp_path: Path) -> None:
+    """`tritterd --home H & tritterctl --home H runs`: the client waits while the daemon comes up
+    (importing, replaying its log) instead of saying it is not running; twice, the second time
+    over the socket file the first daemon left (a `kill -9`)."""
+    home = tmp_path / "home"
+    for _ in range(2):
+        daemon = subprocess.Popen([tool("tritterd"), "--home", str(home), "--no-recorder"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        try:
+            result = run_tool("tritterctl", "--home", str(home), "runs")
+            assert result.returncode == 0 and "no runs yet" in result.stdout, result.stderr
+        finally:
+            daemon.kill()
+            daemon.wait(timeout=30)
+    assert Path(Layout(home).api_endpoint[len("ipc://"):]).exists()  # left behind by the kill
+    late = run_tool("tritterctl", "--home", str(home), "runs")  # no daemon at all: says so, at once
+    assert late.returncode == 2 and "not running" in late.stderr

@@ -1,5 +1,8 @@
 """argparse value types that check a number's range where it is typed (one clear line, exit 2).
 
+Shared by the daemon's and the clients' command lines (``tritter.recipe.budget.budget_type``
+adds the size and budget suffixes).
+
 An unchecked number travels to the daemon (where msgpack cannot even encode integers past
 64 bits) or into a sleep/timeout (``inf``, ``nan``), and fails far from the flag that caused
 it.  Every numeric flag of every tritter command uses these.
@@ -9,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from collections.abc import Callable
-
-from tritter.recipe.budget import BudgetError
+from pathlib import Path
 
 # Seq numbers, counts and steps: anything past 2**53 is no longer exact as a JSON number.
 MAX_COUNT = 2**53
@@ -65,16 +66,24 @@ def bounded_float(low: float, high: float, what: str = "a number", *, low_open: 
     return parse
 
 
-def budget_type(parse: Callable[[str], object]) -> Callable[[str], object]:
-    """An argparse ``type`` from a ``recipe.budget`` parser (``parse_steps``, ``parse_tokens``,
-    ``parse_size``): its BudgetError becomes one usage line."""
+def nonempty_text(what: str = "a value") -> Callable[[str], str]:
+    """An argparse ``type`` refusing an empty or blank string (``--text-field ''``), one line."""
 
-    def convert(text: str) -> object:
-        try:
-            return parse(text)
-        except BudgetError as error:
-            # argparse already starts the line with "argument --flag:"; don't name the flag twice.
-            raise argparse.ArgumentTypeError(re.sub(r"^--[\w-]+ ", "", str(error))) from None
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"expected {what}, got an empty string")
+        return text
 
-    convert.__name__ = "size"
-    return convert
+    parse.__name__ = "text"
+    return parse
+
+
+def path_arg(text: str) -> Path:
+    """An argparse ``type`` for a path: an empty string is refused (``--corpus ''`` would otherwise
+    mean the current folder, ``--home ''`` the default home), ``~`` is expanded."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text).expanduser()
+
+
+path_arg.__name__ = "path"
