@@ -151,7 +151,7 @@ def home_error_line(error: BaseException, home: str | os.PathLike[str]) -> str:
     to it: ``cannot use home /x: events.log: it is a folder, not a file``.  Non-OS errors pass through
     ``error_line`` unchanged (they already say what is wrong).
     """
-    if not isinstance(error, OSError):
+    if not isinstance(error, OSError) or error.errno is None:  # no errno: it words itself (--metrics' port)
         return error_line(error)
     home_path = Path(os.fsdecode(home))
     name = Path(os.fsdecode(error.filename)) if error.filename not in (None, "") else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from tritter.daemon.engine import accumulation
 from tritter.daemon.engine import trainer as trainer_module
@@ -157,8 +157,15 @@ def _ddp_rank(rank: int, init_file: str, out_dir: str) -> None:
         reductions = []
 
         def counting_hook(state, bucket):  # type: ignore[no-untyped-def]  # DDP rejects string annotations
+            # Reduce synchronously and hand DDP a finished future: torch's allreduce_hook chains a
+            # Python callback that gloo's worker thread disposes of under the GIL, and tearing the
+            # Reducer down while it does deadlocks (seen here: the rank never exits).
             reductions.append(bucket.index())
-            return allreduce_hook(None, bucket)  # type: ignore[arg-type]  # None = the default group
+            buffer = bucket.buffer().div_(dist.get_world_size())
+            dist.all_reduce(buffer)
+            done: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+            done.set_result(buffer)
+            return done
 
         model.register_comm_hook(None, counting_hook)
         x, y = _batch(16)
@@ -166,14 +173,28 @@ def _ddp_rank(rank: int, init_file: str, out_dir: str) -> None:
         accumulation.forward_backward(model, accumulation.split(x[mine], y[mine], 2), torch.device("cpu"))
         grads = [p.grad for p in model.module.parameters()]
         torch.save({"reductions": reductions, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
+        dist.barrier()  # both ranks' results are on disk
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # Exit without tearing DDP down: freeing the Reducer joins gloo's threads while holding the
+    # GIL, and a thread that still needs it deadlocks the rank at exit (seen: 1 run in ~10).
+    os._exit(0)
 
 
 def test_ddp_all_reduces_once_per_step_and_matches_the_global_batch(tmp_path: Path) -> None:
     """2 gloo ranks x 4 micro-batches of 2: gradients are all-reduced in one backward only (the
     last micro-batch's), and equal the single-process gradient of all 16 sequences within 1e-5."""
-    mp.spawn(_ddp_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks_running = mp.spawn(_ddp_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 180
+    try:
+        while not ranks_running.join(timeout=1):
+            assert time.monotonic() < deadline, "the gloo ranks did not finish in 180 s"
+    finally:  # never leave a rank behind (a non-daemonic child would hold pytest's exit)
+        for process in ranks_running.processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     model = _model()
     x, y = _batch(16)
