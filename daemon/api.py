@@ -237,7 +237,7 @@ class Api:
         problem = validate_config(config) or check_budgets(config)  # the client checked too; a remote one may not
         if problem is None and config.hf_user:  # the upload's repo id: refuse now, not after training
             problem = repo_id_problem(config.hf_user, config.name or default_run_name(config.start, config.end))
-        if problem is None:  # stat, sniff the corpus, load the tokenizer: in a thread, 4 s at most (daemon/startcheck.py)
+        if problem is None:  # stat, sniff the corpus, load the tokenizer: in a thread, 60 s at most (daemon/startcheck.py)
             problem = await check_start_paths(config)
         if problem is None and not config.cuda and config.nproc > (os.cpu_count() or 1):
             problem = f"--nproc {config.nproc} is more than the {os.cpu_count()} CPU cores of the daemon's machine"
