@@ -21,13 +21,7 @@ import os
 import stat
 from typing import IO
 
-# (test, words): the file types that are neither a regular file nor a folder (stat(7)).
-_SPECIAL = (
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
+from tritter.protocol.oserrors import describe_mode
 
 
 class NotRegularFile(OSError):
@@ -40,15 +34,6 @@ class NotRegularFile(OSError):
 
     def __str__(self) -> str:
         return f"{self.filename} {self.strerror}"
-
-
-def describe_mode(mode: int) -> str | None:
-    """Words for a ``st_mode`` that is neither a regular file nor a folder ("a named pipe (FIFO)",
-    "a socket", "a character device", "a block device", else "not a regular file"); None for a
-    regular file or a folder."""
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return None
-    return next((words for test, words in _SPECIAL if test(mode)), "not a regular file")
 
 
 def special_path_problem(path: str | os.PathLike[str], label: str = "", folder_ok: bool = True) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from pathlib import Path
 
 # Plain words per errno; an errno not listed falls back to its strerror (lower-cased, no "[Errno N]").
@@ -37,24 +38,34 @@ _REASONS: dict[int, str] = {
 _ERRNO_PREFIX = re.compile(r"^\[Errno \d+\]\s*")
 
 
+# (test, words): the file types that are neither a regular file nor a folder (stat(7)).
+_SPECIAL = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def describe_mode(mode: int) -> str | None:
+    """Words for a ``st_mode`` that is neither a regular file nor a folder ("a named pipe (FIFO)",
+    "a socket", "a character device", "a block device", else "not a regular file"); None for a
+    regular file or a folder."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((words for test, words in _SPECIAL if test(mode)), "not a regular file")
+
+
 def _kind(path: Path) -> str | None:
-    """``"a file"``, ``"a folder"``, ``"a FIFO"``… for an existing ``path`` (not following a last symlink), else None."""
+    """``"a file"``, ``"a folder"``, ``"a named pipe (FIFO)"``… for an existing ``path`` (symlinks
+    followed; ``"a dangling symbolic link"`` when the last one leads nowhere), else None."""
     try:
-        if path.is_symlink() and not path.exists():
-            return "a dangling symbolic link"
-        if path.is_dir():
-            return "a folder"
-        if path.is_fifo():
-            return "a FIFO"
-        if path.is_socket():
-            return "a socket"
-        if path.is_block_device() or path.is_char_device():
-            return "a device"
-        if path.exists():
-            return "a file"
-    except OSError:
-        pass
-    return None
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a dangling symbolic link" if path.is_symlink() else None
+    except (OSError, ValueError):
+        return None
+    return "a folder" if stat.S_ISDIR(mode) else describe_mode(mode) or "a file"
 
 
 def _blocking_parent(path: Path) -> Path | None:

@@ -43,12 +43,18 @@ def corpus_file(path: Path, copies: int = 20) -> Path:
     return path
 
 
-def test_tokenizer_train_onto_an_existing_tokenizer_needs_force(home: Path, tmp_path: Path) -> None:
+def trained_tokenizer(home: Path, tmp_path: Path) -> tuple[Path, Path, dict[str, tuple[bytes, int]]]:
+    """A corpus ``tmp_path/c.txt``, a tokenizer trained from it into ``tmp_path/tok``, and the
+    tokenizer folder's snapshot: what the overwrite tests must find untouched."""
     corpus = corpus_file(tmp_path / "c.txt")
     tok = tmp_path / "tok"
     assert train(home, corpus, tok).returncode == 0
+    return corpus, tok, snapshot(tok)
+
+
+def test_tokenizer_train_onto_an_existing_tokenizer_needs_force(home: Path, tmp_path: Path) -> None:
+    corpus, tok, before = trained_tokenizer(home, tmp_path)
     digest = load_tokenizer_spec(tok).digest  # what a run started with --tokenizer tok records
-    before = snapshot(tok)
     parent_before = sorted(os.listdir(tmp_path))
     for flags in ((), ("--vocab-size", "320")):
         err = assert_one_line_error(train(home, corpus, tok, *flags, vocab=310))
@@ -98,10 +104,7 @@ def test_tokenizer_force_keeps_other_files_and_refuses_files_and_inputs(home: Pa
 
 def test_tokenizer_force_keeps_the_old_tokenizer_when_the_train_fails(home: Path, tmp_path: Path) -> None:
     """A JSONL whose bad line lies past what start-time checks read: training fails part-way."""
-    good = corpus_file(tmp_path / "c.txt")
-    tok = tmp_path / "tok"
-    assert train(home, good, tok).returncode == 0
-    before = snapshot(tok)
+    _, tok, before = trained_tokenizer(home, tmp_path)
     bad = tmp_path / "late.jsonl"
     record = json.dumps({"text": PROSE}) + "\n"
     bad.write_text(record * (2 * PROBE_BYTES // len(record)) + "{not json\n")
@@ -112,10 +115,7 @@ def test_tokenizer_force_keeps_the_old_tokenizer_when_the_train_fails(home: Path
 
 
 def test_tokenizer_force_killed_mid_train_keeps_the_old_tokenizer(home: Path, tmp_path: Path) -> None:
-    good = corpus_file(tmp_path / "c.txt")
-    tok = tmp_path / "tok"
-    assert train(home, good, tok).returncode == 0
-    before = snapshot(tok)
+    _, tok, before = trained_tokenizer(home, tmp_path)
     big = tmp_path / "big.txt"
     with open(big, "w") as f:
         for i in range(60_000):
