@@ -21,6 +21,8 @@ from pathlib import Path
 import zmq.auth
 from zmq.utils import z85
 
+from tritter.protocol.oserrors import os_error_reason
+
 log = logging.getLogger("tritterd.remote")
 
 KEY_SUFFIX = ".key"
@@ -72,7 +74,7 @@ def load_public_key(path: Path, signature: Signature | None) -> Loaded:
     except ValueError:
         return Loaded(None, "has no public key (not a certificate made by `tritterctl keygen`)")
     except OSError as error:
-        return Loaded(None, f"cannot be read: {error.strerror or error}")
+        return Loaded(None, f"cannot be read: {os_error_reason(error)}")
     if secret is not None:
         return Loaded(None, "holds a SECRET key: authorize the client's public .key file, never its .key_secret "
                             "(delete this file; the client should make a new pair with `tritterctl keygen`)")
@@ -104,7 +106,7 @@ class AuthorizedKeys:
         try:
             names = sorted(os.listdir(self.folder))
         except OSError as error:
-            problem = error.strerror or str(error)
+            problem = os_error_reason(error)
             if problem != self._folder_problem:
                 log.error("cannot read %s (%s): no remote client is authorized until it can be read", self.folder, problem)
             self._folder_problem = problem
