@@ -34,20 +34,6 @@ EXIT_BAD_INPUT = EXIT_ERROR  # kept: the name other modules import
 MAX_THREADS = 256
 
 
-class _Refused(Exception):
-    """A refusal that is not about the input (the output exists): exit 2 like every error."""
-
-
-def _check_out(out: Path, force: bool, *inputs: Path | None) -> None:
-    """Refuse an existing ``out`` without ``force``, and ``out`` naming one of the ``inputs``
-    (even with ``force``: the command promises to keep its input), a folder or device, or a
-    missing folder: the rule of every command's output (clients/outputs.py)."""
-    try:
-        check_output_file(out, force, *inputs)
-    except OutputRefused as refused:
-        raise _Refused(str(refused)) from None
-
-
 def _kind(path: Path, want: str | None = None) -> str:
     """The file's format by content (``sniff.TZST`` or ``sniff.SAFETENSORS``), whatever its name.
 
@@ -69,7 +55,7 @@ def _compress(args: argparse.Namespace) -> int:
     _kind(src, sniff.SAFETENSORS)
     out = Path(args.output) if args.output else src.with_name(src.name + SUFFIX)
     base = Path(args.delta_from) if args.delta_from else None
-    _check_out(out, args.force, src, base)
+    check_output_file(out, args.force, src, base)  # the rule of every command's output (clients/outputs.py)
     args.out_path = out  # named by an error that carries no file name (a full disk)
     if base is not None:
         _kind(base)
@@ -90,7 +76,7 @@ def _decompress(args: argparse.Namespace) -> int:
     _kind(src, sniff.TZST)
     default = raw_name(src) if is_compressed(src) else src.name + ".safetensors"  # x.bin -> x.bin.safetensors
     out = Path(args.output) if args.output else src.with_name(default)
-    _check_out(out, args.force, src)
+    check_output_file(out, args.force, src)
     args.out_path = out  # named by an error that carries no file name (a full disk)
     size = codec.decompress_file(src, out)  # streams; every digest checked before the rename; keeps src's permissions
     print(f"{out}: {size / 1e6:.2f} MB")
@@ -224,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     except codec.CodecError as exc:
         print(f"tritter-ckpt: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OutputRefused as exc:  # before ValueError (its base): not about the input, exit 2 like every error
+        print(f"tritter-ckpt: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except (KeyError, TypeError, ValueError) as exc:  # a well-formed but wrong header, met by info/verify
         print(f"tritter-ckpt: error: {args.file}: corrupt header ({exc})", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except _Refused as exc:
-        print(f"tritter-ckpt: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except BrokenPipeError:  # before OSError: `tritter-ckpt info F | head` is not an error
         return 0
     except OSError as exc:  # plain words and a path (the output's when the error names none), never [Errno N]
